@@ -1,0 +1,90 @@
+"""Edge-friendly block (EFM) with Learnable Degradation Gating (LDG), after QDR (arXiv 2603.09624).
+
+Only 1x1 / depthwise 3x3 convolutions, element-wise products and one sigmoid: ops that INT8
+tool-chains (TensorRT, QNN, ONNX Runtime) fuse and quantize well. No attention, no softmax.
+
+With ``u = LN(x)`` and SG the simple gate ``SG([a, b]) = a * b`` (split over channels):
+
+    f  = SG(DW3x3(PW_in(u)))                              # C channels, receptive field 3x3
+    m  = sigmoid(PW_m2(relu(DW3x3_m(PW_m1(u)))))          # LDG: degradation map, [B, G, H, W]
+    f' = f * (1 + m_g)                                    # each gate g modulates its C/G channels
+    x  = x + beta * PW_out(f')
+    x  = x + gamma * PW_f2(SG(PW_f1(LN(x))))             # gated feed-forward
+
+``m`` is a per-pixel estimate of how degraded a location is (blur, streak, noise); the gate
+amplifies the restoration branch there and leaves clean regions near the identity path.
+``beta`` and ``gamma`` are per-channel residual scales initialised to zero (NAFNet), so the block
+starts as the identity, which is what a residual surrogate of a transformer block should be.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from blocks.norm import LayerNorm2d
+
+
+class SimpleGate(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+
+class LearnableDegradationGate(nn.Module):
+    """Predicts ``gates`` per-pixel degradation maps in [0, 1] from the features."""
+
+    def __init__(self, dim: int, gates: int = 1, reduction: int = 4, bias: bool = True) -> None:
+        super().__init__()
+        hidden = max(dim // reduction, 4)
+        self.reduce = nn.Conv2d(dim, hidden, 1, bias=bias)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
+        self.act = nn.ReLU()
+        self.to_map = nn.Conv2d(hidden, gates, 1, bias=True)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.to_map(self.act(self.dw(self.reduce(u)))))
+
+
+class EFMBlock(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        expansion: float = 2.0,
+        ffn_expansion: float = 2.0,
+        gates: int = 1,
+        bias: bool = True,
+        layernorm: str = "withbias",
+    ) -> None:
+        super().__init__()
+        del heads  # an EFM block has no heads; the argument keeps every block's signature alike
+        if dim % gates:
+            raise ValueError(f"EFM: dim {dim} is not divisible by gates {gates}")
+        hidden = int(dim * expansion) // 2 * 2
+        ffn_hidden = int(dim * ffn_expansion) // 2 * 2
+        self.gates = gates
+        self.norm1 = LayerNorm2d(dim, layernorm)
+        self.pw_in = nn.Conv2d(dim, hidden, 1, bias=bias)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
+        self.sg = SimpleGate()
+        self.pw_out = nn.Conv2d(hidden // 2, dim, 1, bias=bias)
+        self.ldg = LearnableDegradationGate(dim, gates)
+        self.norm2 = LayerNorm2d(dim, layernorm)
+        self.pw_f1 = nn.Conv2d(dim, ffn_hidden, 1, bias=bias)
+        self.pw_f2 = nn.Conv2d(ffn_hidden // 2, dim, 1, bias=bias)
+        self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.norm1(x)
+        f = self.sg(self.dw(self.pw_in(u)))
+        m = self.ldg(u)
+        if self.gates > 1:
+            m = m.repeat_interleave(f.shape[1] // self.gates, dim=1)
+        x = x + self.beta * self.pw_out(f * (1.0 + m))
+        return x + self.gamma * self.pw_f2(self.sg(self.pw_f1(self.norm2(x))))
+
+    def degradation_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The LDG map for inspection: [B, gates, H, W] in [0, 1]."""
+        return self.ldg(self.norm1(x))

@@ -1,0 +1,87 @@
+"""``ens zoo build|show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ens.cli.app import app, console
+
+zoo_app = typer.Typer(help="Build and inspect the pre-aligned block zoo.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+def build(
+    task: str = typer.Option("deblur", help="Task name (see 'ens tasks')."),
+    preset: str = typer.Option("tiny", help="U-Net preset: tiny, small or paper."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder; default: embedded photographs."),
+    out: Path = typer.Option(Path("zoo"), "--out", help="Folder that holds zoos; this one goes to OUT/TASK-PRESET."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Teacher training steps."),
+    distill_steps: int | None = typer.Option(None, min=1, help="Surrogate distillation steps."),
+    calib_steps: int | None = typer.Option(None, min=0, help="In-context calibration steps (0: skip)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, data and sampling."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
+) -> None:
+    """Train the teacher, distil Mamba and EFM surrogates for every slot, and write the zoo."""
+    from ens.zoo.build import build_zoo
+    from ens.zoo.manifest import ZooManifest
+
+    if data is not None and not data.is_dir():
+        from ens.errors import EnsError
+
+        raise EnsError(f"data directory {data} does not exist")
+    path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
+                     log=lambda s: console.print(s, highlight=False))
+    _print_manifest(ZooManifest.read(path), path)
+
+
+@zoo_app.command("show")
+def show(zoo_dir: Path = typer.Argument(..., help="A zoo folder (OUT/TASK-PRESET).")) -> None:
+    """Print a zoo's manifest and quality report as tables."""
+    from ens.zoo.manifest import ZooManifest
+
+    _print_manifest(ZooManifest.read(zoo_dir), zoo_dir)
+
+
+def _print_manifest(m, path: Path) -> None:
+    t = Table(title=f"zoo {m.zoo_id}", show_header=False)
+    t.add_row("folder", str(path))
+    t.add_row("task / preset", f"{m.task} / {m.preset}")
+    t.add_row("widths", f"dim {m.config['dim']}, blocks {m.config['num_blocks']}, "
+              f"refinement {m.config['num_refinement_blocks']}")
+    t.add_row("kinds", ", ".join(m.kinds))
+    t.add_row("slots", str(len(m.slots)))
+    t.add_row("data", m.data_source)
+    tv, iv = m.teacher.get("val", {}), m.teacher.get("input_val", {})
+    t.add_row("teacher PSNR / SSIM", f"{tv.get('psnr', float('nan')):.2f} dB / {tv.get('ssim', float('nan')):.4f}")
+    t.add_row("input PSNR / SSIM", f"{iv.get('psnr', float('nan')):.2f} dB / {iv.get('ssim', float('nan')):.4f}")
+    t.add_row("seed / wall time", f"{m.seed} / {m.wall_time_s:.0f} s")
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items()))
+    console.print(t)
+    rel = m.distill.get("relative_error", {})
+    if rel:
+        kinds = m.kinds[1:]
+        d = Table(title="distillation: relative error |S(x)-y| / |y-x| on held-out inputs")
+        d.add_column("slot")
+        for k in kinds:
+            d.add_column(k, justify="right")
+        for slot, row in rel.items():
+            d.add_row(slot, *[f"{row.get(k, float('nan')):.3f}" for k in kinds])
+        console.print(d)
+    qpath = Path(path) / "quality.json"
+    if qpath.is_file():
+        q = json.loads(qpath.read_text())
+        qt = Table(title="assembled networks, no retraining (held-out split)")
+        for c in ("network", "PSNR", "SSIM", "vs teacher"):
+            qt.add_column(c, justify="right" if c != "network" else "left")
+        qt.add_row("degraded input", f"{q['input']['psnr']:.2f}", f"{q['input']['ssim']:.4f}", "")
+        qt.add_row("teacher", f"{q['teacher']['psnr']:.2f}", f"{q['teacher']['ssim']:.4f}", "0.00")
+        for k, v in q["uniform"].items():
+            qt.add_row(f"all {k}", f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['delta_psnr']:+.2f}")
+        if q.get("mixed"):
+            qt.add_row(f"random mixed (x{len(q['mixed'])})", "", "", f"{q['mixed_mean_delta_psnr']:+.2f}")
+        console.print(qt)

@@ -1,0 +1,149 @@
+"""Pieces every training loop here shares: losses, schedule, safetensors checkpoints, progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ens.errors import EnsError
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """mean(sqrt((pred - target)^2 + eps^2)), the restoration papers' robust L1."""
+    return torch.sqrt((pred - target).pow(2) + eps * eps).mean()
+
+
+def cosine_lr(step: int, total: int, base_lr: float, warmup: int = 0, min_ratio: float = 0.01) -> float:
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The dataset indices of batch ``step``: a pure function of (seed, step), so resumes replay exactly."""
+    return np.random.default_rng([seed, step]).integers(0, n, size=batch_size)
+
+
+def stack_batch(dataset: Any, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [dataset[int(i)] for i in idx]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                    step: int, extra: dict[str, Any] | None = None) -> None:
+    """Model(s) and AdamW state as safetensors (never pickle); the rest as JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, m in modules.items():
+        tensors.update({f"model.{prefix}.{k}": v for k, v in m.state_dict().items()})
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"step": step, "param_groups": opt["param_groups"], "extra": extra or {}}
+    atomic_save_tensors(tensors, path, metadata={"ens": json.dumps(meta)})
+
+
+def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["ens"])
+    tensors = load_file(str(path))
+    for prefix, m in modules.items():
+        p = f"model.{prefix}."
+        m.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+class PeriodicCheckpoint:
+    """Calls ``save(step)`` when ``every_s`` seconds have passed since the last save."""
+
+    def __init__(self, save: Callable[[int], None], every_s: float = 120.0) -> None:
+        self.save, self.every_s, self.last = save, every_s, time.monotonic()
+
+    def maybe(self, step: int) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.save(step)
+            self.last = time.monotonic()
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int, completed: int = 0, enabled: bool = True
+) -> Iterator[Callable]:
+    """A rich progress bar; yields ``advance(n=1, **fields)``; silent when not enabled."""
+    if not enabled:
+        yield lambda *a, **k: None
+        return
+    prog = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    with prog:
+        tid = prog.add_task(description, total=total, completed=completed, info="")
+
+        def advance(n: int = 1, info: str = "") -> None:
+            prog.update(tid, advance=n, info=info)
+
+        yield advance
+
+
+def require_finite(loss: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise EnsError(f"{what}: the loss became {float(loss)}; lower the learning rate or check the data")

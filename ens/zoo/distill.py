@@ -1,0 +1,216 @@
+"""Step 2 of a zoo: feature-distil a surrogate of every kind for every block position.
+
+For block position p with teacher block T_p, input x_p and output y_p = T_p(x_p) (captured from
+the frozen teacher on training batches), each surrogate S_p^k minimises
+
+    L_p^k = |S_p^k(x_p) - y_p|_1 + w_cos * (1 - cos_c(S_p^k(x_p) - x_p, y_p - x_p))
+
+where cos_c is the cosine similarity over channels of the residual updates, averaged over
+pixels (the residual is what the block adds; aligning its direction matters more than its size
+where the update is small). All positions and kinds train together on each batch: their
+parameters are disjoint, so the summed loss gives each surrogate its own gradient, and one
+teacher forward pass serves every slot.
+
+The figure recorded per slot and kind is the relative error on held-out batches,
+``mean|S(x) - y| / mean|y - x|``: 0 is perfect, 1 is no better than skipping the block.
+
+Step 3 (optional, ``calibrate``): a short in-context pass where random hybrids of the supernet
+(teacher blocks frozen, surrogates trainable) are pulled towards the teacher's output image, so
+that surrogates also learn to correct errors of their neighbours.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from blocks.unet import HybridUNet
+from ens.training import (
+    PeriodicCheckpoint,
+    batch_indices,
+    cosine_lr,
+    load_checkpoint,
+    progress_bar,
+    require_finite,
+    save_checkpoint,
+    set_lr,
+    stack_batch,
+)
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    steps: int = 800
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    cos_weight: float = 0.1
+    grad_clip: float = 1.0
+    calib_steps: int = 300
+    calib_lr: float = 5e-4
+    checkpoint_every_s: float = 120.0
+
+
+def surrogate_params(supernet: HybridUNet, kinds: Sequence[str]) -> list[torch.nn.Parameter]:
+    return [p for _, _, blk in supernet.slot_blocks() for k in kinds for p in blk.choices[k].parameters()]
+
+
+def freeze_all_but(supernet: HybridUNet, kinds: Sequence[str]) -> None:
+    for p in supernet.parameters():
+        p.requires_grad_(False)
+    for p in surrogate_params(supernet, kinds):
+        p.requires_grad_(True)
+
+
+@contextmanager
+def capture_block_io(supernet: HybridUNet):
+    """Records (input, output) of every block position during a forward pass."""
+    records: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for stage, i, blk in supernet.slot_blocks():
+        def hook(_m, inp, out, key=(stage, i)):
+            records[key] = (inp[0].detach(), out.detach())
+
+        hooks.append(blk.register_forward_hook(hook))
+    try:
+        yield records
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def feature_loss(pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor, cos_weight: float) -> torch.Tensor:
+    loss = (pred - target).abs().mean()
+    if cos_weight:
+        loss = loss + cos_weight * (1 - F.cosine_similarity(pred - x, target - x, dim=1, eps=1e-6).mean())
+    return loss
+
+
+def teacher_records(supernet: HybridUNet, deg: torch.Tensor):
+    supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+    with torch.no_grad(), capture_block_io(supernet) as rec:
+        supernet(deg)
+    return rec
+
+
+def distill_surrogates(
+    supernet: HybridUNet,
+    kinds: Sequence[str],
+    train_set,
+    recipe: DistillRecipe,
+    seed: int,
+    ckpt_path: Path,
+    show_progress: bool = True,
+) -> None:
+    freeze_all_but(supernet, kinds)
+    params = surrogate_params(supernet, kinds)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    start = 0
+    if ckpt_path.is_file():
+        start = int(load_checkpoint(ckpt_path, {"supernet": supernet}, opt)["step"])
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
+
+    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    supernet.train()
+    ema = None
+    with progress_bar("distil surrogates", recipe.steps, start, show_progress) as advance:
+        for step in range(start, recipe.steps):
+            set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, warmup=20))
+            deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step))
+            rec = teacher_records(supernet, deg)
+            loss = torch.zeros(())
+            for stage, i, blk in supernet.slot_blocks():
+                x, y = rec[(stage, i)]
+                for k in kinds:
+                    loss = loss + feature_loss(blk.choices[k](x), y, x, recipe.cos_weight)
+            require_finite(loss, "distillation")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            opt.step()
+            ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+            advance(info=f"loss {ema:.4f}")
+            periodic.maybe(step + 1)
+    save(recipe.steps)
+
+
+@torch.no_grad()
+def relative_errors(supernet: HybridUNet, kinds: Sequence[str], val_batches) -> dict[str, dict[str, float]]:
+    """Per block position and kind: mean|S(x) - y| / mean|y - x| over held-out inputs."""
+    supernet.eval()
+    num: dict[tuple[str, int, str], float] = {}
+    den: dict[tuple[str, int], float] = {}
+    for deg in val_batches:
+        rec = teacher_records(supernet, deg)
+        for stage, i, blk in supernet.slot_blocks():
+            x, y = rec[(stage, i)]
+            den[(stage, i)] = den.get((stage, i), 0.0) + float((y - x).abs().mean())
+            for k in kinds:
+                num[(stage, i, k)] = num.get((stage, i, k), 0.0) + float((blk.choices[k](x) - y).abs().mean())
+    return {
+        f"{s}.{i}": {k: round(num[(s, i, k)] / max(den[(s, i)], 1e-12), 5) for k in kinds}
+        for (s, i) in den
+    }
+
+
+def random_kinds(supernet: HybridUNet, kinds: Sequence[str], rng: random.Random) -> dict[str, list[str]]:
+    """A random hybrid: uniform per block, or (one time in four) one surrogate kind everywhere."""
+    if rng.random() < 0.25:
+        k = rng.choice(list(kinds))
+        return {s: [k] * len(seq) for s, seq in supernet.stages.items()}
+    pool = ["T", *kinds]
+    return {s: [rng.choice(pool) for _ in seq] for s, seq in supernet.stages.items()}
+
+
+def calibrate_in_context(
+    supernet: HybridUNet,
+    kinds: Sequence[str],
+    train_set,
+    recipe: DistillRecipe,
+    seed: int,
+    ckpt_path: Path,
+    show_progress: bool = True,
+) -> None:
+    if recipe.calib_steps <= 0:
+        return
+    freeze_all_but(supernet, kinds)
+    params = surrogate_params(supernet, kinds)
+    opt = torch.optim.AdamW(params, lr=recipe.calib_lr, weight_decay=0.0)
+    start = 0
+    if ckpt_path.is_file():
+        start = int(load_checkpoint(ckpt_path, {"supernet": supernet}, opt)["step"])
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
+
+    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    ema = None
+    with progress_bar("in-context calibration", recipe.calib_steps, start, show_progress) as advance:
+        for step in range(start, recipe.calib_steps):
+            set_lr(opt, cosine_lr(step, recipe.calib_steps, recipe.calib_lr, warmup=10))
+            idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
+            deg, _ = stack_batch(train_set, idx)
+            supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+            supernet.eval()
+            with torch.no_grad():
+                target = supernet(deg)
+            supernet.set_kinds(random_kinds(supernet, kinds, random.Random(seed * 100003 + step)))
+            supernet.train()
+            loss = (supernet(deg) - target).abs().mean()
+            require_finite(loss, "in-context calibration")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            opt.step()
+            ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+            advance(info=f"loss {ema:.4f}")
+            periodic.maybe(step + 1)
+    save(recipe.calib_steps)

@@ -1,0 +1,75 @@
+"""Step 1 of a zoo: train the all-transformer U-Net teacher on the task.
+
+Charbonnier loss, AdamW (betas 0.9/0.999, weight decay 1e-4 as Restormer), cosine schedule with a
+short warm-up, gradient clipping at 0.01 * sqrt(#params)-independent norm 1.0, seeded batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from blocks.unet import HybridUNet
+from ens.training import (
+    PeriodicCheckpoint,
+    batch_indices,
+    charbonnier,
+    cosine_lr,
+    load_checkpoint,
+    progress_bar,
+    require_finite,
+    save_checkpoint,
+    set_lr,
+    stack_batch,
+)
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    grad_clip: float = 1.0
+    checkpoint_every_s: float = 120.0
+
+
+def train_teacher(
+    net: HybridUNet,
+    train_set,
+    recipe: TeacherRecipe,
+    seed: int,
+    ckpt_path: Path,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Trains ``net`` in place; resumes from ``ckpt_path`` if it exists. Returns final train loss."""
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, betas=(0.9, 0.999),
+                            weight_decay=recipe.weight_decay)
+    start = 0
+    if ckpt_path.is_file():
+        start = int(load_checkpoint(ckpt_path, {"teacher": net}, opt)["step"])
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt_path, {"teacher": net}, opt, step)
+
+    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    net.train()
+    ema = None
+    with progress_bar("teacher", recipe.steps, start, show_progress) as advance:
+        for step in range(start, recipe.steps):
+            set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup))
+            deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step))
+            loss = charbonnier(net(deg), clean)
+            require_finite(loss, "teacher training")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
+            opt.step()
+            ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
+            advance(info=f"loss {ema:.4f}")
+            periodic.maybe(step + 1)
+    save(recipe.steps)
+    return {"train_loss": round(ema, 6) if ema is not None else float("nan")}

@@ -1,0 +1,1 @@
+"""Latency: measured or predicted, for one ONNX file at one input shape."""

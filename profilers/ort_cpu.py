@@ -1,0 +1,284 @@
+"""``ort-cpu``: ONNX Runtime on this machine's CPU, measured.
+
+Timing protocol (timing noise between rounds is about +-25% on shared 2-core machines):
+
+- a fixed number of intra-op threads (default 2), one inter-op thread, sequential execution,
+  all graph optimisations, the CPU execution provider only;
+- one fixed random input (seeded) per shape;
+- ``warmup`` untimed runs, then ``runs`` timed runs, each timed with ``perf_counter_ns``;
+- the result is the median and the 90th percentile of the timed runs.
+
+``measure_many`` interleaves several files: every session is created first, then ``rounds``
+rounds each run every file (in a fresh random order) for ``runs // rounds`` timed runs after one
+untimed run, so slow drifts of the machine's load affect every file alike. The latency table is
+calibrated through it.
+
+``breakdown=True`` adds, after timing, a separate profiled pass with ONNX Runtime's own profiler
+(``SessionOptions.enable_profiling``): per operator type and per node, milliseconds per run.
+Profiling perturbs timings, so the headline numbers never come from that pass.
+
+FP32 and INT8 (Q/DQ) graphs are both run as they are; ``precision`` must match the graph
+(``profilers.onnx_info.graph_precision``), so that a cache key never says int8 for an FP32 run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from profilers import onnx_info
+from profilers.base import Profiler, format_shape, parse_shape
+from profilers.errors import MeasurementError, ProfilerError, ProfilerUnavailable
+from profilers.result import MEASURED, LatencyResult, summarize_ms
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``/machine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # a base dependency; only a broken install gets here
+        raise ProfilerUnavailable(f"onnxruntime does not import: {exc}") from None
+    return ort
+
+
+class OrtCpuProfiler(Profiler):
+    name = "ort-cpu"
+    precisions = ("fp32", "int8")
+    default_precision = "fp32"
+
+    def __init__(
+        self,
+        threads: int = 2,
+        warmup: int = 3,
+        runs: int = 20,
+        rounds: int = 4,
+        breakdown: bool = False,
+        breakdown_runs: int = 5,
+        seed: int = 0,
+    ) -> None:
+        if threads < 1 or runs < 1 or warmup < 0 or rounds < 1:
+            raise ProfilerError("ort-cpu: threads, runs and rounds must be >= 1 and warmup >= 0")
+        self.threads = int(threads)
+        self.warmup = int(warmup)
+        self.runs = int(runs)
+        self.rounds = int(rounds)
+        self.breakdown = bool(breakdown)
+        self.breakdown_runs = int(breakdown_runs)
+        self.seed = int(seed)
+
+    @property
+    def device(self) -> str:
+        return f"{cpu_model()} / {self.threads} threads"
+
+    def check(self) -> None:
+        _ort()
+
+    # -- sessions -------------------------------------------------------------------------------
+    def _session(self, path: str | os.PathLike[str], profile_prefix: str | None = None):
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        try:
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise MeasurementError(f"onnxruntime cannot load {Path(path).name}: {exc}") from None
+
+    def _feed(self, sess, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        feed = {}
+        for i, inp in enumerate(sess.get_inputs()):
+            dims = [d if isinstance(d, int) else s for d, s in zip(inp.shape, shape, strict=False)]
+            if i == 0:
+                dims = list(shape)
+            dtype = np.float16 if "float16" in inp.type else np.float32
+            feed[inp.name] = rng.random(dims, dtype=np.float32).astype(dtype)
+        return feed
+
+    def _prepare(self, path: str | os.PathLike[str], shape: tuple[int, ...], precision: str | None) -> str:
+        precision = self._precision(precision)
+        if not Path(path).is_file():
+            raise MeasurementError(f"no ONNX file at {path}")
+        try:
+            onnx_info.check_input_shape(path, shape)
+        except ValueError as exc:
+            raise MeasurementError(str(exc)) from None
+        got = onnx_info.graph_precision(path)
+        if got != precision:
+            hint = " (quantize it first: profilers.quantize.quantize_int8)" if precision == "int8" else ""
+            raise MeasurementError(f"{Path(path).name} is a {got} graph, not {precision}{hint}")
+        return precision
+
+    # -- measuring ------------------------------------------------------------------------------
+    def measure(
+        self,
+        onnx_path: str | os.PathLike[str],
+        input_shape: Sequence[int],
+        precision: str | None = None,
+    ) -> LatencyResult:
+        shape = parse_shape(input_shape)
+        precision = self._prepare(onnx_path, shape, precision)
+        sess = self._session(onnx_path)
+        feed = self._feed(sess, shape)
+        for _ in range(self.warmup):
+            sess.run(None, feed)
+        samples = [_timed(sess, feed) for _ in range(self.runs)]
+        details: dict[str, Any] = {}
+        if self.breakdown:
+            details["breakdown"] = self.profile_ops(onnx_path, shape)
+        return self._result(samples, shape, precision, details)
+
+    def measure_many(
+        self,
+        onnx_paths: Sequence[str | os.PathLike[str]],
+        input_shape: Sequence[int],
+        precision: str | None = None,
+    ) -> list[LatencyResult]:
+        shape = parse_shape(input_shape)
+        precs = [self._prepare(p, shape, precision) for p in onnx_paths]
+        sessions = [self._session(p) for p in onnx_paths]
+        feeds = [self._feed(s, shape) for s in sessions]
+        for s, f in zip(sessions, feeds, strict=True):
+            for _ in range(self.warmup):
+                s.run(None, f)
+        per_round = max(1, -(-self.runs // self.rounds))
+        samples: list[list[float]] = [[] for _ in onnx_paths]
+        order = list(range(len(onnx_paths)))
+        rng = random.Random(self.seed)
+        for _ in range(self.rounds):
+            rng.shuffle(order)
+            for i in order:
+                sessions[i].run(None, feeds[i])  # re-warm caches after the previous file
+                samples[i].extend(_timed(sessions[i], feeds[i]) for _ in range(per_round))
+        out = []
+        for i, p in enumerate(onnx_paths):
+            details: dict[str, Any] = {"interleaved_with": len(onnx_paths) - 1, "rounds": self.rounds}
+            if self.breakdown:
+                details["breakdown"] = self.profile_ops(p, shape)
+            out.append(self._result(samples[i], shape, precs[i], details))
+        return out
+
+    def _result(
+        self, samples: list[float], shape: tuple[int, ...], precision: str, extra: dict[str, Any]
+    ) -> LatencyResult:
+        med, p90 = summarize_ms(samples)
+        a = np.asarray(samples)
+        details = {
+            "source": MEASURED,
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "min_ms": float(a.min()),
+            "mean_ms": float(a.mean()),
+            "max_ms": float(a.max()),
+            "cv": float(a.std() / a.mean()) if a.mean() > 0 else 0.0,
+            "onnxruntime": _ort().__version__,
+            "input_shape": format_shape(shape),
+            **extra,
+        }
+        return LatencyResult(
+            median_ms=med,
+            p90_ms=p90,
+            runs=len(samples),
+            device=self.device,
+            details=details,
+            profiler=self.spec,
+            input_shape=shape,
+            precision=precision,
+        )
+
+    # -- per-operator breakdown -----------------------------------------------------------------
+    def profile_ops(self, onnx_path: str | os.PathLike[str], input_shape: Sequence[int], top: int = 15):
+        """Per-operator times from ONNX Runtime's profiler: ms per run by op type and top nodes."""
+        shape = parse_shape(input_shape)
+        with tempfile.TemporaryDirectory(prefix="ens-ortprof-") as tmp:
+            sess = self._session(onnx_path, profile_prefix=str(Path(tmp) / "ort"))
+            feed = self._feed(sess, shape)
+            sess.run(None, feed)
+            for _ in range(self.breakdown_runs):
+                sess.run(None, feed)
+            trace = sess.end_profiling()
+            with open(trace, encoding="utf-8") as f:
+                events = json.load(f)
+        return parse_ort_profile(events, runs=self.breakdown_runs + 1, top=top)
+
+
+def _timed(sess, feed) -> float:
+    t0 = time.perf_counter_ns()
+    sess.run(None, feed)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def parse_ort_profile(events: list[dict[str, Any]], runs: int, top: int = 15) -> dict[str, Any]:
+    """Aggregate ONNX Runtime profiler events (Chrome trace JSON) into ms per run.
+
+    Node events have ``cat == "Node"``, a name ending in ``_kernel_time``, ``dur`` in
+    microseconds and ``args.op_name``.
+    """
+    by_op: dict[str, float] = defaultdict(float)
+    count_op: dict[str, int] = defaultdict(int)
+    by_node: dict[str, tuple[str, float]] = {}
+    total_runs = 0
+    model_run_us = 0.0
+    for ev in events:
+        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
+            total_runs += 1
+            model_run_us += float(ev.get("dur", 0))
+        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        op = str(ev.get("args", {}).get("op_name", "?"))
+        dur = float(ev.get("dur", 0))
+        by_op[op] += dur
+        count_op[op] += 1
+        node = str(ev["name"])[: -len("_kernel_time")]
+        prev = by_node.get(node, (op, 0.0))
+        by_node[node] = (op, prev[1] + dur)
+    n = total_runs or max(1, runs)
+    ops = sorted(by_op.items(), key=lambda kv: -kv[1])
+    total_us = sum(by_op.values())
+    return {
+        "runs": n,
+        "total_kernel_ms": total_us / n / 1e3,
+        "model_run_ms": model_run_us / n / 1e3 if total_runs else None,
+        "by_op_type": [
+            {
+                "op": op,
+                "ms": us / n / 1e3,
+                "share": us / total_us if total_us else 0.0,
+                "nodes": count_op[op] // n if n else count_op[op],
+            }
+            for op, us in ops
+        ],
+        "top_nodes": [
+            {"node": name, "op": op, "ms": us / n / 1e3}
+            for name, (op, us) in sorted(by_node.items(), key=lambda kv: -kv[1][1])[:top]
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Multi-objective Optuna studies: storage, samplers, constraints, Ray execution, resume."""
