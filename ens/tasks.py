@@ -129,7 +129,7 @@ register_task(
         description="blind Gaussian colour denoising, sigma 15/25/50",
         degradation="gaussian_noise",
         layouts=("sidd", "paired"),
-        datasets=("SIDD", "CBSD68/Kodak24/McMaster/Urban100 (with noise added)"),
+        datasets=("CBSD68/Kodak24/McMaster/Urban100 with --layout clean", "SIDD"),
     )
 )
 for _sigma in (15, 25, 50):
@@ -139,7 +139,7 @@ for _sigma in (15, 25, 50):
             description=f"Gaussian colour denoising, sigma {_sigma}",
             degradation=f"gaussian_noise_{_sigma}",
             layouts=("sidd", "paired"),
-            datasets=("CBSD68/Kodak24/McMaster/Urban100 (with noise added)",),
+            datasets=("CBSD68/Kodak24/McMaster/Urban100 with --layout clean",),
         )
     )
 register_task(

@@ -54,7 +54,10 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return np.random.default_rng([seed, step]).integers(0, n, size=batch_size)
 
 
-def stack_batch(dataset: Any, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_batch(dataset: Any, idx: Sequence[int], step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack dataset items; ``step`` re-draws the per-item flips/rotations of augmenting datasets."""
+    if step is not None and hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(step)
     pairs = [dataset[int(i)] for i in idx]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 

@@ -50,6 +50,7 @@ class Profiler(ABC):
 
     def check(self) -> None:
         """Raise a typed ProfilerError now if ``measure`` cannot work (no device, token, tool)."""
+        return None
 
     @abstractmethod
     def measure(
@@ -70,6 +71,10 @@ class Profiler(ABC):
         return [self.measure(p, input_shape, precision) for p in onnx_paths]
 
     # -- helpers for implementations ------------------------------------------------------------
+    def resolve_precision(self, precision: str | None) -> str:
+        """``precision`` (or the default) if this profiler supports it, else a ProfilerError."""
+        return self._precision(precision)
+
     def _precision(self, precision: str | None) -> str:
         p = (precision or self.default_precision).lower()
         if p not in self.precisions:

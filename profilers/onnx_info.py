@@ -37,7 +37,23 @@ _NODE_SLOT = re.compile(r"^/(?P<stage>[a-z0-9]+)/(?P=stage)\.(?P<i>\d+)/(?:choic
 
 
 def _load(path: str | os.PathLike[str], with_weights: bool = False) -> onnx.ModelProto:
-    return onnx.load(str(path), load_external_data=with_weights)
+    """The model at ``path``; ``ValueError`` (not protobuf's DecodeError) when it is not ONNX."""
+    try:
+        return onnx.load(str(path), load_external_data=with_weights)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{Path(path).name} is not a readable ONNX file ({type(exc).__name__})") from None
+
+
+def input_name(path: str | os.PathLike[str]) -> str:
+    """Name of the first graph input that is not an initializer."""
+    model = _load(path)
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name not in inits:
+            return inp.name
+    raise ValueError(f"{path}: the graph has no input")
 
 
 def input_shape(path: str | os.PathLike[str]) -> tuple[int | str, ...]:
@@ -139,8 +155,22 @@ def block_kinds(path: str | os.PathLike[str]) -> dict[str, list[str]] | None:
 
 
 # -- counts for the proxy -----------------------------------------------------------------------
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Static shapes of every tensor: ONNX Runtime's symbolic shape inference (it follows the
+    Shape/Gather/Slice arithmetic of TorchScript's ``chunk`` exports), else ONNX's own."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inferred is not None:
+            return inferred
+    except Exception:  # an op it does not know: fall back
+        pass
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = _infer(model)
     shapes: dict[str, tuple[int, ...]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = vi.type.tensor_type.shape.dim

@@ -21,3 +21,25 @@ def micro_cfg():
     from blocks import UNetConfig
 
     return UNetConfig(dim=8, num_blocks=(1, 2, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2))
+
+
+@pytest.fixture(scope="session")
+def micro_recipe():
+    from ens.zoo.build import ZooRecipe
+    from ens.zoo.distill import DistillRecipe
+    from ens.zoo.teacher import TeacherRecipe
+
+    return ZooRecipe(TeacherRecipe(steps=4, batch_size=2, warmup=1), DistillRecipe(steps=3, batch_size=2,
+                     calib_steps=2), patch_size=32, train_patches=16, val_patches=4, quality_mixed=2)
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(tmp_path_factory, micro_recipe):
+    """A zoo of the micro U-Net, trained for a handful of steps: for wiring, not quality."""
+    from blocks import UNetConfig
+    from ens.zoo.build import build_zoo
+
+    cfg = UNetConfig(dim=8, num_blocks=(1, 2, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2))
+    root = tmp_path_factory.mktemp("zoo")
+    return build_zoo("deblur", "tiny", out_root=root, config=cfg, recipe=micro_recipe, show_progress=False,
+                     log=lambda s: None)

@@ -100,7 +100,7 @@ def ssd_inputs(b=2, l=77, h=4, p=3, g=2, n=5, seed=0, dtype=torch.float32, dt_sc
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """rtol 1e-4; atol 1e-5 of the largest |expected| (fp32 rounding scales with the summands, not the sum)."""
+    """rtol 1e-4; atol 1e-5 of max |expected| (fp32 rounding scales with the summands, not the sum)."""
     assert torch.isfinite(actual).all()
     scale = max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual.double(), expected.double(), rtol=RTOL, atol=ATOL * scale)
@@ -112,7 +112,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("chunk", [1, 8, 32, 64, 128])
 @pytest.mark.parametrize("groups", [0, 3])
 def test_selective_scan_matches_loop_all_options(chunk, groups):
-    inp = mamba1_inputs(l=77, groups=groups)  # 77 is no multiple of any chunk
+    inp = mamba1_inputs(l=77, groups=groups)  # 77 is no multiple of any chunk > 1
     g = torch.Generator().manual_seed(1)
     extra = dict(
         D=torch.randn(6, generator=g),
@@ -150,12 +150,15 @@ def test_selective_scan_long_sequence():
 def test_selective_scan_extreme_decay_is_finite(softplus):
     inp = mamba1_inputs(l=300, seed=3)
     g = torch.Generator().manual_seed(4)
-    inp["delta"] = 10 + 40 * torch.rand(2, 6, 300, generator=g)  # delta in [10, 50]
-    inp["A"] = torch.full((6, 4), -100.0)
-    inp["A"][:, 0] = -1e-3  # one nearly non-decaying state next to violently decaying ones
+    inp["delta"] = (10 + 40 * torch.rand(2, 6, 300, generator=g)).requires_grad_(True)  # delta in [10, 50]
+    A = torch.full((6, 4), -100.0)
+    A[:, 0] = -1e-3  # one nearly non-decaying state next to violently decaying ones
+    inp["A"] = A.requires_grad_(True)
     y = selective_scan(**inp, delta_softplus=softplus)
     assert torch.isfinite(y).all()
     assert_close(y, loop_selective_scan(**inp, delta_softplus=softplus)[0])
+    y.square().mean().backward()
+    assert torch.isfinite(inp["delta"].grad).all() and torch.isfinite(inp["A"].grad).all()
 
 
 def test_selective_scan_keeps_dtype():
@@ -226,15 +229,25 @@ def test_ssd_long_sequence():
 
 def test_ssd_extreme_decay_is_finite():
     inp = ssd_inputs(l=300, seed=8)
-    inp["dt"] = 10 + 40 * torch.rand(2, 300, 4, generator=torch.Generator().manual_seed(9))
-    inp["A"] = torch.tensor([-100.0, -100.0, -1e-3, -50.0])
-    y = ssd_scan(**inp)
+    dt = 10 + 40 * torch.rand(2, 300, 4, generator=torch.Generator().manual_seed(9))  # dt in [10, 50]
+    inp["dt"] = dt.requires_grad_(True)
+    inp["A"] = torch.tensor([-100.0, -100.0, -1e-3, -50.0], requires_grad=True)
+    y = ssd_scan(**inp, chunk_size=32)
     assert torch.isfinite(y).all()
     assert_close(y, loop_ssd(**inp)[0])
+    y.square().mean().backward()
+    assert torch.isfinite(inp["dt"].grad).all() and torch.isfinite(inp["A"].grad).all()
+
+
+def test_ssd_keeps_dtype():
+    inp = {k: v.to(torch.bfloat16) for k, v in ssd_inputs(l=40).items()}
+    y = ssd_scan(**inp, chunk_size=16)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), loop_ssd(**inp)[0], rtol=2e-2, atol=5e-2)
 
 
 def test_ssd_gradcheck():
-    inp = ssd_inputs(b=1, l=9, h=2, p=2, g=1, n=3, dtype=torch.float64)
+    inp = ssd_inputs(b=1, l=5, h=2, p=2, g=1, n=2, dtype=torch.float64)
     gen = torch.Generator().manual_seed(10)
     D = torch.randn(2, generator=gen, dtype=torch.float64)
     bias = torch.randn(2, generator=gen, dtype=torch.float64)
@@ -242,7 +255,8 @@ def test_ssd_gradcheck():
     args = [a.clone().requires_grad_(True) for a in args]
 
     def fn(x, dt, A, B, C, D, bias):
-        return ssd_scan(x, dt, A, B, C, chunk_size=4, D=D, dt_bias=bias, dt_softplus=True)
+        # chunk 2: three chunks (one padded step), carried in two blocks (one padded chunk)
+        return ssd_scan(x, dt, A, B, C, chunk_size=2, D=D, dt_bias=bias, dt_softplus=True)
 
     assert torch.autograd.gradcheck(fn, args)
 
@@ -252,11 +266,22 @@ def test_ssd_sequential_helper_agrees():
     assert_close(ssm.ssd_scan_sequential(**inp, dt_softplus=True), loop_ssd(**inp, dt_softplus=True)[0])
 
 
-def test_segsum_is_exact_and_masked():
-    a = torch.tensor([-1e4, -0.1, -0.2, -0.3])
-    s = ssm.segsum(a)
-    assert s[3, 1].item() == pytest.approx(-0.5, abs=1e-6)  # no cancellation against the -1e4 prefix
-    assert torch.isinf(s[0, 1]) and s[2, 2].item() == 0.0
+@pytest.mark.parametrize("select_max", [64, 0], ids=["selection-matmul", "masked-cumsum"])
+def test_decay_matrix_matches_definition(select_max, monkeypatch):
+    monkeypatch.setattr(ssm, "_SELECT_MAX", select_max)
+    a = -torch.rand(2, 3, 7, dtype=torch.float64) * 3
+    expected = torch.zeros(2, 3, 7, 7, dtype=torch.float64)
+    for t in range(7):
+        for s in range(t + 1):
+            expected[..., t, s] = torch.exp(a[..., s + 1 : t + 1].sum(-1))
+    torch.testing.assert_close(ssm.decay_matrix(a), expected)
+
+
+def test_decay_matrix_is_exact_and_masked():
+    a = torch.tensor([-0.1, -1e4, -0.1, -0.2, -0.3])
+    m = ssm.decay_matrix(a)  # [t, s]
+    assert m[4, 2].item() == pytest.approx(np.exp(-0.5), rel=1e-6)  # no cancellation against the -1e4 step
+    assert m[2, 4].item() == 0.0 and m[3, 3].item() == 1.0 and 0.0 <= m[2, 0].item() < 1e-30
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
@@ -298,6 +323,18 @@ def test_dispatch_picks_kernel_for_cuda_when_installed(fake_mamba_ssm):
     assert ssm.select_kernel("ssd_scan", torch.device("cuda")).__name__ == "fake_ssd_scan"
 
 
+def test_dispatch_hands_the_call_to_the_kernel(fake_mamba_ssm, monkeypatch):
+    monkeypatch.setattr(ssm, "select_kernel", lambda name, device: ssm._load_kernel(name))  # as if on CUDA
+    selective_scan(**mamba1_inputs(l=10))
+    ssd_scan(**ssd_inputs(l=10, g=0))
+    assert fake_mamba_ssm == ["selective_scan", "ssd_scan"]
+
+
+def test_no_kernel_while_exporting(fake_mamba_ssm, monkeypatch):
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert ssm.select_kernel("selective_scan", torch.device("cuda")) is None
+
+
 def test_dispatch_falls_back_when_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # any `import mamba_ssm...` now raises ImportError
     ssm._load_kernel.cache_clear()
@@ -313,7 +350,7 @@ def test_dispatch_falls_back_when_not_installed(monkeypatch):
 
 class Mamba1Scan(nn.Module):
     def forward(self, u, delta, A, B, C, D, z, delta_bias):
-        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, chunk_size=16)
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, chunk_size=4)
 
 
 class SSDScan(nn.Module):
@@ -353,7 +390,10 @@ def ssd_export_args() -> tuple:
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
 @pytest.mark.parametrize("which", ["selective_scan", "ssd_scan"])
 def test_onnx_export_has_no_loop_and_matches(which, dynamo, tmp_path):
-    module, args = (Mamba1Scan(), mamba1_export_args()) if which == "selective_scan" else (SSDScan(), ssd_export_args())
+    if which == "selective_scan":
+        module, args = Mamba1Scan().eval(), mamba1_export_args()
+    else:
+        module, args = SSDScan().eval(), ssd_export_args()
     ops, out = export_and_run(module, args, tmp_path / f"{which}.onnx", dynamo)
     assert not ops & {"Loop", "Scan", "If"}, ops
     with torch.no_grad():

@@ -16,7 +16,7 @@ more varied content per patch; validation images are used at full size only.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def train_image_names() -> list[str]:
     return [name for name, _, _ in TRAIN_SOURCES]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_skimage(spec: str) -> np.ndarray:
     """``"name"`` or ``"name:index"`` from ``skimage.data`` as float32 ``[H, W, 3]`` in [0, 1] (cached; read-only)."""
     import skimage.data
@@ -59,7 +59,7 @@ def load_skimage(spec: str) -> np.ndarray:
     return img
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scaled(spec: str, scale: float) -> np.ndarray:
     img = load_skimage(spec)
     if scale == 1.0:

@@ -196,9 +196,7 @@ def _to_rgb01(arr: np.ndarray, scale: float, path: Path) -> np.ndarray:
             raise ImageReadError(f"cannot use image {path}: float pixels that are NaN or infinite")
         lo, hi = float(img.min()), float(img.max())
         if lo < -1e-3 or hi > 1.0 + 1e-3:
-            raise ImageReadError(
-                f"cannot use image {path}: float pixels in [{lo:.3g}, {hi:.3g}], expected [0, 1]"
-            )
+            raise ImageReadError(f"cannot use image {path}: float pixels in [{lo:.3g}, {hi:.3g}], expected [0, 1]")
         img = np.clip(img, 0.0, 1.0)
     c = img.shape[2]
     if c in (2, 4):

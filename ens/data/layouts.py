@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ens.data.errors import DataError, LayoutError, PairingError
+from ens.data.errors import DataError, ImageReadError, LayoutError, PairingError
 from ens.data.io import is_image_file
 
 LAYOUTS: dict[str, str] = {
@@ -203,9 +203,26 @@ def _sidd_mat_set(d: Path) -> _Set | None:
     if not (noisy.is_file() and gt.is_file()):
         have, lack = (noisy, gt) if noisy.is_file() else (gt, noisy)
         raise PairingError(f"{have} needs its partner {lack}")
-    # 40 images x 32 blocks, as distributed; the shape is checked when the blocks are read.
-    pairs = [Pair(noisy, gt, group=f"{d.name}/image{i:02d}", index=(i, j)) for i in range(40) for j in range(32)]
+    n_img, n_blk = _mat_blocks(noisy)
+    if _mat_blocks(gt) != (n_img, n_blk):
+        raise PairingError(f"{noisy} and {gt} hold different numbers of blocks")
+    pairs = [Pair(noisy, gt, group=f"{d.name}/image{i:02d}", index=(i, j)) for i in range(n_img) for j in range(n_blk)]
     return _Set(d, "sidd", pairs)
+
+
+def _mat_blocks(path: Path) -> tuple[int, int]:
+    """(images, blocks per image) of a SIDD block file, from its header (40 x 32 as distributed)."""
+    try:
+        from scipy.io import whosmat
+
+        shapes = {name: shape for name, shape, _ in whosmat(str(path))}
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"cannot read {path}: {reason}") from None
+    shape = shapes.get(path.stem)
+    if shape is None or len(shape) != 5 or shape[-1] != 3:
+        raise ImageReadError(f"cannot read {path}: expected a variable {path.stem} of blocks [images, blocks, H, W, 3]")
+    return int(shape[0]), int(shape[1])
 
 
 def _scan(d: Path, depth: int, scale: int, skipped: list[str]) -> list[_Set]:

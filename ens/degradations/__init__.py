@@ -52,9 +52,7 @@ class Degradation:
 _DEGRADATIONS: dict[str, Degradation] = {}
 
 
-def register_degradation(
-    name: str, description: str, margin: int = 0
-) -> Callable[[DegradeFn], DegradeFn]:
+def register_degradation(name: str, description: str, margin: int = 0) -> Callable[[DegradeFn], DegradeFn]:
     """Decorator: ``@register_degradation("name", "what it does", margin=...)`` on ``fn(clean, rng)``."""
 
     def wrap(fn: DegradeFn) -> DegradeFn:

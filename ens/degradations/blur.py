@@ -99,9 +99,7 @@ def trajectory_to_kernel(points: np.ndarray, radius: int | None = None) -> np.nd
     return (k / k.sum()).astype(np.float32)
 
 
-def random_motion_kernel(
-    rng: np.random.Generator, *, min_length: float = 4.0, max_length: float = 25.0
-) -> np.ndarray:
+def random_motion_kernel(rng: np.random.Generator, *, min_length: float = 4.0, max_length: float = 25.0) -> np.ndarray:
     """A random camera-shake PSF (see :func:`random_trajectory`)."""
     return trajectory_to_kernel(random_trajectory(rng, min_length=min_length, max_length=max_length))
 

@@ -85,9 +85,7 @@ def _fixed_sigma(sigma: int):
 
 
 for _s in GAUSSIAN_SIGMAS:
-    register_degradation(f"gaussian_noise_{_s}", f"additive white Gaussian noise, sigma {_s}/255")(
-        _fixed_sigma(_s)
-    )
+    register_degradation(f"gaussian_noise_{_s}", f"additive white Gaussian noise, sigma {_s}/255")(_fixed_sigma(_s))
 
 
 @register_degradation("gaussian_noise", "blind Gaussian noise: sigma drawn from {15, 25, 50}/255 per image")

@@ -4,7 +4,8 @@ Per image, 1-3 layers (from near to far: longer, wider and sparser, then shorter
 
 - a shared fall angle, mostly near vertical (normal, sd 15 degrees, clipped at +-40), each layer
   jittered by a few degrees (wind);
-- drops are sparse random seeds (density 0.05%-1.2% of pixels per layer) of random brightness;
+- drops are sparse random seeds of random brightness: 0.025%-0.6% of the pixels (log-uniform) for the
+  nearest layer, 2x and 3x that for the farther ones;
 - each drop is drawn as a streak: length 8-45 px, a Gaussian cross-section (sd 0.4-1.4 px, i.e.
   about 1-3 px wide) and a tapered profile along its length (bright in the middle, fading at the
   ends), by convolving the seeds with that streak kernel;
@@ -70,7 +71,7 @@ def render_rain(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         layer = rain_layer(
             rng,
             shape,
-            density=float(np.exp(rng.uniform(math.log(5e-4), math.log(1.2e-2)))) * (0.35 + 0.65 / near) / 2,
+            density=float(np.exp(rng.uniform(math.log(2.5e-4), math.log(6e-3)))) * (1 + i),
             length=rng.uniform(8.0, 45.0) * (0.5 + 0.5 * near),
             angle=base + math.radians(rng.normal(0.0, 3.0)),
             width=rng.uniform(0.4, 1.4) * (0.6 + 0.4 * near),

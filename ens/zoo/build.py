@@ -39,7 +39,8 @@ class ZooRecipe:
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     patch_size: int = 64
     train_patches: int = 512
-    val_images: int | None = None
+    val_patches: int | None = None  # None: the loader's fixed default split
+    quality_mixed: int = 8
 
 
 RECIPES: dict[str, ZooRecipe] = {
@@ -71,9 +72,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _recipe_for(preset: str, teacher_steps: int | None, distill_steps: int | None,
+def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | None,
                 calib_steps: int | None) -> ZooRecipe:
-    r = RECIPES[preset]
     t, d = r.teacher, r.distill
     if teacher_steps is not None:
         t = replace(t, steps=teacher_steps, warmup=min(t.warmup, max(teacher_steps // 10, 1)))
@@ -109,6 +109,7 @@ def build_zoo(
     calib_steps: int | None = None,
     kinds: Sequence[str] = SURROGATE_KINDS,
     config: UNetConfig | None = None,
+    recipe: ZooRecipe | None = None,
     force: bool = False,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
@@ -121,7 +122,8 @@ def build_zoo(
         cfg = config or get_preset(preset)
     except KeyError as exc:
         raise EnsError(str(exc.args[0])) from None
-    recipe = _recipe_for(preset if preset in RECIPES else "tiny", teacher_steps, distill_steps, calib_steps)
+    recipe = recipe or RECIPES.get(preset, RECIPES["tiny"])
+    recipe = _recipe_for(recipe, teacher_steps, distill_steps, calib_steps)
     out_root = Path(out_root)
     final = default_zoo_dir(out_root, task.name, preset)
     if (final / MANIFEST).is_file() and not force:
@@ -139,7 +141,8 @@ def build_zoo(
 
     train_set = load_pairs(task, data_dir, "train", patch_size=recipe.patch_size, seed=seed,
                            num_patches=recipe.train_patches)
-    val_set = load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed)
+    val_set = load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed,
+                         num_patches=recipe.val_patches)
     log(f"data: {data_source}: {len(train_set)} training patches, {len(val_set)} held-out validation pairs")
 
     teacher = HybridUNet(cfg)
@@ -164,7 +167,7 @@ def build_zoo(
     log("[4/4] quality report on the held-out split")
     val_inputs = [val_set[i][0].unsqueeze(0) for i in range(min(len(val_set), 16))]
     rel = relative_errors(supernet, kinds, val_inputs)
-    report = quality_report(supernet, kinds, val_set, task, seed)
+    report = quality_report(supernet, kinds, val_set, task, seed, mixed=recipe.quality_mixed)
 
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
@@ -174,6 +177,7 @@ def build_zoo(
         kinds=["T", *kinds],
         slots=slots_of(cfg),
         patch_size=recipe.patch_size,
+        val_patches=recipe.val_patches,
         data_source=data_source,
         seed=seed,
         teacher={"steps": recipe.teacher.steps, "loss": "charbonnier", **t_stats,

@@ -124,7 +124,7 @@ def distill_surrogates(
     with progress_bar("distil surrogates", recipe.steps, start, show_progress) as advance:
         for step in range(start, recipe.steps):
             set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, warmup=20))
-            deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step))
+            deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)
             rec = teacher_records(supernet, deg)
             loss = torch.zeros(())
             for stage, i, blk in supernet.slot_blocks():
@@ -136,7 +136,8 @@ def distill_surrogates(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             opt.step()
-            ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+            lv = loss.item()
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
             advance(info=f"loss {ema:.4f}")
             periodic.maybe(step + 1)
     save(recipe.steps)
@@ -197,7 +198,7 @@ def calibrate_in_context(
         for step in range(start, recipe.calib_steps):
             set_lr(opt, cosine_lr(step, recipe.calib_steps, recipe.calib_lr, warmup=10))
             idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
-            deg, _ = stack_batch(train_set, idx)
+            deg, _ = stack_batch(train_set, idx, step)
             supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
             supernet.eval()
             with torch.no_grad():
@@ -210,7 +211,8 @@ def calibrate_in_context(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             opt.step()
-            ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+            lv = loss.item()
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
             advance(info=f"loss {ema:.4f}")
             periodic.maybe(step + 1)
     save(recipe.calib_steps)

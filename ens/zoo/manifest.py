@@ -38,6 +38,7 @@ class ZooManifest:
     versions: dict[str, str] = field(default_factory=dict)
     wall_time_s: float = 0.0
     created: str = ""
+    val_patches: int | None = None
     weights: str = WEIGHTS
     weights_sha256: str = ""
     format: int = ZOO_FORMAT

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from blocks.registry import block_kinds
@@ -26,7 +26,7 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class Zoo:
-    path: Path
+    path: Path | None
     manifest: ZooManifest
     state: dict[str, torch.Tensor]
 
@@ -44,7 +44,7 @@ class Zoo:
             raise ZooError(f"zoo {zoo_dir}: {m.weights} does not match the manifest's checksum (corrupt?)")
         try:
             state = load_file(str(wpath))
-        except (SafetensorsError, OSError) as exc:
+        except (SafetensorError, OSError) as exc:
             raise ZooError(f"zoo {zoo_dir}: cannot read {m.weights} ({exc})") from None
         zoo = cls(zoo_dir, m, state)
         zoo.supernet()  # shape check against the code

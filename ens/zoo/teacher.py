@@ -61,14 +61,15 @@ def train_teacher(
     with progress_bar("teacher", recipe.steps, start, show_progress) as advance:
         for step in range(start, recipe.steps):
             set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup))
-            deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step))
+            deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step), step)
             loss = charbonnier(net(deg), clean)
             require_finite(loss, "teacher training")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
             opt.step()
-            ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
+            lv = loss.item()
+            ema = lv if ema is None else 0.98 * ema + 0.02 * lv
             advance(info=f"loss {ema:.4f}")
             periodic.maybe(step + 1)
     save(recipe.steps)

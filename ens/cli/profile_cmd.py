@@ -1,0 +1,229 @@
+"""``ens profile`` (one architecture on one profiler) and ``ens calibrate`` (a device's latency table)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ens.cli.app import app, console, err_console
+
+
+def _fmt_ms(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _ort_kwargs(spec: str, threads: int | None, runs: int | None, breakdown: bool) -> dict[str, Any]:
+    from profilers.errors import UnknownProfiler
+    from profilers.registry import split_spec
+
+    name, arg, _ = split_spec(spec)
+    inner = split_spec(arg)[0] if name == "lut" and arg else name
+    kw: dict[str, Any] = {}
+    if threads is not None:
+        kw["threads"] = threads
+    if runs is not None:
+        kw["runs"] = runs
+    if breakdown:
+        kw["breakdown"] = True
+    if kw and inner != "ort-cpu":
+        raise UnknownProfiler("--threads, --runs and --breakdown apply to the ort-cpu profiler only")
+    if kw and name == "lut":
+        return {"inner_kwargs": kw}
+    return kw
+
+
+@app.command("profile")
+def profile(
+    arch: str = typer.Option(..., "--arch", help="Architecture, e.g. 'enc:T,M,E|lat:M|dec:E,M,T|ref:E'."),
+    profiler: str = typer.Option(
+        "ort-cpu", "--profiler", "-p",
+        help="ort-cpu | trt | trt:ssh://user@host | qaihub:\"DEVICE\" | proxy | lut:PROFILER",
+    ),
+    shape: str = typer.Option("1x3x256x256", "--shape", help="Input shape NxCxHxW."),
+    preset: str = typer.Option("tiny", "--preset", help="U-Net preset: tiny, small or paper."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the profiler's)."),
+    breakdown: bool = typer.Option(False, "--breakdown", help="Per-operator times (ort-cpu)."),
+    onnx: Path | None = typer.Option(None, "--onnx", help="Keep the exported ONNX file here."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="ort-cpu intra-op threads (default 2)."),
+    runs: int | None = typer.Option(None, "--runs", min=1, help="ort-cpu timed runs (default 20)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Measure even if the cache has this architecture."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
+) -> None:
+    """Export one architecture (random weights) and measure or predict its latency."""
+    from ens.profiling import parse_arch, profile_arch, resolve_config
+    from profilers.base import parse_shape
+    from profilers.registry import get_profiler
+
+    cfg = resolve_config(preset)
+    dims = parse_shape(shape)
+    a = parse_arch(arch, cfg)
+    prof = get_profiler(profiler, **_ort_kwargs(profiler, threads, runs, breakdown))
+    prof.check()
+    if not as_json:
+        err_console.print(f"[dim]profiling {a} ({a.hash}) on {prof.spec} at {'x'.join(map(str, dims))}...[/]")
+    result = profile_arch(
+        a, prof, cfg, dims, precision=precision, cache=not (no_cache or breakdown or onnx is not None),
+        onnx_path=onnx,
+    )
+    if as_json:
+        typer.echo(json.dumps({"arch": str(a), "arch_hash": a.hash, "preset": preset, **result.to_dict()}))
+        return
+    _print_result(str(a), a.hash, result)
+
+
+def _print_result(arch: str, arch_hash: str, r) -> None:
+    d = dict(r.details)
+    t = Table(title="latency", show_header=False)
+    t.add_row("arch", f"{arch}  [dim]({arch_hash})[/]")
+    t.add_row("profiler / device", f"{r.profiler} / {r.device}")
+    t.add_row("shape / precision", f"{'x'.join(map(str, r.input_shape))} / {r.precision}")
+    if r.is_time:
+        t.add_row("median", f"[bold]{_fmt_ms(r.median_ms)} ms[/]")
+        t.add_row("p90", f"{_fmt_ms(r.p90_ms)} ms")
+    else:
+        t.add_row(d.get("unit", "count"), f"[bold]{int(r.median_ms)}[/]  [dim](a count, not a time)[/]")
+        t.add_row("MACs", f"{d.get('gmacs', 0):.3f} G")
+    t.add_row("runs / source", f"{r.runs} / {r.source}" + (" (cached)" if d.get("cache") == "hit" else ""))
+    for key in ("cv", "threads", "estimated_inference_ms", "compute_units", "throughput_qps", "gpu", "table"):
+        if d.get(key) is not None:
+            v = d[key]
+            t.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
+    console.print(t)
+    bd = d.get("breakdown")
+    if bd:
+        ops = Table(title=f"per operator (ONNX Runtime profiler, ms per run; kernels {bd['total_kernel_ms']:.2f} ms)")
+        for col in ("op", "nodes", "ms", "share"):
+            ops.add_column(col, justify="left" if col == "op" else "right")
+        for row in bd["by_op_type"]:
+            ops.add_row(row["op"], str(row["nodes"]), f"{row['ms']:.3f}", f"{100 * row['share']:.1f}%")
+        console.print(ops)
+    if d.get("breakdown_ms"):
+        bt = Table(title="predicted breakdown (ms)")
+        bt.add_column("part")
+        bt.add_column("ms", justify="right")
+        for k, v in d["breakdown_ms"].items():
+            bt.add_row(k, f"{v:.2f}")
+        console.print(bt)
+
+
+@app.command("calibrate")
+def calibrate(
+    profiler: str = typer.Option("ort-cpu", "--profiler", "-p", help="A measured profiler (lut:X means X)."),
+    preset: str = typer.Option("tiny", "--preset", help="U-Net preset: tiny, small or paper."),
+    shape: str = typer.Option("1x3x256x256", "--shape", help="Input shape NxCxHxW."),
+    kinds: str | None = typer.Option(None, "--kinds", help="Block kinds, e.g. T,M,E (default: all that build)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the profiler's)."),
+    table: Path | None = typer.Option(None, "--table", help="Table file (default: $ENS_CACHE_DIR/latency/tables/...)."),
+    force: bool = typer.Option(False, "--force", help="Recalibrate even if the table exists."),
+    verify_n: int = typer.Option(0, "--verify", min=0, help="Then measure N random architectures against it."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random architectures."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="ort-cpu intra-op threads (default 2)."),
+    runs: int | None = typer.Option(None, "--runs", min=1, help="ort-cpu timed runs per network (default 20)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
+) -> None:
+    """Build a per-device latency table (skeleton + one cost per stage and block kind) and check it."""
+    from ens.errors import EnsError
+    from ens.profiling import calibrate as run_calibration
+    from ens.profiling import parse_kinds, resolve_config, verify
+    from profilers.base import parse_shape
+    from profilers.errors import ProfilerError
+    from profilers.lut import LatencyTable, LUTProfiler
+    from profilers.registry import get_profiler
+
+    cfg = resolve_config(preset)
+    dims = parse_shape(shape)
+    ks = parse_kinds(kinds)
+    prof = get_profiler(profiler, **_ort_kwargs(profiler, threads, runs, False))
+    if isinstance(prof, LUTProfiler):
+        prof = prof.inner
+    if prof.name == "proxy":
+        raise EnsError("calibrate needs a measured profiler (ort-cpu, trt..., qaihub:...), not the proxy")
+    prec = (precision or prof.default_precision).lower()
+    prof.check()
+
+    existing: LatencyTable | None = None
+    path = table
+    if path is None:
+        from profilers.lut import default_table_path
+
+        path = default_table_path(prof.spec, prof.device, dims, prec, cfg.to_dict())
+    if not force and path.is_file():
+        try:
+            existing = LatencyTable.load(path)
+            existing.check_compatible(cfg.to_dict(), dims, prec)
+            if not set(ks) <= set(existing.kinds):
+                existing = None
+        except (ProfilerError, KeyError, TypeError, ValueError):  # incompatible or broken: recalibrate
+            existing = None
+    summary: dict[str, Any] = {}
+    if existing is not None and verify_n > 0:
+        tab = existing
+        if not as_json:
+            err_console.print(f"[dim]using the table at {path} (made {tab.created}; --force recalibrates)[/]")
+    else:
+        with _progress() as bar:
+            task = bar.add_task("calibrating", total=None)
+
+            def step(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"calibrate: {what}", completed=done, total=total)
+
+            tab, path = run_calibration(prof, cfg, dims, ks, precision=prec, preset=preset, out=path, progress=step,
+                                         check=False)
+    summary["table"] = str(path)
+    summary["calibration_s"] = tab.calibration_s
+    summary["networks_measured"] = len(tab.measurements)
+    if not as_json:
+        _print_table(tab, path)
+    if verify_n > 0:
+        with _progress() as bar:
+            task = bar.add_task("verifying", total=None)
+
+            def vstep(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"verify: {what}", completed=done, total=total)
+
+            rep = verify(tab, prof, cfg, dims, n=verify_n, seed=seed, precision=prec, progress=vstep)
+        summary = {**summary, **rep.summary()}
+        if not as_json:
+            vt = Table(title=f"prediction error over {verify_n} random architectures (worst first)")
+            for col in ("arch", "measured ms", "predicted ms", "error"):
+                vt.add_column(col, justify="left" if col == "arch" else "right")
+            for row in sorted(rep.rows, key=lambda r: -abs(r["error_pct"]))[:15]:
+                vt.add_row(row["arch"], f"{row['measured_ms']:.2f}", f"{row['predicted_ms']:.2f}",
+                           f"{row['error_pct']:+.1f}%")
+            console.print(vt)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        console.print_json(json.dumps(summary))
+
+
+def _print_table(tab, path: Path) -> None:
+    t = Table(title=f"latency table: {tab.profiler} on {tab.device} ({tab.precision}, "
+                    f"{'x'.join(map(str, tab.input_shape))})")
+    t.add_column("stage")
+    t.add_column("depth", justify="right")
+    for k in tab.kinds:
+        t.add_column(f"{k} ms/block", justify="right")
+    t.add_row("skeleton", "", *[f"{tab.skeleton_ms:.2f}" if i == 0 else "" for i in range(len(tab.kinds))])
+    for stage, depth in tab.stages.items():
+        t.add_row(stage, str(depth), *[f"{tab.costs[stage][k]:.2f}" for k in tab.kinds])
+    t.add_row("scale", "", *[f"{tab.scales.get(k, 1.0):.3f}" for k in tab.kinds])
+    console.print(t)
+    console.print(f"[dim]{path} ({len(tab.measurements)} networks, {tab.calibration_s:.1f} s)[/]")

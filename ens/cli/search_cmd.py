@@ -1,0 +1,125 @@
+"""``ens search``, ``ens dashboard``, ``ens report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ens.cli.app import app, console
+
+
+@app.command()
+def search(
+    task: str = typer.Option("deblur", help="Task name (see 'ens tasks')."),
+    objective: str = typer.Option("psnr,latency", help="Comma list of psnr, ssim, latency, params, macs, "
+                                  "transformer_count; or 'score' alone."),
+    profiler: str = typer.Option("lut:ort-cpu", help="ort-cpu, lut:ort-cpu, trt:ssh://user@host, "
+                                 "qaihub:DEVICE, proxy, or lut: over any of them."),
+    trials: int = typer.Option(40, help="Evaluated architectures the study should hold when done."),
+    workers: int = typer.Option(1, help="Parallel Ray workers (0: in this process, no Ray)."),
+    ray_address: str | None = typer.Option(None, help="Join a Ray cluster ('auto' or ray://host:port)."),
+    storage: str = typer.Option("study.db", help="SQLite file or an Optuna storage URL (postgresql://...)."),
+    study_name: str | None = typer.Option(None, help="Default: TASK-PRESET."),
+    sampler: str = typer.Option("tpe", help="tpe, nsga2 or random."),
+    latency_budget: float | None = typer.Option(None, help="Latency budget in ms: an Optuna constraint."),
+    preset: str = typer.Option("tiny", help="U-Net preset: tiny, small or paper."),
+    data: str | None = typer.Option(None, help="Dataset folder; default: embedded photographs."),
+    seed: int = typer.Option(0, help="Seed for the sampler, the zoo and the data."),
+    shape: str = typer.Option("1x3x256x256", help="Input shape for latency, NxCxHxW."),
+    finetune_steps: int = typer.Option(0, help="End-to-end fine-tuning steps per trial (0: zoo as is)."),
+    cpus_per_trial: float = typer.Option(1.0, help="Ray CPUs per trial."),
+    gpus_per_trial: float = typer.Option(0.0, help="Ray GPUs per trial."),
+    zoo_root: str = typer.Option("zoo", "--zoo", help="Folder of zoos (built there if missing)."),
+    granularity: str = typer.Option("stage", help="One kind per stage, or per block."),
+    score_alpha: float = typer.Option(0.5, help="dB one halving of latency is worth, for --objective score."),
+) -> None:
+    """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
+    from ens.report import ALL_T, pareto_frame, trials_frame
+    from ens.search.driver import SearchOptions, run_search
+
+    opts = SearchOptions(task=task, objective=objective, profiler=profiler, trials=trials, workers=workers,
+                         ray_address=ray_address, storage=storage, study_name=study_name, sampler=sampler,
+                         latency_budget=latency_budget, preset=preset, data=data, seed=seed, shape=shape,
+                         finetune_steps=finetune_steps, cpus_per_trial=cpus_per_trial,
+                         gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, granularity=granularity,
+                         score_alpha=score_alpha)
+    prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=console)
+    state: dict = {}
+
+    def on_done(frozen, summary) -> None:
+        if "id" not in state:
+            state["id"] = prog.add_task("search", total=trials, completed=summary.completed, info="")
+            prog.start()
+        info = f"failed {summary.failed}" if summary.failed else ""
+        if frozen is not None:
+            a = frozen.user_attrs
+            info = f"last: {a.get('arch')}  {a.get('psnr', 0):.2f} dB  {a.get('latency', float('nan')):.1f} ms"
+        prog.update(state["id"], completed=summary.completed, info=info)
+
+    try:
+        study, summary = run_search(opts, log=lambda s: console.print(s, highlight=False), on_done=on_done)
+    finally:
+        prog.stop()
+    df = trials_frame(study)
+    front = pareto_frame(study, df)
+    t = Table(title=f"Pareto front of {study.study_name} ({len(df)} architectures)")
+    for c in ("trial", "arch", "PSNR", "SSIM", "latency ms", "speed-up", "T blocks"):
+        t.add_column(c, justify="left" if c == "arch" else "right")
+    for _, r in front.iterrows():
+        t.add_row(str(r["number"]), r["arch"] + (" (teacher)" if r["arch"] == ALL_T else ""), f"{r['psnr']:.2f}",
+                  f"{r['ssim']:.4f}", f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x", f"{r['transformer_count']:.0f}")
+    console.print(t)
+    note = " (interrupted: re-run the same command to resume)" if summary.interrupted else ""
+    console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "
+                  f"in {summary.wall_s:.0f} s{note}")
+    console.print(f"study: {study.study_name} in {storage}\nnext:\n  ens dashboard {storage}\n"
+                  f"  ens report {storage} --out report/\n  ens finalize {storage} --export onnx_int8")
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def dashboard(
+    storage: str = typer.Argument("study.db", help="SQLite file or storage URL."),
+    port: int = typer.Option(8080, help="Port."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 unless you mean to share it."),
+    artifacts: Path | None = typer.Option(None, help="Artifact folder (default: beside the database)."),
+) -> None:
+    """Open the study in optuna-dashboard (every trial's arch, latencies and sample image)."""
+    from ens.errors import EnsError
+    from ens.search.driver import artifact_dir
+    from studies.storage import open_storage, redact, storage_url
+
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise EnsError("optuna-dashboard is not installed: pip install 'ens[dashboard]'") from None
+    st = open_storage(storage, must_exist=True)
+    art = artifact_dir(storage, str(artifacts) if artifacts else None)
+    store = None
+    if art.is_dir():
+        import optuna
+
+        store = optuna.artifacts.FileSystemArtifactStore(str(art))
+    console.print(f"optuna-dashboard for {redact(storage_url(storage))} on http://{host}:{port}/ (Ctrl-C to stop)")
+    run_server(st, host=host, port=port, artifact_store=store)
+
+
+@app.command()
+def report(
+    storage: str = typer.Argument("study.db", help="SQLite file or storage URL."),
+    out: Path = typer.Option(Path("report"), help="Output folder."),
+    study_name: str | None = typer.Option(None, help="Needed when the storage holds several studies."),
+) -> None:
+    """Tables (CSV, Markdown) of all trials and of the Pareto front, and a Pareto plot (PNG, HTML)."""
+    from ens.report import load_study, write_report
+
+    study = load_study(storage, study_name)
+    summary = write_report(study, out)
+    n_front = len(summary["pareto"])
+    console.print(f"{summary['trials']} architectures, {n_front} on the Pareto front; written to {out}/: "
+                  "trials.csv, trials.md, pareto.csv, pareto.md, pareto.png, pareto.html, summary.json")

@@ -1,0 +1,327 @@
+"""ens-level glue between architectures and profilers: build, export, measure, predict, calibrate.
+
+``profilers`` knows ONNX files and shapes only; this module turns an :class:`~search_spaces.Arch`
+into a network (random weights: latency does not depend on them), an annotated ONNX file (the
+``ens.*`` metadata carries the arch string, hash, block kinds and U-Net config), and a
+:class:`~profilers.result.LatencyResult` through any profiler, with the cache in front.
+
+Public functions:
+
+- :func:`profile_arch` one architecture on one profiler (cache, export, measure or predict);
+- :func:`proxy_estimate` the paper's proxy (transformer count) and MACs straight from the Arch;
+- :func:`calibrate` / :func:`verify` the latency table of a device and its prediction error;
+- :func:`random_archs` seeded random architectures of a config.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from blocks import HybridUNet, UNetConfig, get_preset
+from blocks.registry import block_kinds as registered_kinds
+from blocks.registry import build_block
+from blocks.stats import count_macs, count_params
+from ens.errors import EnsError
+from profilers import onnx_info
+from profilers.base import Profiler, format_shape, parse_shape
+from profilers.cache import CachedProfiler, CacheKey, LatencyCache
+from profilers.lut import LatencyTable, LUTProfiler, calibrate_table
+from profilers.onnx_export import export_onnx
+from profilers.registry import get_profiler
+from profilers.result import PROXY, LatencyResult
+from search_spaces import Arch
+from search_spaces.errors import ArchError
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+# -- configuration ------------------------------------------------------------------------------
+def resolve_config(preset: str | None = "tiny", cfg: UNetConfig | None = None) -> UNetConfig:
+    if cfg is not None:
+        return cfg
+    try:
+        return get_preset(preset or "tiny")
+    except KeyError as exc:
+        raise EnsError(str(exc.args[0])) from None
+
+
+def available_kinds(candidates: Sequence[str] | None = None) -> list[str]:
+    """Block kinds that are registered and whose module imports (M may be missing in a checkout)."""
+    out = []
+    for k in candidates or sorted(registered_kinds()):
+        try:
+            build_block(k, 8, 1)
+        except (ImportError, KeyError):
+            continue
+        out.append(k)
+    return out
+
+
+def parse_kinds(text: str | Sequence[str] | None) -> list[str]:
+    if text is None:
+        return available_kinds()
+    kinds = [k.strip().upper() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
+    known = registered_kinds()
+    bad = [k for k in kinds if k not in known]
+    if bad or not kinds:
+        raise EnsError(f"unknown block kind(s) {bad or kinds} (known: {', '.join(sorted(known))})")
+    missing = [k for k in kinds if k not in available_kinds(kinds)]
+    if missing:
+        raise EnsError(f"block kind(s) {missing} cannot be built in this installation")
+    return kinds
+
+
+def parse_arch(text: str | Arch, cfg: UNetConfig) -> Arch:
+    arch = text if isinstance(text, Arch) else Arch.parse(text, known_kinds=registered_kinds())
+    arch.block_kinds(cfg)  # raises ArchError if the arch does not fit the config
+    return arch
+
+
+# -- networks and files -------------------------------------------------------------------------
+def build_network(arch: Arch, cfg: UNetConfig, seed: int = 0) -> HybridUNet:
+    """The network of ``arch`` with random weights (latency does not depend on them)."""
+    torch.manual_seed(seed)
+    return HybridUNet(cfg, arch.block_kinds(cfg)).eval()
+
+
+def export_arch(
+    arch: Arch,
+    cfg: UNetConfig,
+    input_shape: Sequence[int],
+    path: str | os.PathLike[str],
+    precision: str = "fp32",
+    seed: int = 0,
+) -> Path:
+    """Export ``arch`` to ``path`` at one static shape, with ``ens.*`` metadata; INT8 is Q/DQ."""
+    shape = parse_shape(input_shape)
+    path = Path(path)
+    model = build_network(arch, cfg, seed)
+    if precision == "int8":
+        from profilers.quantize import quantize_int8
+
+        with tempfile.TemporaryDirectory(prefix="ens-export-") as tmp:
+            fp32 = export_onnx(model, shape, Path(tmp) / "fp32.onnx")
+            _annotate(fp32, arch, cfg)
+            quantize_int8(fp32, path, shape)
+        return path
+    export_onnx(model, shape, path)
+    _annotate(path, arch, cfg)
+    return path
+
+
+def _annotate(path: Path, arch: Arch, cfg: UNetConfig) -> None:
+    onnx_info.annotate(
+        path,
+        arch=str(arch),
+        arch_hash=arch.hash,
+        block_kinds=arch.block_kinds(cfg),
+        config=cfg.to_dict(),
+    )
+
+
+# -- profiling ----------------------------------------------------------------------------------
+def as_profiler(profiler: Profiler | str) -> Profiler:
+    return get_profiler(profiler) if isinstance(profiler, str) else profiler
+
+
+def profile_arch(
+    arch: Arch,
+    profiler: Profiler | str,
+    cfg: UNetConfig,
+    input_shape: Sequence[int],
+    precision: str | None = None,
+    cache: LatencyCache | str | os.PathLike[str] | bool | None = True,
+    onnx_path: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> LatencyResult:
+    """Latency of ``arch`` on ``profiler``: from the cache, a latency table, or export + measure.
+
+    ``cache``: True (the default cache), False/None (none), or a LatencyCache/path. A latency
+    table predicts without exporting anything; the cache is consulted before exporting.
+    """
+    prof = as_profiler(profiler)
+    shape = parse_shape(input_shape)
+    prec = prof.resolve_precision(precision)
+    if isinstance(prof, LUTProfiler):
+        return prof.predict_kinds(arch.block_kinds(cfg), cfg.to_dict(), shape, prec, arch=str(arch))
+    cached: CachedProfiler | None = None
+    if cache is not None and cache is not False:
+        cached = CachedProfiler(prof, None if cache is True else cache)
+        hit = cached.lookup(arch.hash, shape, prec)
+        if hit is not None:
+            return hit.replace(details={**hit.details, "cache": "hit"})
+    with tempfile.TemporaryDirectory(prefix="ens-profile-") as tmp:
+        path = Path(onnx_path) if onnx_path else Path(tmp) / f"{arch.hash}.onnx"
+        export_arch(arch, cfg, shape, path, precision=prec if prec == "int8" else "fp32", seed=seed)
+        result = prof.measure(path, shape, prec)
+    if cached is not None:
+        cached.store(CacheKey.make(arch.hash, prof, shape, prec), result)
+    return result.replace(details={**result.details, "arch": str(arch), "arch_hash": arch.hash})
+
+
+def proxy_estimate(arch: Arch, cfg: UNetConfig, input_shape: Sequence[int]) -> LatencyResult:
+    """The proxy without exporting: transformer count from the Arch, MACs and params from torch."""
+    shape = parse_shape(input_shape)
+    model = build_network(arch, cfg)
+    n = arch.count(cfg, "T")
+    macs = count_macs(model, shape)
+    return LatencyResult(
+        median_ms=float(n),
+        p90_ms=float(n),
+        runs=0,
+        device="proxy",
+        details={
+            "source": PROXY,
+            "unit": "transformer blocks",
+            "note": "a count, not a time",
+            "transformer_blocks": n,
+            "macs": int(macs),
+            "gmacs": macs / 1e9,
+            "params": count_params(model),
+            "count_from": "Arch",
+            "input_shape": format_shape(shape),
+        },
+        profiler="proxy",
+        input_shape=shape,
+        precision="fp32",
+    )
+
+
+# -- latency tables -----------------------------------------------------------------------------
+def random_archs(n: int, cfg: UNetConfig, kinds: Sequence[str], seed: int = 0) -> list[Arch]:
+    """``n`` distinct seeded random architectures, one kind per stage (per-stage granularity)."""
+    from blocks.unet import stage_layout
+
+    stages = [s.name for s in stage_layout(cfg)]
+    space = len(kinds) ** len(stages)
+    if n > space:
+        raise EnsError(f"only {space} distinct architectures exist with kinds {list(kinds)}; asked for {n}")
+    rng = random.Random(seed)
+    seen: dict[str, Arch] = {}
+    while len(seen) < n:
+        arch = Arch.from_block_kinds({s: [rng.choice(list(kinds))] * d.depth for s, d in zip(
+            stages, stage_layout(cfg), strict=True)})
+        seen.setdefault(str(arch), arch)
+    return list(seen.values())
+
+
+def calibrate(
+    profiler: Profiler | str,
+    cfg: UNetConfig,
+    input_shape: Sequence[int],
+    kinds: Sequence[str],
+    precision: str | None = None,
+    preset: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    check: bool = True,
+) -> tuple[LatencyTable, Path]:
+    """Calibrate a latency table for ``profiler`` (a measured one) and save it; returns (table, path).
+
+    ``check``: call ``profiler.check()`` first (the CLI has already done so).
+    """
+    prof = as_profiler(profiler)
+    if isinstance(prof, LUTProfiler):
+        prof = prof.inner
+    if prof.name == "proxy":
+        raise EnsError("calibrate needs a measured profiler (ort-cpu, trt:..., qaihub:...), not the proxy")
+    if check:
+        prof.check()
+    table = calibrate_table(prof, cfg, input_shape, kinds, precision=precision, preset=preset, progress=progress)
+    path = table.save(out if out is not None else table.default_path())
+    return table, path
+
+
+@dataclass
+class VerifyReport:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    measure_s: float = 0.0
+    calibration_s: float = 0.0
+    table_path: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        errs = np.array([r["error_pct"] for r in self.rows], dtype=float)
+        n = len(self.rows)
+        return {
+            "archs": n,
+            "median_abs_error_pct": float(np.median(np.abs(errs))) if n else None,
+            "mean_abs_error_pct": float(np.mean(np.abs(errs))) if n else None,
+            "max_abs_error_pct": float(np.max(np.abs(errs))) if n else None,
+            "mean_error_pct": float(np.mean(errs)) if n else None,
+            "within_10pct": float(np.mean(np.abs(errs) <= 10.0)) if n else None,
+            "within_5pct": float(np.mean(np.abs(errs) <= 5.0)) if n else None,
+            "calibration_s": self.calibration_s,
+            "measure_all_s": self.measure_s,
+            "calibration_vs_measure_all": (self.calibration_s / self.measure_s) if self.measure_s else None,
+            "table": self.table_path,
+        }
+
+
+def verify(
+    table: LatencyTable,
+    profiler: Profiler | str,
+    cfg: UNetConfig,
+    input_shape: Sequence[int],
+    n: int = 50,
+    seed: int = 0,
+    precision: str | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Measure ``n`` seeded random architectures and compare them with the table's predictions."""
+    prof = as_profiler(profiler)
+    if isinstance(prof, LUTProfiler):
+        prof = prof.inner
+    shape = parse_shape(input_shape)
+    prec = (precision or table.precision).lower()
+    table.check_compatible(cfg.to_dict(), shape, prec)
+    archs = random_archs(n, cfg, table.kinds, seed)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ens-verify-") as tmp:
+        paths = []
+        for i, arch in enumerate(archs):
+            if progress:
+                progress("export", i, len(archs))
+            paths.append(export_arch(arch, cfg, shape, Path(tmp) / f"{arch.hash}.onnx", precision=prec))
+        if progress:
+            progress("measure", 0, len(archs))
+        results = prof.measure_many(paths, shape, prec)
+    measure_s = time.perf_counter() - t0
+    rep = VerifyReport(measure_s=measure_s, calibration_s=table.calibration_s, table_path=str(table.path or ""))
+    for arch, res in zip(archs, results, strict=True):
+        pred = table.predict(arch.block_kinds(cfg))
+        rep.rows.append(
+            {
+                "arch": str(arch),
+                "measured_ms": res.median_ms,
+                "predicted_ms": pred,
+                "error_pct": 100.0 * (pred - res.median_ms) / res.median_ms,
+            }
+        )
+    return rep
+
+
+__all__ = [
+    "ArchError",
+    "VerifyReport",
+    "available_kinds",
+    "build_network",
+    "calibrate",
+    "export_arch",
+    "parse_arch",
+    "parse_kinds",
+    "profile_arch",
+    "proxy_estimate",
+    "random_archs",
+    "resolve_config",
+    "verify",
+]

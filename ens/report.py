@@ -1,0 +1,145 @@
+"""``ens report``: tables of all trials and of the Pareto front, a Pareto plot, speed-ups.
+
+Reads only the study's storage (trial user attrs), as the dashboard and ``finalize`` do.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from ens.errors import EnsError
+from search_spaces.arch import Arch
+
+ALL_T = str(Arch.uniform("T"))
+COLUMNS = ["number", "arch", "psnr", "ssim", "latency_ms", "speedup", "params", "macs", "transformer_count",
+           "profiler", "feasible"]
+
+
+def load_study(storage: str | Path, study_name: str | None = None) -> optuna.Study:
+    from studies.storage import open_storage
+
+    st = open_storage(storage, must_exist=True)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    if not names:
+        raise EnsError(f"{storage} holds no study")
+    if study_name is None:
+        if len(names) > 1:
+            raise EnsError(f"{storage} holds several studies ({', '.join(names)}): pass --study-name")
+        study_name = names[0]
+    elif study_name not in names:
+        raise EnsError(f"no study {study_name!r} in {storage} (it has: {', '.join(names)})")
+    return optuna.load_study(study_name=study_name, storage=st)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per evaluated, complete trial (duplicates dropped), with the speed-up over all-T."""
+    rows: list[dict[str, Any]] = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "duplicate_of" in a or "arch" not in a:
+            continue
+        rows.append({
+            "number": t.number,
+            "arch": a["arch"],
+            "psnr": a.get("psnr"),
+            "ssim": a.get("ssim"),
+            "latency_ms": a.get("latency"),
+            "params": a.get("params"),
+            "macs": a.get("macs"),
+            "transformer_count": a.get("transformer_count"),
+            "profiler": a.get("latency_profiler"),
+            "feasible": a.get("feasible", True),
+            "values": list(t.values),
+        })
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    ref = df.loc[df["arch"] == ALL_T, "latency_ms"]
+    df["speedup"] = (float(ref.iloc[0]) / df["latency_ms"]) if len(ref) and ref.notna().all() else float("nan")
+    return df.sort_values("number").reset_index(drop=True)
+
+
+def pareto_frame(study: optuna.Study, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    df = trials_frame(study) if df is None else df
+    if df.empty:
+        return df
+    directions = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
+    feasible = df[df["feasible"].fillna(True).astype(bool)]
+    keep = []
+    for i, row in feasible.iterrows():
+        v = row["values"]
+        dominated = False
+        for _, other in feasible.iterrows():
+            w = other["values"]
+            if w is v:
+                continue
+            ge = all((b >= a) if mx else (b <= a) for a, b, mx in zip(v, w, directions, strict=True))
+            gt = any((b > a) if mx else (b < a) for a, b, mx in zip(v, w, directions, strict=True))
+            if ge and gt:
+                dominated = True
+                break
+        if not dominated:
+            keep.append(i)
+    out = feasible.loc[keep]
+    return out.sort_values("latency_ms" if out["latency_ms"].notna().any() else "number").reset_index(drop=True)
+
+
+def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    x = "latency_ms" if df["latency_ms"].notna().any() else "transformer_count"
+    ax.scatter(df[x], df["psnr"], s=18, c="#9aa5b1", label="trials")
+    ax.plot(front[x], front["psnr"], "o-", c="#d64545", ms=5, label="Pareto front")
+    ref = df[df["arch"] == ALL_T]
+    if len(ref):
+        ax.scatter(ref[x], ref["psnr"], marker="*", s=220, c="#1f4e79", label="all-transformer (teacher)", zorder=5)
+    ax.set_xlabel("latency (ms)" if x == "latency_ms" else "transformer blocks")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
+    """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out``."""
+    from ens.training import atomic_write_text
+
+    df = trials_frame(study)
+    if df.empty:
+        raise EnsError(f"study {study.study_name!r} has no completed trial to report")
+    front = pareto_frame(study, df)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = [c for c in COLUMNS if c in df.columns]
+    atomic_write_text(out / "trials.csv", df[cols].to_csv(index=False))
+    atomic_write_text(out / "pareto.csv", front[cols].to_csv(index=False))
+    atomic_write_text(out / "trials.md", df[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
+    atomic_write_text(out / "pareto.md", front[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
+    title = f"{study.study_name}: {len(df)} architectures, {len(front)} on the Pareto front"
+    (out / "pareto.png").write_bytes(pareto_plot(df, front, title, "png"))
+    svg = pareto_plot(df, front, title, "svg").decode()
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<h1>{html.escape(title)}</h1>{svg}<h2>Pareto front</h2>"
+            f"{front[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
+            f"<h2>All trials</h2>{df[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
+    atomic_write_text(out / "pareto.html", page)
+    summary = {"study": study.study_name, "trials": len(df), "pareto": front[cols].to_dict(orient="records"),
+               "all_transformer": df[df["arch"] == ALL_T][cols].to_dict(orient="records")}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    return summary

@@ -1,0 +1,164 @@
+"""``ens search``: zoo (built if missing) -> study -> trials on Ray -> Pareto front."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from blocks.registry import block_kinds
+from ens.errors import EnsError
+from ens.search.objectives import parse_objectives
+from ens.search.trial import TrialContext, TrialEvaluator
+from ens.tasks import get_task
+from search_spaces.arch import Arch
+from search_spaces.sampling import GRANULARITIES, arch_to_params, sample_arch
+from studies.errors import StudyError
+from studies.lock import StudyLock
+from studies.runner import RunConfig, RunSummary, create_or_load, run_study
+from studies.samplers import make_sampler
+from studies.storage import open_storage, redact, sqlite_path, storage_url
+
+
+@dataclass
+class SearchOptions:
+    task: str = "deblur"
+    objective: str = "psnr,latency"
+    profiler: str = "ort-cpu"
+    trials: int = 30
+    workers: int = 1
+    ray_address: str | None = None
+    storage: str = "study.db"
+    study_name: str | None = None
+    sampler: str = "tpe"
+    latency_budget: float | None = None
+    preset: str = "tiny"
+    data: str | None = None
+    seed: int = 0
+    shape: str = "1x3x256x256"
+    finetune_steps: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    zoo_root: str = "zoo"
+    granularity: str = "stage"
+    score_alpha: float = 0.5
+    max_retries: int = 1
+    artifacts: str | None = None
+
+
+def artifact_dir(storage: str, explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    db = sqlite_path(storage)
+    return db.with_name(db.stem + ".artifacts") if db is not None else Path("ens-artifacts")
+
+
+def _validate(opts: SearchOptions) -> None:
+    if opts.trials < 1:
+        raise EnsError(f"--trials must be at least 1 (got {opts.trials})")
+    if opts.workers < 0:
+        raise EnsError(f"--workers must be >= 0 (got {opts.workers})")
+    if opts.granularity not in GRANULARITIES:
+        raise EnsError(f"unknown granularity {opts.granularity!r} (choose from {', '.join(GRANULARITIES)})")
+    if opts.latency_budget is not None and opts.latency_budget <= 0:
+        raise EnsError("--latency-budget must be positive (milliseconds)")
+    if opts.data is not None and not Path(opts.data).is_dir():
+        raise EnsError(f"data directory {opts.data} does not exist")
+    if opts.finetune_steps < 0:
+        raise EnsError("--finetune-steps must be >= 0")
+
+
+def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
+               on_done: Callable[[Any, RunSummary], None] | None = None) -> tuple[optuna.Study, RunSummary]:
+    from blocks.unet import get_preset
+    from ens.data import load_pairs
+    from ens.profiling import profile_arch
+    from ens.zoo.build import build_zoo, default_zoo_dir
+    from ens.zoo.store import Zoo
+    from profilers.base import parse_shape
+    from profilers.registry import get_profiler
+
+    _validate(opts)
+    objectives = parse_objectives(opts.objective)
+    task = get_task(opts.task)
+    sampler = make_sampler(opts.sampler, opts.seed)
+    try:
+        get_preset(opts.preset)
+    except KeyError as exc:
+        raise EnsError(str(exc.args[0])) from None
+    shape = parse_shape(opts.shape)
+    prof = get_profiler(opts.profiler)
+    prof.check()  # unreachable device or missing token: a clear error before anything starts
+    storage = open_storage(opts.storage)  # refuses corrupt or foreign databases before the zoo is built
+
+    zoo_dir = default_zoo_dir(opts.zoo_root, task.name, opts.preset)
+    if not (zoo_dir / "manifest.json").is_file():
+        log(f"no zoo for ({task.name}, {opts.preset}) in {opts.zoo_root}/: building it first")
+        build_zoo(task, opts.preset, opts.data, opts.zoo_root, opts.seed, log=log)
+    zoo = Zoo.load(zoo_dir)
+    cfg = zoo.config
+    kinds = [k for k in zoo.manifest.kinds if k in block_kinds()]
+
+    val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
+                         num_patches=zoo.manifest.val_patches)
+    val = [val_set[i] for i in range(len(val_set))]
+    train = None
+    if opts.finetune_steps:
+        train = load_pairs(task, opts.data, "train", patch_size=zoo.manifest.patch_size, seed=opts.seed)
+
+    name = opts.study_name or f"{task.name}-{opts.preset}"
+    budgets = {"latency": opts.latency_budget} if opts.latency_budget else {}
+    db = sqlite_path(storage_url(opts.storage))
+    lock = StudyLock(db) if db is not None else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        study = create_or_load(name, storage, objectives, sampler, attrs={
+            "task": task.name, "preset": opts.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(zoo_dir.resolve()),
+            "profiler": opts.profiler, "shape": list(shape), "granularity": opts.granularity,
+            "data": opts.data or "embedded:scikit-image", "latency_budget": opts.latency_budget,
+        })
+        if study.user_attrs.get("zoo_id") != zoo.zoo_id:
+            raise StudyError(f"study {name!r} was searched with zoo {study.user_attrs.get('zoo_id')}, but the zoo "
+                             f"is now {zoo.zoo_id}: use another --study-name or storage")
+        for key in ("profiler", "granularity"):
+            if study.user_attrs.get(key) != getattr(opts, key):
+                raise StudyError(f"study {name!r} was made with --{key} {study.user_attrs.get(key)}; "
+                                 f"use that, or another --study-name")
+        if not study.trials:
+            for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
+                study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
+        ref_ms = None
+        if any(o.metric == "score" for o in objectives):
+            ref_ms = profile_arch(Arch.uniform("T"), prof, cfg, shape).median_ms
+        ctx = TrialContext(
+            manifest=zoo.manifest.__dict__.copy(), zoo_state=zoo.state, task=task.name, val=val,
+            profiler=opts.profiler, shape=tuple(shape), objectives=[o.metric for o in objectives],
+            ref_latency_ms=ref_ms, score_alpha=opts.score_alpha, finetune_steps=opts.finetune_steps,
+            train=train, seed=opts.seed,
+            threads=max(1, int(opts.cpus_per_trial)) if opts.workers else max(1, os.cpu_count() or 1),
+        )
+        evaluator = TrialEvaluator(ctx)
+
+        def space(trial: optuna.Trial) -> tuple[str, str]:
+            arch = sample_arch(trial, cfg, kinds, opts.granularity)
+            return arch.hash, str(arch)
+
+        art_dir = artifact_dir(opts.storage, opts.artifacts)
+        art_dir.mkdir(parents=True, exist_ok=True)
+        store = optuna.artifacts.FileSystemArtifactStore(str(art_dir))
+        study.set_user_attr("artifact_dir", str(art_dir.resolve()))
+        log(f"study {name!r} in {redact(storage_url(opts.storage))}: {len(study.trials)} trials so far; "
+            f"target {opts.trials} evaluated architectures, {opts.workers} worker(s), profiler {opts.profiler}")
+        summary = run_study(study, objectives, space, evaluator, RunConfig(
+            n_trials=opts.trials, workers=opts.workers, ray_address=opts.ray_address,
+            cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=opts.gpus_per_trial,
+            max_retries=opts.max_retries, budgets=budgets), artifact_store=store, on_done=on_done)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+    return study, summary

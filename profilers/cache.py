@@ -1,0 +1,192 @@
+"""A latency cache, so that no architecture is measured twice on one device.
+
+Key: (arch hash, profiler spec, device, input shape, precision). Store: one SQLite file,
+``$ENS_CACHE_DIR/latency/latency.sqlite`` (default ``~/.cache/ens/latency/latency.sqlite``), or
+any directory or file given as ``path``. Every write is one SQLite transaction, so a crash never
+leaves a half-written entry, and several processes may share the file (SQLite locks it).
+
+Only measured or reported results are cached: predictions and proxy counts are instant and a
+recalibrated table must not be shadowed by old predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from profilers import onnx_info
+from profilers.base import Profiler, format_shape, parse_shape
+from profilers.errors import MeasurementError
+from profilers.result import MEASURED, REPORTED, LatencyResult
+
+CACHE_ENV = "ENS_CACHE_DIR"
+FILENAME = "latency.sqlite"
+
+
+def cache_root() -> Path:
+    """``$ENS_CACHE_DIR`` or ``~/.cache/ens``: the root of every ens cache."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(os.path.expanduser(env)) if env else Path.home() / ".cache" / "ens"
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "latency"
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    arch_hash: str
+    profiler: str
+    device: str
+    shape: str  # "1x3x256x256"
+    precision: str
+
+    @classmethod
+    def make(
+        cls, arch_hash: str, profiler: Profiler | str, shape: Sequence[int] | str, precision: str, device: str = ""
+    ) -> CacheKey:
+        if isinstance(profiler, Profiler):
+            device = device or profiler.device
+            profiler = profiler.spec
+        return cls(str(arch_hash), str(profiler), str(device), format_shape(parse_shape(shape)), str(precision))
+
+
+class LatencyCache:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        p = Path(path) if path is not None else default_cache_dir()
+        self.path = p / FILENAME if (p.is_dir() or not p.suffix) else p
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS results ("
+                " arch_hash TEXT NOT NULL, profiler TEXT NOT NULL, device TEXT NOT NULL,"
+                " shape TEXT NOT NULL, precision TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,"
+                " PRIMARY KEY (arch_hash, profiler, device, shape, precision))"
+            )
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            with db:  # one transaction: committed on success, rolled back on error
+                yield db
+        finally:
+            db.close()
+
+    def get(self, key: CacheKey) -> LatencyResult | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT result FROM results WHERE arch_hash=? AND profiler=? AND device=? AND shape=? AND precision=?",
+                (key.arch_hash, key.profiler, key.device, key.shape, key.precision),
+            ).fetchone()
+        return LatencyResult.from_dict(json.loads(row[0])) if row else None
+
+    def put(self, key: CacheKey, result: LatencyResult) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.arch_hash,
+                    key.profiler,
+                    key.device,
+                    key.shape,
+                    key.precision,
+                    json.dumps(result.to_dict(), sort_keys=True),
+                    time.time(),
+                ),
+            )
+
+    def __contains__(self, key: CacheKey) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def keys(self) -> list[CacheKey]:
+        with self._connect() as db:
+            rows = db.execute("SELECT arch_hash, profiler, device, shape, precision FROM results").fetchall()
+        return [CacheKey(*r) for r in rows]
+
+
+def file_key(onnx_path: str | os.PathLike[str]) -> str:
+    """The architecture hash ``ens`` wrote into the file, else ``sha256:<content hash>``."""
+    meta = onnx_info.read_metadata(onnx_path)
+    if meta.get("arch_hash"):
+        return str(meta["arch_hash"])
+    h = hashlib.sha256()
+    with open(onnx_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()[:32]
+
+
+class CachedProfiler(Profiler):
+    """Wraps a profiler: answers from the cache when it can, measures and stores otherwise.
+
+    ``measure(..., arch_hash=...)`` keys by architecture; without it the key is the file's
+    ``ens.arch_hash`` metadata, else its content hash. Hits carry ``details["cache"] == "hit"``.
+    """
+
+    def __init__(self, inner: Profiler, cache: LatencyCache | str | os.PathLike[str] | None = None) -> None:
+        self.inner = inner
+        self.cache = cache if isinstance(cache, LatencyCache) else LatencyCache(cache)
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def spec(self) -> str:
+        return self.inner.spec
+
+    @property
+    def device(self) -> str:
+        return self.inner.device
+
+    @property
+    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.precisions
+
+    @property
+    def default_precision(self) -> str:  # type: ignore[override]
+        return self.inner.default_precision
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def key(self, onnx_path, input_shape, precision: str | None = None, arch_hash: str | None = None) -> CacheKey:
+        prec = (precision or self.inner.default_precision).lower()
+        try:
+            arch_key = arch_hash or file_key(onnx_path)
+        except (OSError, ValueError) as exc:
+            raise MeasurementError(f"cannot read {onnx_path}: {exc}") from None
+        return CacheKey.make(arch_key, self.inner, input_shape, prec)
+
+    def lookup(self, arch_hash: str, input_shape, precision: str | None = None) -> LatencyResult | None:
+        prec = (precision or self.inner.default_precision).lower()
+        return self.cache.get(CacheKey.make(arch_hash, self.inner, input_shape, prec))
+
+    def measure(self, onnx_path, input_shape, precision: str | None = None, arch_hash: str | None = None):
+        key = self.key(onnx_path, input_shape, precision, arch_hash)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit.replace(details={**hit.details, "cache": "hit"})
+        self.misses += 1
+        result = self.inner.measure(onnx_path, input_shape, precision)
+        self.store(key, result)
+        return result
+
+    def store(self, key: CacheKey, result: LatencyResult) -> None:
+        if result.source in (MEASURED, REPORTED):
+            self.cache.put(key, result)

@@ -1,0 +1,563 @@
+"""``trt``: TensorRT latency, for Jetson Orin (or any NVIDIA GPU).
+
+Specs::
+
+    trt                                   this machine: the TensorRT Python API when ``import
+                                          tensorrt`` works and a CUDA GPU is present, else a
+                                          ``trtexec`` found on PATH
+    trt:ssh://user@host[:port][/remote/dir][?trtexec=/usr/src/tensorrt/bin/trtexec]
+                                          a Jetson over SSH: the ONNX is copied with scp, then
+                                          ``trtexec --onnx=... --fp16|--int8 --saveEngine=...``
+                                          runs there and its summary is parsed
+
+Reported time: trtexec's **GPU Compute Time** (median and 90th percentile over its timed
+queries), i.e. kernels only, as NVIDIA's benchmarking guide recommends for comparing engines;
+``Latency`` (with H2D/D2H copies) and throughput go to ``details``. Precision ``fp16`` (the
+default) builds with ``--fp16``; ``int8`` is meant for explicitly quantized (Q/DQ) graphs and
+builds with ``--int8 --fp16`` so that layers left unquantized run in FP16, not FP32; ``fp32``
+adds no flag.
+
+Remote commands are argument lists run with ``subprocess.run(argv, timeout=...)``; nothing
+goes through a local shell. ``ssh`` itself joins every word after the destination with spaces
+and hands that line to the *remote* user's shell, so the remote command is passed as one word
+built with :func:`shlex.join`: each argument is quoted for a POSIX shell and reaches trtexec
+unchanged. ``--`` ends ssh/scp option parsing before the destination; the user and host, the
+remote directory and the trtexec path are checked against conservative character sets when the
+spec is parsed (legacy scp lets the remote shell expand the remote path), and remote file names
+are generated here (a content hash). ``BatchMode=yes`` makes ssh fail instead of asking for a
+password, ``ConnectTimeout`` bounds the connection, and every call has a timeout: an
+unreachable host is a :class:`~profilers.errors.DeviceUnreachable` (ssh/scp exit status 255)
+within seconds, a stuck one a :class:`~profilers.errors.ProfilerTimeout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from profilers import onnx_info
+from profilers.base import Profiler, format_shape, parse_shape
+from profilers.errors import (
+    DeviceUnreachable,
+    MeasurementError,
+    ProfilerError,
+    ProfilerTimeout,
+    ProfilerUnavailable,
+    UnknownProfiler,
+)
+from profilers.result import MEASURED, REPORTED, LatencyResult, summarize_ms
+
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+SSH_UNREACHABLE = 255  # ssh's exit status for its own errors (connection, authentication)
+
+_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+_HOST = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._/~+-]+$")
+
+Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
+
+
+def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The default runner: an argument list, no shell, no stdin, output captured, a timeout."""
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+# -- SSH target ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    user: str | None = None
+    port: int | None = None
+    remote_dir: str = "/tmp/ens-trt"
+    trtexec: str | None = None  # None: look for trtexec on PATH, then at JetPack's location
+
+    @classmethod
+    def parse(cls, url: str) -> SshTarget:
+        """``ssh://user@host[:port][/remote/dir][?trtexec=PATH]`` (also ``user@host`` alone)."""
+        text = url.strip().strip("'\"")
+        if not text.startswith("ssh://"):
+            text = "ssh://" + text
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            raise UnknownProfiler(f"bad SSH port in {url!r}") from None
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        user = parts.username
+        if not host or not _HOST.match(host):
+            raise UnknownProfiler(f"bad SSH host in {url!r}: expected ssh://user@host[:port][/dir]")
+        if user is not None and not _USER.match(user):
+            raise UnknownProfiler(f"bad SSH user in {url!r}")
+        if parts.password:
+            raise UnknownProfiler("do not put a password in the profiler spec; use SSH keys (BatchMode)")
+        remote_dir = parts.path.rstrip("/") or "/tmp/ens-trt"
+        if not _SAFE_PATH.match(remote_dir) or ".." in remote_dir.split("/"):
+            raise UnknownProfiler(f"bad remote directory {remote_dir!r} (letters, digits, ._/~+- only)")
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"trtexec"}
+        if unknown:
+            raise UnknownProfiler(f"unknown option(s) {sorted(unknown)} in {url!r} (known: trtexec)")
+        trtexec = query.get("trtexec", [None])[-1]
+        if trtexec is not None and (not _SAFE_PATH.match(trtexec) or trtexec.startswith("-")):
+            raise UnknownProfiler(f"bad trtexec path {trtexec!r}")
+        return cls(host=host, user=user, port=port, remote_dir=remote_dir, trtexec=trtexec)
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    @property
+    def url(self) -> str:
+        port = f":{self.port}" if self.port else ""
+        d = "" if self.remote_dir == "/tmp/ens-trt" else self.remote_dir
+        q = f"?trtexec={self.trtexec}" if self.trtexec else ""
+        return f"ssh://{self.destination}{port}{d}{q}"
+
+
+def ssh_command(
+    target: SshTarget,
+    remote_argv: Sequence[str],
+    connect_timeout: int = 10,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``ssh -o BatchMode=yes -o ConnectTimeout=N [-p PORT] -- DEST 'quoted remote command'``."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}"]
+    for opt in options:
+        argv += ["-o", opt]
+    if target.port:
+        argv += ["-p", str(target.port)]
+    argv += ["--", target.destination, shlex.join([str(a) for a in remote_argv])]
+    return argv
+
+
+def scp_command(
+    target: SshTarget,
+    local_path: str | os.PathLike[str],
+    remote_path: str,
+    connect_timeout: int = 10,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``scp -q -o BatchMode=yes -o ConnectTimeout=N [-P PORT] -- /abs/local DEST:remote``."""
+    if not _SAFE_PATH.match(remote_path):
+        raise ValueError(f"unsafe remote path {remote_path!r}")
+    argv = ["scp", "-q", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}"]
+    for opt in options:
+        argv += ["-o", opt]
+    if target.port:
+        argv += ["-P", str(target.port)]
+    # absolute: a relative local name with a ':' would read as a remote one
+    argv += ["--", str(Path(local_path).resolve()), f"{target.destination}:{remote_path}"]
+    return argv
+
+
+def trtexec_command(
+    trtexec: str,
+    onnx_path: str,
+    engine_path: str,
+    precision: str = "fp16",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``trtexec --onnx=M --fp16|--int8 --fp16|(fp32: nothing) --saveEngine=E [extra...]``."""
+    flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
+    if precision not in flags:
+        raise ValueError(f"trtexec: unknown precision {precision!r}")
+    return [trtexec, f"--onnx={onnx_path}", *flags[precision], f"--saveEngine={engine_path}", *extra]
+
+
+# -- trtexec output -----------------------------------------------------------------------------
+_PREFIX = r"^(?:\[[^\]\n]*\]\s*)*"  # "[07/25/2022-19:02:56] [I] "
+_STAT = re.compile(r"(min|max|mean|median|percentile\(\s*([0-9.]+)\s*%\s*\))\s*=\s*([-+0-9.eE]+)\s*ms")
+_TRT_VERSION = re.compile(r"TensorRT\.trtexec\s*\[TensorRT v(\d+)\]")
+_TRT_VERSION_TXT = re.compile(r"TensorRT version:\s*([0-9.]+)")
+
+
+def _stats_line(text: str, label: str) -> dict[str, float] | None:
+    m = re.search(_PREFIX + re.escape(label) + r":\s*(.*)$", text, flags=re.MULTILINE)
+    if not m:
+        return None
+    out: dict[str, float] = {}
+    for key, pct, value in _STAT.findall(m.group(1)):
+        name = f"p{pct.rstrip('0').rstrip('.') if '.' in pct else pct}" if pct else key
+        out[name] = float(value)
+    return out
+
+
+def _scalar(text: str, label: str, unit: str) -> float | None:
+    m = re.search(_PREFIX + re.escape(label) + r":\s*([-+0-9.eE]+)\s*" + unit, text, flags=re.MULTILINE)
+    return float(m.group(1)) if m else None
+
+
+def parse_trtexec_output(text: str) -> dict[str, Any]:
+    """Parse trtexec's ``=== Performance summary ===`` (TensorRT 8.x and 10.x formats).
+
+    Returns ``{"gpu_compute_ms": {...}, "latency_ms": {...}, "throughput_qps", "queries",
+    "walltime_s", "trt_version", "gpu", "passed"}``; statistics dictionaries hold ``min``,
+    ``max``, ``mean``, ``median`` and ``p<N>`` for each ``percentile(N%)`` printed. Raises
+    :class:`MeasurementError` when there is no usable GPU Compute Time median.
+    """
+    passed = "&&&& PASSED" in text
+    failed = "&&&& FAILED" in text
+    gpu = _stats_line(text, "GPU Compute Time")
+    if not gpu or "median" not in gpu:
+        tail = _error_tail(text)
+        why = "trtexec reported FAILED" if failed else "no 'GPU Compute Time ... median' line in trtexec output"
+        raise MeasurementError(f"{why}{': ' + tail if tail else ''}")
+    out: dict[str, Any] = {
+        "gpu_compute_ms": gpu,
+        "latency_ms": _stats_line(text, "Latency") or {},
+        "enqueue_ms": _stats_line(text, "Enqueue Time") or {},
+        "h2d_ms": _stats_line(text, "H2D Latency") or {},
+        "d2h_ms": _stats_line(text, "D2H Latency") or {},
+        "throughput_qps": _scalar(text, "Throughput", "qps"),
+        "walltime_s": _scalar(text, "Total Host Walltime", "s"),
+        "total_gpu_compute_s": _scalar(text, "Total GPU Compute Time", "s"),
+        "passed": passed,
+    }
+    m = re.search(r"Timing trace has (\d+) queries", text)
+    out["queries"] = int(m.group(1)) if m else None
+    m = _TRT_VERSION.search(text)
+    if m:
+        v = int(m.group(1))  # 8401 -> 8.4.1, 100300 -> 10.3.0
+        out["trt_version"] = f"{v // 1000}.{v // 100 % 10}.{v % 100}" if v < 10000 else (
+            f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+        )
+    else:
+        m = _TRT_VERSION_TXT.search(text)
+        out["trt_version"] = m.group(1) if m else None
+    m = re.search(_PREFIX + r"Selected Device:\s*(.+?)\s*$", text, flags=re.MULTILINE)
+    out["gpu"] = m.group(1) if m else None
+    return out
+
+
+def _error_tail(text: str, lines: int = 3) -> str:
+    """The first few ``[E]`` messages (timestamps stripped, TensorRT's own [TRT] noise last)."""
+    errs = []
+    for ln in text.splitlines():
+        if "[E]" not in ln:
+            continue
+        msg = re.sub(_PREFIX, "", ln.strip()).strip()
+        if msg and "---" not in msg:
+            errs.append(msg)
+    errs = [e for e in errs if not e.startswith("[TRT]")] + [e for e in errs if e.startswith("[TRT]")]
+    if not errs:
+        errs = [ln.strip() for ln in text.strip().splitlines()[-lines:] if not ln.startswith("&&&&")]
+    return " | ".join(errs[:lines])[:500]
+
+
+def result_from_trtexec(
+    text: str, device: str, spec: str, shape: tuple[int, ...], precision: str, extra: dict[str, Any]
+) -> LatencyResult:
+    parsed = parse_trtexec_output(text)
+    gpu = parsed["gpu_compute_ms"]
+    p90 = gpu.get("p90", math.nan)
+    details = {
+        "source": REPORTED,
+        "tool": "trtexec",
+        "metric": "GPU Compute Time",
+        **{k: v for k, v in parsed.items() if k != "passed"},
+        **extra,
+    }
+    if "p90" not in gpu:
+        details["note"] = "this trtexec version prints no percentile(90%); p90_ms is NaN"
+    return LatencyResult(
+        median_ms=float(gpu["median"]),
+        p90_ms=float(p90),
+        runs=int(parsed["queries"] or 0),
+        device=device,
+        details=details,
+        profiler=spec,
+        input_shape=shape,
+        precision=precision,
+    )
+
+
+# -- the profiler -------------------------------------------------------------------------------
+class TrtProfiler(Profiler):
+    name = "trt"
+    precisions = ("fp32", "fp16", "int8")
+    default_precision = "fp16"
+
+    def __init__(
+        self,
+        target: SshTarget | str | None = None,
+        runner: Runner | None = None,
+        connect_timeout_s: int = 10,
+        check_timeout_s: float = 30.0,
+        copy_timeout_s: float = 300.0,
+        build_timeout_s: float = 1800.0,
+        trtexec_args: Sequence[str] = (),
+        ssh_options: Sequence[str] = (),
+        warmup: int = 20,
+        runs: int = 200,
+        keep_remote_files: bool = False,
+    ) -> None:
+        self.target = SshTarget.parse(target) if isinstance(target, str) else target
+        self.runner = runner or run_command
+        self.connect_timeout_s = int(connect_timeout_s)
+        self.check_timeout_s = float(check_timeout_s)
+        self.copy_timeout_s = float(copy_timeout_s)
+        self.build_timeout_s = float(build_timeout_s)
+        self.trtexec_args = tuple(trtexec_args)
+        self.ssh_options = tuple(ssh_options)
+        self.warmup = int(warmup)
+        self.runs = int(runs)
+        self.keep_remote_files = keep_remote_files
+        self._trtexec: str | None = None  # resolved by check() / first use
+        self._local_mode: str | None = None  # "python" | "trtexec" once checked
+
+    @property
+    def spec(self) -> str:
+        return f"trt:{self.target.url}" if self.target else "trt"
+
+    @property
+    def device(self) -> str:
+        if self.target:
+            port = f":{self.target.port}" if self.target.port else ""
+            return f"ssh:{self.target.destination}{port}"
+        return "local-gpu"
+
+    # -- running commands -----------------------------------------------------------------------
+    def _run(self, argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = self.runner(argv, timeout)
+        except subprocess.TimeoutExpired:
+            raise ProfilerTimeout(f"{what} on {self.device} did not finish within {timeout:g} s") from None
+        except FileNotFoundError:
+            raise ProfilerUnavailable(f"{argv[0]!r} is not installed on this machine (needed for {what})") from None
+        if self.target and argv[0] in ("ssh", "scp") and proc.returncode == SSH_UNREACHABLE:
+            msg = (proc.stderr or "").strip().splitlines()
+            raise DeviceUnreachable(
+                f"cannot reach {self.target.destination} over SSH ({what}): {msg[-1] if msg else 'exit 255'}"
+            )
+        return proc
+
+    def _remote(self, remote_argv: Sequence[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+        assert self.target is not None
+        argv = ssh_command(self.target, remote_argv, self.connect_timeout_s, self.ssh_options)
+        return self._run(argv, timeout, what)
+
+    def _find_trtexec(self) -> str:
+        """The trtexec to run: the one given in the spec, else on PATH, else JetPack's; checked once."""
+        if self._trtexec:
+            return self._trtexec
+        given = self.target.trtexec if self.target else None
+        candidates = [given] if given else ["trtexec", JETPACK_TRTEXEC]
+        for cand in candidates:
+            if self.target:
+                proc = self._remote(["command", "-v", cand], self.check_timeout_s, "looking for trtexec")
+                found = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
+            else:
+                found = shutil.which(cand)
+            if found:
+                self._trtexec = found
+                return found
+        where = self.target.destination if self.target else "this machine"
+        raise ProfilerUnavailable(
+            f"trtexec not found on {where} (tried {', '.join(candidates)}); "
+            "give its path: trt:ssh://user@host?trtexec=/usr/src/tensorrt/bin/trtexec"
+        )
+
+    def check(self) -> None:
+        """Remote: SSH reaches the host and trtexec is there. Local: tensorrt + a GPU, or trtexec."""
+        self._trtexec = None
+        if self.target:
+            self._find_trtexec()
+            return
+        if _tensorrt_importable() and _cuda_available():
+            self._local_mode = "python"
+            return
+        try:
+            self._find_trtexec()
+        except ProfilerUnavailable:
+            raise ProfilerUnavailable(
+                "local TensorRT is not usable here: `import tensorrt` fails or there is no CUDA GPU, and no "
+                "trtexec is on PATH; measure on a Jetson with --profiler trt:ssh://user@host"
+            ) from None
+        self._local_mode = "trtexec"
+
+    # -- measuring ------------------------------------------------------------------------------
+    def measure(
+        self,
+        onnx_path: str | os.PathLike[str],
+        input_shape: Sequence[int],
+        precision: str | None = None,
+    ) -> LatencyResult:
+        shape = parse_shape(input_shape)
+        precision = self._precision(precision)
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise MeasurementError(f"no ONNX file at {onnx_path}")
+        try:
+            onnx_info.check_input_shape(path, shape)
+        except ValueError as exc:
+            raise MeasurementError(str(exc)) from None
+        if precision == "int8" and onnx_info.graph_precision(path) != "int8":
+            raise MeasurementError(
+                f"{path.name} has no Q/DQ nodes: TensorRT INT8 here needs an explicitly quantized graph"
+            )
+        if self.target:
+            return self._measure_remote(path, shape, precision)
+        if self._local_mode is None:
+            self.check()
+        if self._local_mode == "python":
+            return self._measure_python(path, shape, precision)
+        return self._measure_local_trtexec(path, shape, precision)
+
+    def _measure_remote(self, path: Path, shape: tuple[int, ...], precision: str) -> LatencyResult:
+        assert self.target is not None
+        trtexec = self._find_trtexec()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        rdir = self.target.remote_dir
+        r_onnx = f"{rdir}/ens-{digest}.onnx"
+        r_engine = f"{rdir}/ens-{digest}-{precision}.engine"
+        proc = self._remote(["mkdir", "-p", rdir], self.check_timeout_s, "creating the remote directory")
+        if proc.returncode != 0:
+            raise MeasurementError(f"cannot create {rdir} on {self.target.destination}: {proc.stderr.strip()}")
+        argv = scp_command(self.target, path, r_onnx, self.connect_timeout_s, self.ssh_options)
+        proc = self._run(argv, self.copy_timeout_s, "copying the ONNX file")
+        if proc.returncode != 0:
+            raise MeasurementError(f"scp to {self.target.destination} failed: {proc.stderr.strip()[-300:]}")
+        cmd = trtexec_command(trtexec, r_onnx, r_engine, precision, self._timing_args())
+        try:
+            proc = self._remote(cmd, self.build_timeout_s, "trtexec")
+        finally:
+            if not self.keep_remote_files:
+                try:
+                    self._remote(["rm", "-f", r_onnx, r_engine], self.check_timeout_s, "cleaning up")
+                except ProfilerError:
+                    pass
+        return self._parse(proc, shape, precision, {"command": shlex.join(cmd)})
+
+    def _measure_local_trtexec(self, path: Path, shape: tuple[int, ...], precision: str) -> LatencyResult:
+        trtexec = self._find_trtexec()
+        with tempfile.TemporaryDirectory(prefix="ens-trt-") as tmp:
+            engine = str(Path(tmp) / f"model-{precision}.engine")
+            cmd = trtexec_command(trtexec, str(path.resolve()), engine, precision, self._timing_args())
+            proc = self._run(cmd, self.build_timeout_s, "trtexec")
+        return self._parse(proc, shape, precision, {"command": shlex.join(cmd)})
+
+    def _timing_args(self) -> list[str]:
+        return list(self.trtexec_args)
+
+    def _parse(
+        self, proc: subprocess.CompletedProcess[str], shape: tuple[int, ...], precision: str, extra: dict
+    ) -> LatencyResult:
+        text = (proc.stdout or "") + "\n" + (proc.stderr or "")
+        if proc.returncode != 0:
+            raise MeasurementError(f"trtexec exited with status {proc.returncode}: {_error_tail(text)}")
+        return result_from_trtexec(text, self.device, self.spec, shape, precision, extra)
+
+    def _measure_python(self, path: Path, shape: tuple[int, ...], precision: str) -> LatencyResult:
+        samples, info = build_and_time_engine(path, precision, warmup=self.warmup, runs=self.runs)
+        med, p90 = summarize_ms(samples)
+        return LatencyResult(
+            median_ms=med,
+            p90_ms=p90,
+            runs=len(samples),
+            device=f"local-gpu ({info.get('gpu', '?')})",
+            details={"source": MEASURED, "tool": "tensorrt-python", "metric": "CUDA events around execute_async_v3",
+                     "input_shape": format_shape(shape), **info},
+            profiler=self.spec,
+            input_shape=shape,
+            precision=precision,
+        )
+
+
+def _tensorrt_importable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def build_and_time_engine(
+    onnx_path: str | os.PathLike[str], precision: str, warmup: int = 20, runs: int = 200
+) -> tuple[list[float], dict[str, Any]]:
+    """Build a TensorRT engine from ``onnx_path`` with the Python API and time it with CUDA events.
+
+    FP16 sets ``BuilderFlag.FP16``; INT8 (a Q/DQ graph) sets ``INT8`` and ``FP16``. Buffers are
+    torch CUDA tensors (no pycuda needed); inputs are random.
+    """
+    try:
+        import tensorrt as trt
+    except Exception as exc:
+        raise ProfilerUnavailable(f"`import tensorrt` fails here ({exc}); use trt:ssh://user@host") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ProfilerUnavailable("TensorRT needs a CUDA GPU and torch sees none")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise MeasurementError(f"TensorRT cannot parse {Path(onnx_path).name}: {errs}")
+    config = builder.create_builder_config()
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise MeasurementError(f"TensorRT could not build an engine for {Path(onnx_path).name}")
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    context = engine.create_execution_context()
+    buffers = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dims = tuple(engine.get_tensor_shape(name))
+        dtype = torch.from_numpy(__import__("numpy").zeros(1, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
+        t = torch.rand(dims, device="cuda").to(dtype) if dtype.is_floating_point else torch.zeros(
+            dims, dtype=dtype, device="cuda"
+        )
+        buffers.append(t)
+        context.set_tensor_address(name, t.data_ptr())
+    stream = torch.cuda.Stream()
+    for _ in range(warmup):
+        context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    samples = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        context.execute_async_v3(stream.cuda_stream)
+        end.record(stream)
+        end.synchronize()
+        samples.append(float(start.elapsed_time(end)))
+    info = {"gpu": torch.cuda.get_device_name(), "trt_version": trt.__version__, "engine_bytes": serialized.nbytes}
+    return samples, info

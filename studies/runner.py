@@ -1,0 +1,266 @@
+"""The search driver: ask, evaluate (in process or on Ray), tell; dedupe, retry, resume, interrupt.
+
+The driver is the only process that writes the study. A trial's life:
+
+1. ``study.ask()`` (waiting, re-enqueued trials first), ``space(trial) -> (key, payload)``;
+2. if ``key`` (the arch hash) is already complete in the study, the trial is told the same values
+   and marked ``duplicate_of``: nothing is evaluated twice;
+3. otherwise ``evaluate(payload)`` runs on an executor and returns an :class:`Outcome`;
+4. its metrics become the objective values, user attrs, constraints (``<metric>_budget``: value minus
+   budget, <= 0 feasible) and artifacts.
+
+A dead worker fails the trial with its reason and re-enqueues the same parameters (up to
+``max_retries``); an exception inside the evaluation fails it without retry. Ctrl-C fails the
+in-flight trials with reason ``interrupted`` and re-enqueues them, so re-running the same command
+resumes where it stopped; RUNNING trials left by a driver that died are treated the same way.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.errors import StudyError
+from studies.executors import WorkerLost, make_executor
+
+DIRECTIONS = {"maximize", "minimize"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str  # "maximize" | "minimize"
+
+
+@dataclass
+class Outcome:
+    metrics: dict[str, float]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # file name -> content
+
+
+@dataclass
+class RunConfig:
+    n_trials: int
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_retries: int = 1
+    budgets: Mapping[str, float] = field(default_factory=dict)  # metric -> upper bound
+    max_duplicates: int = 200
+    max_consecutive_failures: int = 10
+
+
+@dataclass
+class RunSummary:
+    completed: int = 0
+    evaluated: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    retried: int = 0
+    interrupted: bool = False
+    exhausted: bool = False
+    wall_s: float = 0.0
+
+
+def create_or_load(name: str, storage: Any, objectives: Sequence[Objective], sampler,
+                   attrs: Mapping[str, Any] | None = None) -> optuna.Study:
+    for o in objectives:
+        if o.direction not in DIRECTIONS:
+            raise StudyError(f"objective {o.metric}: direction must be maximize or minimize")
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
+                                directions=[o.direction for o in objectives])
+    if list(study.directions) != [optuna.study.StudyDirection[o.direction.upper()] for o in objectives]:
+        raise StudyError(f"study {name!r} exists with other objectives; use another --study-name")
+    old = study.user_attrs.get("objectives")
+    if old is not None and old != [o.metric for o in objectives]:
+        raise StudyError(f"study {name!r} was created for objectives {old}; use another --study-name")
+    study.set_user_attr("objectives", [o.metric for o in objectives])
+    for k, v in (attrs or {}).items():
+        if k not in study.user_attrs:
+            study.set_user_attr(k, v)
+    return study
+
+
+def _complete_by_key(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        key = t.user_attrs.get("key")
+        if key is not None and "duplicate_of" not in t.user_attrs:
+            out.setdefault(key, t)
+    return out
+
+
+def _fail(study: optuna.Study, number: int, reason: str) -> None:
+    study._storage.set_trial_user_attr(study._storage.get_trial_id_from_study_id_trial_number(
+        study._study_id, number), "fail_reason", reason)
+    study.tell(number, state=TrialState.FAIL)
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str,
+             max_retries: int) -> bool:
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= max_retries:
+        return False
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, "retries": retries + 1,
+                                                        "retry_reason": reason}, skip_if_exists=False)
+    return True
+
+
+def recover_stale(study: optuna.Study, max_retries: int) -> int:
+    """Fail RUNNING trials left by a driver that stopped, and re-enqueue them. Returns their count."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        _fail(study, t.number, "the search process running it stopped")
+        _requeue(study, t, "stale", max_retries + 1)
+        n += 1
+    return n
+
+
+def run_study(
+    study: optuna.Study,
+    objectives: Sequence[Objective],
+    space: Callable[[optuna.Trial], tuple[str, Any]],
+    evaluate: Callable[[Any], Outcome],
+    cfg: RunConfig,
+    artifact_store: Any = None,
+    on_done: Callable[[optuna.trial.FrozenTrial | None, RunSummary], None] | None = None,
+) -> RunSummary:
+    """Run until the study holds ``cfg.n_trials`` complete evaluated trials (not counting duplicates)."""
+    if cfg.n_trials < 1:
+        raise StudyError("--trials must be at least 1")
+    t0 = time.monotonic()
+    summary = RunSummary()
+    recover_stale(study, cfg.max_retries)
+    done = _complete_by_key(study)
+    summary.completed = len(done)
+    if summary.completed >= cfg.n_trials:
+        summary.wall_s = time.monotonic() - t0
+        return summary
+    executor = make_executor(cfg.workers, cfg.ray_address, cfg.cpus_per_trial, cfg.gpus_per_trial)
+    slots = max(1, cfg.workers)
+    in_flight: dict[int, tuple[optuna.Trial, str]] = {}
+    dup_streak = fail_streak = 0
+    try:
+        while summary.completed < cfg.n_trials or in_flight:
+            while (len(in_flight) < slots and summary.completed + len(in_flight) < cfg.n_trials
+                   and not summary.exhausted):
+                trial = study.ask()
+                key, payload = space(trial)
+                trial.set_user_attr("key", key)
+                prev = done.get(key)
+                running = next((n for n, (_, k) in in_flight.items() if k == key), None)
+                if prev is not None or running is not None:
+                    dup_streak += 1
+                    summary.duplicates += 1
+                    if prev is not None:
+                        _copy_outcome(study, trial, prev, objectives)
+                    else:
+                        trial.set_user_attr("duplicate_of", running)
+                        _fail(study, trial.number, f"duplicate of running trial {running}")
+                    if dup_streak >= cfg.max_duplicates:
+                        summary.exhausted = True
+                    continue
+                dup_streak = 0
+                in_flight[trial.number] = (trial, key)
+                executor.submit(trial.number, evaluate, payload)
+            if not in_flight:
+                break
+            got = executor.wait_one(timeout=1.0)
+            if got is None:
+                continue
+            number, result = got
+            trial, key = in_flight.pop(number)
+            if isinstance(result, BaseException):
+                reason = f"{result.__class__.__name__}: {result}".strip()[:500]
+                _fail(study, number, reason)
+                summary.failed += 1
+                if isinstance(result, WorkerLost) and _requeue(study, trial, reason, cfg.max_retries):
+                    summary.retried += 1
+                if on_done:
+                    on_done(None, summary)
+                fail_streak += 1
+                if fail_streak >= cfg.max_consecutive_failures:
+                    raise StudyError(f"{fail_streak} trials failed in a row; the last: {reason}")
+                continue
+            fail_streak = 0
+            frozen = _record(study, trial, result, objectives, cfg.budgets, artifact_store)
+            summary.evaluated += 1
+            if frozen is not None:
+                done[key] = frozen
+                summary.completed += 1
+            if on_done:
+                on_done(frozen, summary)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        executor.cancel_all()
+        for number, (trial, _key) in in_flight.items():
+            _fail(study, number, "interrupted")
+            _requeue(study, trial, "interrupted", cfg.max_retries + 1)
+        in_flight.clear()
+    finally:
+        executor.shutdown()
+        summary.wall_s = time.monotonic() - t0
+    return summary
+
+
+def _values(metrics: Mapping[str, float], objectives: Sequence[Objective]) -> list[float]:
+    missing = [o.metric for o in objectives if o.metric not in metrics]
+    if missing:
+        raise StudyError(f"the evaluation returned no value for objective(s) {missing}")
+    return [float(metrics[o.metric]) for o in objectives]
+
+
+def _set_constraints(trial: optuna.Trial, metrics: Mapping[str, float], budgets: Mapping[str, float]) -> None:
+    if not budgets:
+        return
+    cons = []
+    for metric, bound in budgets.items():
+        v = float(metrics[metric]) - float(bound)
+        trial.set_constraint(f"{metric}_budget", v)
+        cons.append(v)
+    # optuna-dashboard 0.21 reads only the legacy list; mirror it in user attrs
+    trial.set_user_attr("constraints", cons)
+    trial.set_user_attr("feasible", all(c <= 0 for c in cons))
+
+
+def _record(study, trial, outcome: Outcome, objectives, budgets, artifact_store):
+    try:
+        values = _values(outcome.metrics, objectives)
+    except StudyError as exc:
+        _fail(study, trial.number, str(exc))
+        return None
+    for k, v in outcome.attrs.items():
+        trial.set_user_attr(k, v)
+    for k, v in outcome.metrics.items():
+        trial.set_user_attr(k, v)
+    _set_constraints(trial, outcome.metrics, budgets)
+    if artifact_store is not None and outcome.artifacts:
+        from optuna.artifacts import upload_artifact
+
+        ids = {}
+        with tempfile.TemporaryDirectory() as d:
+            for name, data in outcome.artifacts.items():
+                p = Path(d) / name
+                p.write_bytes(data)
+                ids[name] = upload_artifact(artifact_store=artifact_store, file_path=str(p), study_or_trial=trial)
+        trial.set_user_attr("artifacts", ids)
+    return study.tell(trial, values)
+
+
+def _copy_outcome(study, trial, prev: optuna.trial.FrozenTrial, objectives) -> None:
+    for k, v in prev.user_attrs.items():
+        if k not in ("key", "retry_of", "retries", "retry_reason", "artifacts"):
+            trial.set_user_attr(k, v)
+    trial.set_user_attr("duplicate_of", prev.number)
+    for key, value in (prev.constraints or {}).items() if isinstance(prev.constraints, dict) else []:
+        trial.set_constraint(key, value)
+    study.tell(trial, list(prev.values))

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ens.errors import EnsError
+from ens.zoo import Zoo, ZooError
+from ens.zoo.build import build_zoo
+from ens.zoo.manifest import MANIFEST, WEIGHTS
+from search_spaces import Arch
+
+
+def test_zoo_is_complete_and_loads(micro_zoo):
+    zoo = Zoo.load(micro_zoo)
+    m = zoo.manifest
+    assert m.task == "deblur" and m.kinds == ["T", "M", "E"]
+    assert len(m.slots) == 11 and m.versions["torch"].startswith("2.")
+    assert set(m.distill["relative_error"]) == {f"{s['stage']}.{s['index']}" for s in m.slots}
+    q = json.loads((micro_zoo / "quality.json").read_text())
+    assert set(q["uniform"]) == {"M", "E"} and len(q["swap"]) == 11
+    assert q["teacher"]["psnr"] == m.teacher["val"]["psnr"]
+    assert (micro_zoo / "quality.md").read_text().startswith("# Zoo quality")
+    assert not list(micro_zoo.parent.glob(".*work")), "the work folder is removed after a build"
+
+
+def test_any_arch_builds_from_the_zoo_without_training(micro_zoo):
+    zoo = Zoo.load(micro_zoo)
+    a = Arch.parse("enc:T,ME,E|lat:MT|dec:E,M,T|ref:E")
+    net = zoo.build(a)
+    sup = zoo.supernet()
+    sup.set_kinds(a.block_kinds(zoo.config))
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), sup.eval()(x))
+    teacher = zoo.build(Arch.uniform("T"))
+    with torch.no_grad():
+        assert not torch.allclose(teacher(x), net(x))
+
+
+def test_zoo_errors(micro_zoo, tmp_path):
+    with pytest.raises(ZooError, match="manifest.json is missing"):
+        Zoo.load(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / MANIFEST).write_text("{not json")
+    with pytest.raises(ZooError, match="not valid JSON"):
+        Zoo.load(bad)
+    raw = json.loads((micro_zoo / MANIFEST).read_text())
+    for change, msg in [({"format": 99}, "format"), ({"slots": raw["slots"][:-1]}, "slots do not match"),
+                        ({"kinds": ["T", "Q"]}, "does not have")]:
+        d = tmp_path / f"z{len(msg)}"
+        d.mkdir()
+        (d / MANIFEST).write_text(json.dumps({**raw, **change}))
+        (d / WEIGHTS).write_bytes((micro_zoo / WEIGHTS).read_bytes())
+        with pytest.raises(ZooError, match=msg):
+            Zoo.load(d)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / MANIFEST).write_text((micro_zoo / MANIFEST).read_text())
+    (corrupt / WEIGHTS).write_bytes(b"\0" * 100)
+    with pytest.raises(ZooError, match="checksum"):
+        Zoo.load(corrupt)
+
+
+def test_interrupted_build_resumes_and_never_leaves_half_a_zoo(tmp_path, micro_cfg, micro_recipe, monkeypatch):
+    import ens.zoo.build as zb
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zb, "calibrate_in_context", boom)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo("deblur", "tiny", out_root=tmp_path, config=micro_cfg, recipe=micro_recipe, show_progress=False,
+                  log=lambda s: None)
+    assert not (tmp_path / "deblur-tiny").exists()
+    work = tmp_path / ".deblur-tiny.work"
+    assert (work / "teacher.ckpt.safetensors").is_file() and (work / "distill.ckpt.safetensors").is_file()
+    monkeypatch.undo()
+    calls = []
+    orig = zb.train_teacher
+
+    def spy(net, train_set, recipe, seed, ckpt, show):
+        calls.append(ckpt.is_file())
+        return orig(net, train_set, recipe, seed, ckpt, show)
+
+    monkeypatch.setattr(zb, "train_teacher", spy)
+    out = build_zoo("deblur", "tiny", out_root=tmp_path, config=micro_cfg, recipe=micro_recipe, show_progress=False,
+                    log=lambda s: None)
+    assert calls == [True], "the teacher resumed from its checkpoint"
+    assert Zoo.load(out).manifest.task == "deblur"
+    with pytest.raises(EnsError, match="other settings"):
+        (tmp_path / ".deblur-tiny.work").mkdir()
+        (tmp_path / ".deblur-tiny.work" / "spec.json").write_text(json.dumps({"seed": 99}))
+        build_zoo("deblur", "tiny", out_root=tmp_path, config=micro_cfg, recipe=micro_recipe, force=True,
+                  show_progress=False, log=lambda s: None)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    from ens.training import load_checkpoint, save_checkpoint
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.rand(1, 3, 8, 8)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.safetensors", {"n": net}, opt, 7)
+    net2 = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-3)
+    meta = load_checkpoint(tmp_path / "c.safetensors", {"n": net2}, opt2)
+    assert meta["step"] == 7
+    for a, b in zip(net.parameters(), net2.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    torch.testing.assert_close(s1[0]["exp_avg"], s2[0]["exp_avg"])
