@@ -173,8 +173,10 @@ class MambaBlock(nn.Module):
             self.out_proj.weight.mul_(init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z, u, f1, f2 = self.in_proj(self.norm(x)).split([self.inner, self.inner, self.hidden, self.hidden], 1)
+        h = self.in_proj(self.norm(x))
+        if not self.hidden:
+            z, u = h.chunk(2, 1)
+            return x + self.out_proj(self.out_norm(self.scan(u)) * F.silu(z))
+        z, u, f1, f2 = h.split([self.inner, self.inner, self.hidden, self.hidden], 1)
         y = self.out_norm(self.scan(u)) * F.silu(z)
-        if self.hidden:
-            y = torch.cat([y, F.gelu(f1) * f2], 1)
-        return x + self.out_proj(y)
+        return x + self.out_proj(torch.cat([y, F.gelu(f1) * f2], 1))

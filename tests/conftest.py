@@ -6,7 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny tensors: one thread is faster and never oversubscribes
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +43,24 @@ def micro_zoo(tmp_path_factory, micro_recipe):
     root = tmp_path_factory.mktemp("zoo")
     return build_zoo("deblur", "tiny", out_root=root, config=cfg, recipe=micro_recipe, show_progress=False,
                      log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """URL of a real PostgreSQL server on 127.0.0.1, started for this test session."""
+    from tests.pg import PostgresServer, find_bin
+
+    if not (find_bin("initdb") and find_bin("pg_ctl")):
+        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs Debian's postgresql)")
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    # not under pytest's tmp folder: that one is private to root, and the server runs as 'postgres'
+    root = Path(tempfile.mkdtemp(prefix="ens-pg-"))
+    server = PostgresServer(root / "pg")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -140,8 +140,8 @@ def test_directional_scan_matches_per_direction_ssd_scan(directions, head_dim):
 
 
 def export_and_compare(block: MambaBlock, x: torch.Tensor, path, dynamo: bool = False) -> set[str]:
-    if dynamo:
-        torch.onnx.export(block, (x,), str(path), input_names=["x"], dynamo=True, opset_version=18)
+    if dynamo:  # the onnxscript optimiser pass is skipped only to keep the test fast
+        torch.onnx.export(block, (x,), str(path), input_names=["x"], dynamo=True, opset_version=18, optimize=False)
     else:
         torch.onnx.export(block, (x,), str(path), input_names=["x"], dynamo=False, opset_version=17)
     model = onnx.load(str(path))
@@ -164,6 +164,7 @@ def export_and_compare(block: MambaBlock, x: torch.Tensor, path, dynamo: bool = 
         ((1, 16, 20, 28), {}),
         ((1, 16, 19, 27), {"directions": 4, "chunk": 16}),
         ((2, 16, 7, 33), {"out_norm": True}),
+        ((1, 16, 9, 10), {"ffn_expansion": 0, "directions": 1}),
     ],
 )
 def test_onnx_export_has_no_loop_and_matches_pytorch(shape, kwargs, tmp_path):
