@@ -16,8 +16,9 @@ every direction scans only its own heads and the scan costs what a single direct
 ``directions=4`` adds the two column orders (MambaIR's four). dt, B and C come from the convolved
 features (as in Mamba-1 / VMamba's x_proj), with B and C per direction. The scan is
 ``blocks.ssm.ssd_chunked``: chunked matrix products with no loop, so the block exports to ONNX with
-static shapes and no Loop/Scan op. The out-projection starts at 1% of its default init
-(``init_scale``), so the block starts as a near-identity residual, ready to be distilled.
+static shapes and no Loop/Scan op; under autocast or in float16/bfloat16 the scan itself runs in float32.
+The out-projection starts at 1% of its default init (``init_scale``), so the block starts as a
+near-identity residual, ready to be distilled.
 
 Chosen defaults (``MambaBlock(dim)``): ``d_state=8, expand=1, directions=2, head_dim=None`` (one head
 per direction, head_dim = C/2), ``chunk=None`` (``auto_chunk``: 16 at 64x64, 32 at 128x128),
@@ -121,14 +122,21 @@ class DirectionalSSD(nn.Module):
         bcdt = self._sequences(bcdt)
         bm, cm, dt = bcdt.split([n, n, hpd], dim=-1)  # [B, nd, L, .]
         dt = F.softplus(dt + self.dt_bias.reshape(nd, 1, hpd))
-        y, _ = ssd_chunked(
+        args = (
             u.reshape(b, nd, length, hpd, p).transpose(2, 3).reshape(b, self.heads, length, p),
             dt.transpose(2, 3).reshape(b, self.heads, length),
             -torch.exp(self.A_log),
             bm,
             cm,
-            self.chunk or auto_chunk(length),
         )
+        chunk = self.chunk or auto_chunk(length)
+        if torch.is_autocast_enabled(u.device.type) or u.dtype in (torch.float16, torch.bfloat16):
+            # the segment sums and decays need float32: scan outside autocast, in float32
+            with torch.autocast(u.device.type, enabled=False):
+                y, _ = ssd_chunked(*(a.float() for a in args), chunk)
+            y = y.to(u.dtype)
+        else:
+            y, _ = ssd_chunked(*args, chunk)
         y = y.reshape(b, nd, hpd, length, p).transpose(2, 3).reshape(b, nd, length, hpd * p)
         y = y + u * self.D.repeat_interleave(p).reshape(nd, 1, hpd * p)
         return torch.cat([from_sequence(y[:, k], d, h, w) for k, d in enumerate(self.directions)], 1)

@@ -409,7 +409,11 @@ def ssd_scan(
             return_final_states=return_final_states,
         )
     xh, dth, A_, Bh, Ch = _ssd_prepare(x, dt, A, B, C, dt_bias, dt_softplus)
-    y, final = ssd_chunked(xh, dth, A_, Bh, Ch, chunk_size)
+    if torch.is_autocast_enabled(x.device.type):  # keep the products in float32 too
+        with torch.autocast(x.device.type, enabled=False):
+            y, final = ssd_chunked(xh, dth, A_, Bh, Ch, chunk_size)
+    else:
+        y, final = ssd_chunked(xh, dth, A_, Bh, Ch, chunk_size)
     y = y.transpose(1, 2)
     if D is not None:
         D_ = D.to(y.dtype)

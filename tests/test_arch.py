@@ -89,7 +89,7 @@ def test_every_sampled_arch_builds_runs_and_exports(micro_cfg, tmp_path, data, g
     model = HybridUNet(micro_cfg, arch.block_kinds(micro_cfg)).eval()
     # randomise the zero-initialised residual scales so that every block contributes
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.5)
     x = torch.rand(1, 3, h, w)

@@ -84,6 +84,19 @@ def test_eval_is_deterministic():
         assert torch.equal(block(x), block(x))
 
 
+def test_mixed_precision_scans_in_float32():
+    block = make_block(directions=4)
+    x = torch.randn(1, 16, 12, 14)
+    with torch.no_grad():
+        expected = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = block(x)
+        half = block.to(torch.bfloat16)(x.to(torch.bfloat16))
+    for out in (mixed, half):
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+
+
 def test_chunk_size_does_not_change_the_output():
     block = make_block(directions=4)
     x = torch.randn(1, 16, 15, 18)
@@ -141,9 +154,10 @@ def test_directional_scan_matches_per_direction_ssd_scan(directions, head_dim):
 
 def export_and_compare(block: MambaBlock, x: torch.Tensor, path, dynamo: bool = False) -> set[str]:
     if dynamo:  # the onnxscript optimiser pass is skipped only to keep the test fast
-        torch.onnx.export(block, (x,), str(path), input_names=["x"], dynamo=True, opset_version=18, optimize=False)
+        options = dict(dynamo=True, opset_version=18, optimize=False)
     else:
-        torch.onnx.export(block, (x,), str(path), input_names=["x"], dynamo=False, opset_version=17)
+        options = dict(dynamo=False, opset_version=17)
+    torch.onnx.export(block, (x,), str(path), input_names=["x"], **options)
     model = onnx.load(str(path))
     ops = {node.op_type for node in model.graph.node}
     ops |= {node.op_type for fn in model.functions for node in fn.node}

@@ -239,11 +239,16 @@ def test_ssd_extreme_decay_is_finite():
     assert torch.isfinite(inp["dt"].grad).all() and torch.isfinite(inp["A"].grad).all()
 
 
-def test_ssd_keeps_dtype():
+def test_ssd_keeps_dtype_and_ignores_autocast():
     inp = {k: v.to(torch.bfloat16) for k, v in ssd_inputs(l=40).items()}
     y = ssd_scan(**inp, chunk_size=16)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.double(), loop_ssd(**inp)[0], rtol=2e-2, atol=5e-2)
+    inp = ssd_inputs(l=40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ssd_scan(**inp, chunk_size=16)
+    assert y.dtype == torch.float32
+    assert_close(y, loop_ssd(**inp)[0])
 
 
 def test_ssd_gradcheck():
@@ -380,9 +385,10 @@ def test_onnx_export_has_no_loop_and_matches(dynamo, tmp_path):
     path = tmp_path / "scans.onnx"
     names = [f"in{i}" for i in range(len(args))]
     if dynamo:  # the onnxscript optimiser pass is skipped only to keep the test fast
-        torch.onnx.export(module, args, str(path), input_names=names, dynamo=True, opset_version=18, optimize=False)
+        options = dict(dynamo=True, opset_version=18, optimize=False)
     else:
-        torch.onnx.export(module, args, str(path), input_names=names, dynamo=False, opset_version=17)
+        options = dict(dynamo=False, opset_version=17)
+    torch.onnx.export(module, args, str(path), input_names=names, **options)
     model = onnx.load(str(path))
     ops = {node.op_type for node in model.graph.node} | {n.op_type for fn in model.functions for n in fn.node}
     assert not ops & {"Loop", "Scan", "If"}, ops

@@ -102,6 +102,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     zoo = Zoo.load(zoo_dir)
     cfg = zoo.config
     kinds = [k for k in zoo.manifest.kinds if k in block_kinds()]
+    _ensure_latency_table(prof, cfg, shape, kinds, opts.preset, log)
 
     val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
                          num_patches=zoo.manifest.val_patches)
@@ -162,3 +163,20 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         if lock is not None:
             lock.__exit__(None, None, None)
     return study, summary
+
+
+def _ensure_latency_table(prof, cfg, shape, kinds, preset: str, log: Callable[[str], None]) -> None:
+    """A ``lut:`` profiler with no table for this network and shape gets one calibrated first."""
+    from ens.profiling import calibrate
+    from profilers.errors import TableNotFound
+    from profilers.lut import LUTProfiler
+
+    if not isinstance(prof, LUTProfiler):
+        return
+    try:
+        prof.table_for(cfg.to_dict(), shape, prof.default_precision)
+    except TableNotFound:
+        log(f"no latency table for {prof.inner.spec} at {'x'.join(map(str, shape))}: calibrating one first "
+            f"(each stage and block kind measured once in context)")
+        _, path = calibrate(prof.inner, cfg, shape, kinds, preset=preset)
+        log(f"latency table written to {path}")
