@@ -1,0 +1,67 @@
+"""Faults: interrupting a search, two writers on one SQLite study."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ens.cli import main
+from studies.lock import StudyLock
+
+
+def _complete(db) -> int:
+    if not db.exists():
+        return 0
+    try:
+        s = optuna.load_study(study_name="deblur-tiny", storage=f"sqlite:///{db}")
+    except KeyError:
+        return 0
+    return len(s.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def _search_cmd(trials: int) -> list[str]:
+    return [sys.executable, "-c", "from ens.cli import main; main()", "search", "--profiler", "proxy", "--workers",
+            "0", "--trials", str(trials), "--shape", "1x3x32x32", "--sampler", "random"]
+
+
+def test_sigint_during_search_keeps_completed_trials_and_resumes(tmp_path, micro_zoo):
+    shutil.copytree(micro_zoo, tmp_path / "zoo" / "deblur-tiny")
+    db = tmp_path / "study.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(_search_cmd(40), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while _complete(db) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "resume" in out
+    kept = _complete(db)
+    assert kept >= 2
+    study = optuna.load_study(study_name="deblur-tiny", storage=f"sqlite:///{db}")
+    assert not study.get_trials(states=(TrialState.RUNNING,)), "no trial is left RUNNING"
+    target = kept + 1
+    res = subprocess.run(_search_cmd(target), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _complete(db) >= target
+
+
+def test_second_search_on_same_sqlite_is_refused(tmp_path, capsys, micro_zoo, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(micro_zoo, tmp_path / "zoo" / "deblur-tiny")
+    with StudyLock(tmp_path / "study.db"):
+        with pytest.raises(SystemExit) as exc:
+            main(["search", "--profiler", "proxy", "--workers", "0", "--trials", "2", "--shape", "1x3x32x32"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "another ens search" in err and "Traceback" not in err
