@@ -44,8 +44,8 @@ class ZooRecipe:
 
 
 RECIPES: dict[str, ZooRecipe] = {
-    "tiny": ZooRecipe(TeacherRecipe(steps=1200, batch_size=8), DistillRecipe(steps=500, calib_steps=300),
-                      patch_size=64, train_patches=1024),
+    "tiny": ZooRecipe(TeacherRecipe(steps=600, batch_size=8), DistillRecipe(steps=300, calib_steps=150),
+                      patch_size=48, train_patches=1024),
     "small": ZooRecipe(TeacherRecipe(steps=6000, batch_size=8), DistillRecipe(steps=2000, calib_steps=1000),
                        patch_size=96, train_patches=4096),
     "paper": ZooRecipe(TeacherRecipe(steps=300000, batch_size=8, lr=3e-4, warmup=1000),

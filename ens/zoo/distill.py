@@ -34,6 +34,7 @@ from blocks.unet import HybridUNet
 from ens.training import (
     PeriodicCheckpoint,
     batch_indices,
+    channels_last,
     cosine_lr,
     load_checkpoint,
     progress_bar,
@@ -119,13 +120,13 @@ def distill_surrogates(
         save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
 
     periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
-    supernet.train()
+    channels_last(supernet).train()
     ema = None
     with progress_bar("distil surrogates", recipe.steps, start, show_progress) as advance:
         for step in range(start, recipe.steps):
             set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, warmup=20))
             deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)
-            rec = teacher_records(supernet, deg)
+            rec = teacher_records(supernet, channels_last(deg))
             loss = torch.zeros(())
             for stage, i, blk in supernet.slot_blocks():
                 x, y = rec[(stage, i)]
@@ -193,12 +194,14 @@ def calibrate_in_context(
         save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
 
     periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    channels_last(supernet)
     ema = None
     with progress_bar("in-context calibration", recipe.calib_steps, start, show_progress) as advance:
         for step in range(start, recipe.calib_steps):
             set_lr(opt, cosine_lr(step, recipe.calib_steps, recipe.calib_lr, warmup=10))
             idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
             deg, _ = stack_batch(train_set, idx, step)
+            deg = channels_last(deg)
             supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
             supernet.eval()
             with torch.no_grad():

@@ -1,7 +1,7 @@
 """Step 1 of a zoo: train the all-transformer U-Net teacher on the task.
 
 Charbonnier loss, AdamW (betas 0.9/0.999, weight decay 1e-4 as Restormer), cosine schedule with a
-short warm-up, gradient clipping at 0.01 * sqrt(#params)-independent norm 1.0, seeded batches.
+short warm-up, gradient-norm clipping at 1.0, seeded batches, channels-last layout (faster on CPU).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from blocks.unet import HybridUNet
 from ens.training import (
     PeriodicCheckpoint,
     batch_indices,
+    channels_last,
     charbonnier,
     cosine_lr,
     load_checkpoint,
@@ -56,13 +57,13 @@ def train_teacher(
         save_checkpoint(ckpt_path, {"teacher": net}, opt, step)
 
     periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
-    net.train()
+    channels_last(net).train()
     ema = None
     with progress_bar("teacher", recipe.steps, start, show_progress) as advance:
         for step in range(start, recipe.steps):
             set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup))
             deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step), step)
-            loss = charbonnier(net(deg), clean)
+            loss = charbonnier(net(channels_last(deg)), clean)
             require_finite(loss, "teacher training")
             opt.zero_grad(set_to_none=True)
             loss.backward()

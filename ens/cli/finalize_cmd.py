@@ -1,0 +1,90 @@
+"""``ens finalize``: QDR quantization-aware distillation of a Pareto trial, INT8 export and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ens.cli.app import app, console
+
+_EXPORTS = "trt_int8, onnx_int8, qnn_int8 or onnx_fp32"
+
+
+@app.command()
+def finalize(
+    storage: str = typer.Argument(..., help="The study: a SQLite file (study.db) or an Optuna storage URL."),
+    export: str = typer.Option(..., "--export", help=f"What to ship: {_EXPORTS}."),
+    out: Path = typer.Option(Path("final"), "--out", help="Output folder (written atomically)."),
+    trial: int | None = typer.Option(None, "--trial", help="Finalize this trial number."),
+    latency_budget: float | None = typer.Option(None, "--latency-budget",
+                                                help="Best-PSNR Pareto trial within this latency (ms)."),
+    pick: str | None = typer.Option(None, "--pick", help="'knee' of the Pareto front (the default)."),
+    study_name: str | None = typer.Option(None, help="Study in the storage (needed if it holds several)."),
+    finetune_steps: int = typer.Option(200, min=0, help="End-to-end FP32 fine-tuning steps."),
+    qat_steps: int = typer.Option(200, min=0, help="Quantization-aware training steps."),
+    batch_size: int = typer.Option(8, min=1, help="Patches per training step."),
+    lr: float = typer.Option(2e-4, help="FP32 fine-tuning learning rate (cosine schedule)."),
+    qat_lr: float = typer.Option(5e-5, help="QAT learning rate (cosine schedule)."),
+    kd: str = typer.Option("latent", help="Distillation: latent (QDR's decoder-free, at the bottleneck), "
+                           "output, or none."),
+    lmr: bool = typer.Option(True, "--lmr/--no-lmr", help="Learnable magnitude reweighting of the losses."),
+    dct_weight: float = typer.Option(0.0, help="Weight of the DCT-domain L1 term (INT8-SR uses 0.02)."),
+    conf_kd: bool = typer.Option(False, "--conf-kd", help="Add confidence-weighted output KD (INT8-SR)."),
+    spark: bool = typer.Option(False, "--spark", help="Add SPARK's spatial KD policy (trained by RL, discarded)."),
+    weight_clip: float = typer.Option(2.0, help="Clip weights to +-this during QAT (0: off)."),
+    observer_freeze: float = typer.Option(0.3, help="Fraction of QAT steps after which activation ranges freeze."),
+    fakequant_freeze: float = typer.Option(0.9, help="Fraction of QAT steps after which weight scales freeze."),
+    keep_fp: list[str] = typer.Option([], "--keep-fp", help="Module-name pattern kept in float (repeatable), "
+                                      "e.g. '*x_proj'."),
+    ablate: bool = typer.Option(False, "--ablate", help="Also run the QAT variants (no KD, KD at the output, "
+                                "no LMR) with the same step budget and report each."),
+    zoo: Path | None = typer.Option(None, "--zoo", help="Zoo folder (default: the one the study recorded)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the study's data)."),
+    profiler: str | None = typer.Option(None, "--profiler", help="Latency profiler (default: the study's; "
+                                        "ONNX Runtime CPU is always measured too)."),
+    shape: str | None = typer.Option(None, "--shape", help="Input shape of the deployed files (default: the "
+                                     "study's latency shape)."),
+    train_patches: int = typer.Option(512, min=1, help="Training patches drawn for fine-tuning and QAT."),
+    trt_host: str | None = typer.Option(None, "--trt-host", help="Build the engine over SSH: ssh://user@host."),
+    device: str | None = typer.Option(None, "--device", help="AI Hub device for qnn_int8."),
+    threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for evaluation and latency."),
+    seed: int = typer.Option(0, min=0, help="Seed of the training batches."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+) -> None:
+    """Fine-tune a Pareto trial, QAT it with QDR distillation, export INT8 and write a report."""
+    from ens.finalize.pipeline import FinalizeOptions, run_finalize
+    from ens.finalize.qat import QDRConfig
+
+    cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
+                    qat_lr=qat_lr, dct_weight=dct_weight, kd=kd, lmr=lmr, conf_kd=conf_kd, spark=spark,
+                    weight_clip=weight_clip or None, observer_freeze=observer_freeze,
+                    fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), seed=seed)
+    opts = FinalizeOptions(storage=storage, export=export, out=str(out), study_name=study_name, trial=trial,
+                           latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
+                           zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,
+                           train_patches=train_patches, force=force, trt_host=trt_host, qnn_device=device,
+                           threads=threads)
+    res = run_finalize(opts, log=lambda s: console.print(s, highlight=False))
+    _print_summary(res.report, res.out)
+
+
+def _print_summary(r: dict, out: Path) -> None:
+    q = r.get("quality", {})
+    t = Table(title=f"finalized: {r.get('arch')} (trial {r.get('trial', {}).get('number')})")
+    for c in ("model", "PSNR", "SSIM", "recovery"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for key, label in (("degraded", "degraded input"), ("fp32", "FP32"), ("int8_qdr", "INT8 QDR (ORT)"),
+                       ("int8_ptq", "INT8 PTQ (ORT)")):
+        v = q.get(key)
+        if v:
+            rec = v.get("recovery_pct")
+            t.add_row(label, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{rec:.2f}%" if rec is not None else "")
+    console.print(t)
+    lat = r.get("latency", {}).get("ort_cpu", {})
+    if lat.get("fp32"):
+        i8 = lat.get("int8", {}).get("median_ms")
+        console.print(f"ONNX Runtime CPU latency at {lat.get('shape')}: FP32 {lat['fp32']['median_ms']:.1f} ms"
+                      + (f", INT8 {i8:.1f} ms ({lat.get('speedup')}x)" if i8 else ""), highlight=False)
+    console.print(f"report: {out / 'report.json'}, model card: {out / 'MODEL_CARD.md'}", highlight=False)

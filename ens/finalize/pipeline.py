@@ -1,0 +1,475 @@
+"""``ens finalize``: pick a Pareto trial, fine-tune it in FP32, QDR quantization-aware training, INT8 export, report.
+
+Steps (:func:`run_finalize`):
+
+1. checks that fail fast, before any training: the export target, the output folder, ModelOpt (INT8
+   targets), the AI Hub token (``qnn_int8``), the latency profiler;
+2. the trial (:mod:`ens.finalize.pick`), its network rebuilt from the study's zoo, fine-tuned end to
+   end in FP32 (``finetune_steps``);
+3. QDR QAT (:mod:`ens.finalize.qat`): a fake-quant copy distilled from the fine-tuned FP32 model;
+   with ``ablate``, the variants of :data:`ens.finalize.qat.ABLATIONS` with the same step budget;
+4. exports (:mod:`ens.finalize.export`): FP32 and Q/DQ INT8 ONNX at the deploy shape, each checked
+   against PyTorch; quality of FP32 (PyTorch), INT8 and plain PTQ (both run by ONNX Runtime on the
+   held-out split at the zoo's patch size); latencies; the TensorRT engine or the QNN model;
+5. ``report.json``, ``MODEL_CARD.md``, ``samples.png``.
+
+Everything is written into a temporary folder beside ``out`` that is renamed into place at the end:
+``out`` is complete or absent (a failure removes the temporary folder). The one exception by design:
+``trt_int8`` where no TensorRT is reachable commits the folder (ONNX, report and ``build_engine.sh``
+with the exact trtexec command) and then raises :class:`~ens.finalize.export.EngineNotBuilt`
+(exit status 3), since the files are what the user needs to build the engine elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ens.errors import EnsError
+from ens.finalize import export as ex
+from ens.finalize.pick import Picked, pick_trial
+from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, qdr_train, require_modelopt
+from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
+
+LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
+                "L_kd = |lat_S - lat_T|_1 at the bottleneck (T = the fine-tuned FP32 model)")
+LMR_FORMULA = "L = sum_i exp(-s_i) * L_i + s_i, s_i learnable, initialised to log L_i of the first batch"
+HIGHER_PRECISION_NOTE = (
+    "Only convolutions are INT8 (per-channel weights, per-tensor inputs). Kept in floating point (FP32 in "
+    "ONNX Runtime, FP16 in a TensorRT --int8 --fp16 engine): the SSM scan of M blocks (softplus of dt, exp of "
+    "A and of the decay segment sums, cumsum, the chunk matmuls), the attention of T blocks (L2 normalise, "
+    "q.k^T and attn.v matmuls, softmax), every LayerNorm, GELU/SiLU and the sigmoid gates of E blocks' LDG.")
+ABLATION_TEXT = {
+    "no_kd": "QAT, reconstruction loss only",
+    "kd_output": "KD at the output instead of the bottleneck, LMR",
+    "no_lmr": "bottleneck KD, fixed weights 1:1 (no LMR)",
+    "qdr": "full QDR: bottleneck KD + LMR",
+}
+
+
+@dataclass
+class FinalizeOptions:
+    storage: str
+    export: str = "onnx_int8"
+    out: str = "final"
+    study_name: str | None = None
+    trial: int | None = None
+    latency_budget: float | None = None
+    pick: str | None = None
+    qdr: QDRConfig = field(default_factory=QDRConfig)
+    ablate: bool = False
+    zoo: str | None = None
+    data: str | None = None
+    profiler: str | None = None
+    shape: str | None = None
+    train_patches: int = 512
+    calib_patches: int = 32
+    samples: int = 3
+    threads: int = 2
+    latency_rounds: int = 5
+    latency_runs: int = 10
+    latency_clock: str = "wall"
+    force: bool = False
+    trt_host: str | None = None
+    qnn_device: str | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class FinalizeResult:
+    out: Path
+    report: dict[str, Any]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EnsError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise EnsError(f"--out {out} already holds files: pass --force to replace it, or choose another folder")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise EnsError(f"the parent folder of --out ({parent}) does not exist")
+    if not os.access(parent, os.W_OK):
+        raise EnsError(f"cannot write into {parent}")
+
+
+def _data_dir(opts: FinalizeOptions, attrs: dict[str, Any]) -> str | None:
+    if opts.data:
+        if not Path(opts.data).is_dir():
+            raise EnsError(f"data directory {opts.data} does not exist")
+        return opts.data
+    d = attrs.get("data")
+    return None if (d is None or str(d).startswith("embedded")) else str(d)
+
+
+def _shape(opts: FinalizeOptions, attrs: dict[str, Any]) -> tuple[int, ...]:
+    from profilers.base import parse_shape
+
+    if opts.shape:
+        return parse_shape(opts.shape)
+    s = attrs.get("shape")
+    return parse_shape(s) if s else (1, 3, 256, 256)
+
+
+def _latency_profiler(opts: FinalizeOptions, study_profiler: str | None) -> tuple[str | None, str]:
+    """(measured profiler spec or None, note). ort-cpu is always measured besides it."""
+    spec = opts.profiler or study_profiler or "ort-cpu"
+    if spec.startswith("lut:"):
+        return spec[4:], f"the study used {spec}; FP32 and INT8 measured on the table's profiler {spec[4:]}"
+    if spec == "proxy":
+        return None, "the study used the proxy profiler (a count, not a time): measured on ort-cpu"
+    return spec, ""
+
+
+def _tile_like(val_x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A real-image input of ``shape`` made by tiling held-out patches (for the export checks)."""
+    n, c, h, w = shape
+    p = val_x.shape[-1]
+    reps = (-(-h // p), -(-w // p))
+    rows = []
+    k = 0
+    for _ in range(n):
+        tiles = []
+        for _i in range(reps[0]):
+            tiles.append(torch.cat([val_x[(k + j) % len(val_x)] for j in range(reps[1])], dim=-1))
+            k += reps[1]
+        rows.append(torch.cat(tiles, dim=-2)[:, :h, :w])
+    return torch.stack(rows)[:, :c]
+
+
+def _qdict(q: Any, fp32_psnr: float | None = None, degraded: float | None = None) -> dict[str, Any]:
+    d = q.to_dict()
+    if fp32_psnr is not None:
+        d["recovery_pct"] = recovery(d["psnr"], fp32_psnr)
+        d["gain_recovery_pct"] = gain_recovery(d["psnr"], fp32_psnr, degraded)
+    return d
+
+
+def _publish_permissions(tmp: Path) -> None:
+    """mkdtemp/mkstemp make private files (0700/0600); give the result the usual umask permissions."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            os.chmod(f, (0o777 if os.access(f, os.X_OK) else 0o666) & ~mask)
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    _publish_permissions(tmp)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> FinalizeResult:
+    from blocks.stats import count_macs, count_params
+    from ens.data import load_pairs
+    from ens.evaluate import evaluate
+    from ens.report import load_study
+    from ens.tasks import get_task
+    from ens.training import atomic_save_tensors, seed_everything
+    from ens.zoo.store import Zoo
+    from profilers.base import format_shape
+    from profilers.registry import get_profiler
+
+    if opts.export not in ex.EXPORT_TARGETS:
+        raise EnsError(f"unknown --export {opts.export!r} (choose from {', '.join(ex.EXPORT_TARGETS)})")
+    int8 = opts.export != "onnx_fp32"
+    out = Path(opts.out)
+    _check_out(out, opts.force)
+    if opts.train_patches < 1:
+        raise EnsError("--train-patches must be >= 1")
+    if int8 or opts.ablate:
+        require_modelopt()
+    study = load_study(opts.storage, opts.study_name)
+    attrs = dict(study.user_attrs)
+    qnn_device = opts.qnn_device
+    if opts.export == "qnn_int8":
+        prof_attr = str(attrs.get("profiler") or "")
+        if qnn_device is None and prof_attr.startswith(("qaihub:", "lut:qaihub:")):
+            qnn_device = prof_attr.split("qaihub:", 1)[1].split("?", 1)[0].strip().strip("'\"")
+        qnn_device = qnn_device or ex.DEFAULT_QNN_DEVICE
+        ex.check_qnn(qnn_device)  # no token: a clear error now, not after the training
+    trt_spec = opts.trt_host or attrs.get("profiler")
+    if trt_spec and trt_spec.startswith("ssh://"):
+        trt_spec = "trt:" + trt_spec
+    lat_spec, lat_note = _latency_profiler(opts, attrs.get("profiler"))
+    other_prof = None
+    if lat_spec and lat_spec.split("?")[0] != "ort-cpu":
+        other_prof = get_profiler(lat_spec)
+        other_prof.check()
+    picked: Picked = pick_trial(study, opts.trial, opts.latency_budget, opts.pick)
+    log(f"picked trial {picked.number} ({picked.how}): {picked.arch}  {picked.psnr:.2f} dB")
+
+    zoo_dir = Path(opts.zoo) if opts.zoo else Path(str(attrs.get("zoo_dir") or ""))
+    if not str(zoo_dir) or not (zoo_dir / "manifest.json").is_file():
+        raise EnsError(f"the study's zoo {zoo_dir or '(not recorded)'} is not there: pass --zoo ZOO_DIR")
+    zoo = Zoo.load(zoo_dir)
+    want = picked.zoo_id or attrs.get("zoo_id")
+    if want and zoo.zoo_id != want:
+        raise EnsError(f"trial {picked.number} was evaluated with zoo {want}, but {zoo_dir} holds zoo {zoo.zoo_id}")
+    task = get_task(attrs.get("task") or zoo.manifest.task)
+    data = _data_dir(opts, attrs)
+    shape = _shape(opts, attrs)
+    patch = int(zoo.manifest.patch_size)
+    seed = opts.qdr.seed
+    seed_everything(seed)
+    train = load_pairs(task, data, "train", patch_size=patch, seed=seed, num_patches=opts.train_patches)
+    val = load_pairs(task, data, "val", patch_size=patch, seed=seed, num_patches=zoo.manifest.val_patches)
+    val_pairs = [val[i] for i in range(len(val))]
+    val_x = torch.stack([p[0] for p in val_pairs])
+    eval_shape = (1, 3, patch, patch)
+
+    t_start = time.monotonic()
+    net = zoo.build(picked.arch)
+    cfg = opts.qdr
+    log(f"fine-tuning in FP32 for {cfg.finetune_steps} steps")
+    ft_log = finetune_fp32(net, train, cfg, show_progress=opts.show_progress)
+    net.eval()
+    q_deg = evaluate(None, val_pairs, task)
+    q_fp32 = evaluate(net, val_pairs, task)
+    log(f"FP32: {q_fp32.psnr:.3f} dB / {q_fp32.ssim:.4f} (degraded input {q_deg.psnr:.3f} dB)")
+
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.resolve().parent))
+    engine_missing: ex.EngineResult | None = None
+    try:
+        report: dict[str, Any] = {
+            "study": study.study_name, "storage": str(opts.storage), "task": task.name,
+            "preset": attrs.get("preset") or zoo.manifest.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(zoo_dir),
+            "trial": picked.to_dict(), "arch": picked.arch, "params": count_params(net),
+            "macs": count_macs(net, shape), "shape": list(shape), "shape_str": format_shape(shape),
+        }
+        # FP32 ONNX: one for evaluation (zoo patch size), one deployed (study shape)
+        fp32_eval = work / "fp32_eval.onnx"
+        err_eval = ex.export_fp32(net, eval_shape, fp32_eval, val_x[:1])
+        fp32_file = tmp / "model_fp32.onnx"
+        if tuple(shape) == eval_shape:
+            shutil.copyfile(fp32_eval, fp32_file)
+            err_dep = err_eval
+        else:
+            err_dep = ex.export_fp32(net, shape, fp32_file, _tile_like(val_x, shape))
+        q_fp32_ort = ex.evaluate_onnx(fp32_eval, val_pairs, task, opts.threads)
+        checks: dict[str, Any] = {"fp32_onnx_max_abs": max(err_eval, err_dep), "fp32_tolerance": ex.FP32_TOLERANCE}
+        quality: dict[str, Any] = {
+            "pairs": len(val_pairs), "patch_size": patch, "metric": task.metric_description,
+            "degraded": q_deg.to_dict(), "fp32": _qdict(q_fp32), "fp32_onnx": _qdict(q_fp32_ort),
+        }
+        files = [fp32_file]
+        training: dict[str, Any] = {"finetune": ft_log.to_dict(), "config": cfg.to_dict(),
+                                    "loss_formula": LOSS_FORMULA, "lmr_formula": LMR_FORMULA}
+        int8_file = None
+        int8_eval = None
+        student = None
+        if int8:
+            log(f"QAT with distillation for {cfg.qat_steps} steps")
+            student, q_log = qdr_train(net, train, cfg, show_progress=opts.show_progress)
+            training["qat"] = q_log.to_dict()
+            int8_eval = work / "int8_eval.onnx"
+            ex.export_int8(student, eval_shape, int8_eval)
+            checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, val_x[: min(4, len(val_x))])
+            checks["int8_tolerance"] = ex.INT8_TOLERANCE
+            q_int8 = ex.evaluate_onnx(int8_eval, val_pairs, task, opts.threads)
+            q_fq = evaluate(student, val_pairs, task)
+            quality["int8_qdr"] = _qdict(q_int8, q_fp32.psnr, q_deg.psnr)
+            quality["int8_fakequant_torch"] = _qdict(q_fq, q_fp32.psnr, q_deg.psnr)
+            log(f"INT8 (QDR, ONNX Runtime): {q_int8.psnr:.3f} dB / {q_int8.ssim:.4f} "
+                f"({quality['int8_qdr']['recovery_pct']}% of FP32)")
+            int8_file = tmp / "model_int8.onnx"
+            if tuple(shape) == eval_shape:
+                shutil.copyfile(int8_eval, int8_file)
+            else:
+                ex.export_int8(student, shape, int8_file)
+                checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(val_x, shape))
+            files.append(int8_file)
+            # the baseline: plain post-training quantization of the same FP32 model
+            calib = [train[i % len(train)][0].unsqueeze(0).numpy() for i in range(opts.calib_patches)]
+            ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib)
+            q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads)
+            quality["int8_ptq"] = _qdict(q_ptq, q_fp32.psnr, q_deg.psnr)
+            quality["int8_ptq"]["method"] = "onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 per-channel " \
+                                            f"weights, {opts.calib_patches} training patches"
+            log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
+            from ens.finalize.qat import quant_summary
+
+            report["quantization"] = {
+                "tool": _modelopt_version(), "scheme": "INT8 symmetric; weights per output channel, activations "
+                "per tensor (conv inputs); max calibration, then QAT", **quant_summary(student),
+                "ops": ex.precision_breakdown(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
+            }
+        if opts.ablate:
+            report["ablation"] = _ablate(net, train, cfg, work, eval_shape, val_pairs, task, q_fp32.psnr, q_deg.psnr,
+                                         opts, log, quality.get("int8_qdr"))
+        report["quality"] = quality
+        report["checks"] = checks
+        report["training"] = training
+        report["latency"] = _latencies(fp32_file, int8_file, shape, opts, other_prof, lat_note, log)
+
+        # the deployed artifacts of the target
+        export_info: dict[str, Any] = {"target": opts.export}
+        if opts.export == "trt_int8":
+            assert int8_file is not None
+            eng = ex.build_trt_engine(int8_file, tmp / "model_int8.engine", trt_spec, log)
+            export_info["engine"] = eng.__dict__
+            if eng.built:
+                files.append(tmp / "model_int8.engine")
+            else:
+                script = tmp / "build_engine.sh"
+                script.write_text("#!/bin/sh\n# Build the TensorRT INT8 engine where TensorRT is installed "
+                                  "(Jetson: /usr/src/tensorrt/bin/trtexec).\n"
+                                  f"cd \"$(dirname \"$0\")\" && {eng.command}\n")
+                script.chmod(0o755)
+                files.append(script)
+                engine_missing = eng
+        elif opts.export == "qnn_int8":
+            assert int8_file is not None and qnn_device is not None
+            qfile = tmp / "model_int8.qnn.bin"
+            export_info["qnn"] = ex.compile_qnn(int8_file, qfile, shape, qnn_device)
+            files.append(qfile)
+        # fine-tuned FP32 weights (safetensors), to rebuild or continue
+        wfile = tmp / "model_fp32.safetensors"
+        atomic_save_tensors(net.state_dict(), wfile, metadata={"arch": picked.arch, "zoo_id": zoo.zoo_id})
+        files.append(wfile)
+        _annotate(files, picked, zoo)
+        export_info["files"] = [ex.file_info(f) for f in files]
+        report["export"] = export_info
+        report["wall_time_s"] = round(time.monotonic() - t_start, 1)
+        samples = _samples(net, int8_eval, val_pairs, opts.samples, opts.threads) if opts.samples > 0 else None
+        write_report(tmp, _clean(report), samples)
+        _commit(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise EnsError(f"writing the finalized model failed, nothing was left in {out}: {exc}") from None
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {out}/ (report.json, MODEL_CARD.md)")
+    if engine_missing is not None:
+        raise ex.EngineNotBuilt(
+            f"the TensorRT engine was NOT built ({engine_missing.message}); wrote {out}/model_int8.onnx and "
+            f"{out}/build_engine.sh: build it where TensorRT is with: {engine_missing.command}")
+    return FinalizeResult(out, report)
+
+
+def _modelopt_version() -> str:
+    try:
+        import modelopt
+
+        return f"nvidia-modelopt {modelopt.__version__}"
+    except Exception:
+        return "nvidia-modelopt"
+
+
+def _annotate(files: list[Path], picked: Picked, zoo: Any) -> None:
+    from profilers import onnx_info
+    from search_spaces.arch import Arch
+
+    arch = Arch.parse(picked.arch)
+    for f in files:
+        if f.suffix == ".onnx":
+            onnx_info.annotate(f, arch=picked.arch, arch_hash=arch.hash, block_kinds=arch.block_kinds(zoo.config),
+                               config=zoo.config.to_dict(), zoo_id=zoo.zoo_id, trial=picked.number,
+                               precision=onnx_info.graph_precision(f))
+
+
+def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task, fp32_psnr, deg_psnr,
+            opts: FinalizeOptions, log, main: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, changes in ABLATIONS.items():
+        if name == "qdr" and main is not None and not (cfg.spark or cfg.conf_kd) and cfg.kd == "latent" and cfg.lmr:
+            out[name] = {**main, "description": ABLATION_TEXT[name], "same_as": "the main run"}
+            continue
+        vcfg = cfg.variant(**changes) if name != "qdr" else cfg.variant(kd="latent", lmr=True, spark=False,
+                                                                         conf_kd=False)
+        if name != "no_kd":
+            vcfg = vcfg.variant(spark=False, conf_kd=False)
+        log(f"ablation {name}: {ABLATION_TEXT[name]}")
+        student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}")
+        path = work / f"ablate_{name}.onnx"
+        ex.export_int8(student, eval_shape, path)
+        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads)
+        out[name] = {**_qdict(q, fp32_psnr, deg_psnr), "description": ABLATION_TEXT[name],
+                     "lmr_weights": q_log.lmr_weights, "qat_seconds": q_log.seconds}
+        log(f"  {name}: {q.psnr:.3f} dB")
+    return out
+
+
+def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOptions, other_prof, note: str,
+               log) -> dict[str, Any]:
+    from profilers.base import format_shape
+    from profilers.errors import ProfilerError
+
+    res: dict[str, Any] = {}
+    files = {"fp32": fp32_file}
+    if int8_file is not None:
+        files["int8"] = int8_file
+    log("measuring ONNX Runtime CPU latency (FP32 and INT8 interleaved)")
+    ort = ex.ort_cpu_latency(files, shape, threads=opts.threads, rounds=opts.latency_rounds, runs=opts.latency_runs,
+                             clock=opts.latency_clock)
+    entry: dict[str, Any] = {"profiler": f"ort-cpu?threads={opts.threads}", "device": ort["device"],
+                             "shape": format_shape(shape), **{k: v for k, v in ort.items() if k != "device"}}
+    if note:
+        entry["note"] = note
+    res["ort_cpu"] = entry
+    if other_prof is not None:
+        d: dict[str, Any] = {"profiler": other_prof.spec, "device": other_prof.device, "shape": format_shape(shape)}
+        float_prec = "fp16" if other_prof.name == "trt" else "fp32"
+        for key, path, prec in (("fp32", fp32_file, float_prec), ("int8", int8_file, "int8")):
+            if path is None:
+                continue
+            try:
+                d[key] = other_prof.measure(path, shape, prec).to_dict()
+            except ProfilerError as exc:
+                d[f"{key}_error"] = str(exc)
+        if "fp32" in d and "int8" in d and d["int8"]["median_ms"]:
+            d["speedup"] = round(d["fp32"]["median_ms"] / d["int8"]["median_ms"], 3)
+        if float_prec == "fp16":
+            d["note"] = "TensorRT: the FP32 ONNX is built as an FP16 engine, the Q/DQ ONNX with --int8 --fp16"
+        res["study_profiler"] = d
+    return res
+
+
+@torch.no_grad()
+def _samples(net, int8_eval: Path | None, val_pairs, n: int, threads: int) -> bytes:
+    rows = []
+    m8 = ex.OnnxModel(int8_eval, threads) if int8_eval is not None else None
+    for deg, clean in val_pairs[:n]:
+        x = deg.unsqueeze(0)
+        fp = net(x)[0].clamp(0, 1)
+        q = m8(x)[0].clamp(0, 1) if m8 is not None else torch.zeros_like(fp)
+        rows.append((deg, fp, q, clean))
+    return samples_png(rows)
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf to None, tuples to lists, numpy scalars to Python."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+

@@ -1,0 +1,400 @@
+"""FP32 fine-tuning and QDR quantization-aware training with distillation (NVIDIA ModelOpt fake quantization).
+
+Quantization scheme: INT8, symmetric; weights per output channel (``axis=0``), activations per tensor
+(the input of every ``Conv2d``), max calibration on training batches, then QAT with straight-through
+gradients. ModelOpt replaces each ``nn.Conv2d`` by a ``QuantConv2d`` whose input and weight pass
+through a ``TensorQuantizer``; everything else (LayerNorm, the attention matmuls and softmax, the SSD
+scan's softplus / exp / cumsum / chunk matmuls, GELU, sigmoid gates) is left in floating point (FP32
+in ONNX Runtime, FP16 in a TensorRT ``--int8 --fp16`` engine). ``keep_fp`` patterns (fnmatch on
+module names, e.g. ``*x_proj``) keep chosen convolutions in floating point too.
+
+Why ModelOpt (measured on this 2-core CPU, tiny preset with T, M and E blocks, 64x64 and 256x256):
+
+- ModelOpt (``mtq.quantize`` + legacy TorchScript exporter, ``dynamo=False``): exports a clean Q/DQ
+  graph (114 QuantizeLinear/DequantizeLinear pairs on the 58 convolutions, per-channel weight
+  scales, the SSM's Exp/CumSum/Softplus untouched) in 24 s at 64x64; ORT runs it and matches the
+  fake-quant torch model to a max abs error of 0.0066 (mean 0.0025 at 256x256, i.e. below one 8-bit
+  step); training is eager PyTorch (a QAT step costs ~2.5x an FP32 step). It is TensorRT's own QAT
+  path, so the same ONNX builds an explicit-quantization engine.
+- torchao PT2E (``prepare_qat_pt2e`` with ``X86InductorQuantizer(is_qat=True)``, dynamo exporter):
+  also a valid Q/DQ graph that ORT runs (max abs error to fake-quant 0.013), but ``torch.export``
+  takes 19 s, one training step of the exported graph 10 s (vs ~1 s eager) and the dynamo ONNX
+  export 52 s at 64x64; its annotations target x86 Inductor, not TensorRT.
+- Eager/FX QAT of ``torch.ao`` exports badly (REFERENCE.md) and PT2E left torch in 2.13.
+
+ONNX Runtime CPU speed of the Q/DQ graph: ORT fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` only when
+the conv output is quantized too, which TensorRT-style placement (inputs only) does not do; at
+128x128 an all-EFM network ran 338 ms as ModelOpt Q/DQ vs 238 ms FP32 and 227 ms ORT
+``quantize_static`` (which also quantizes Add/Mul). The report gives the measured figures per model.
+
+Schedules (INT8-SR's Stage 3, as fractions of the QAT steps): until ``observer_freeze`` (0.3) each
+activation range follows an EMA (momentum 0.9) of the batch max ("observers on"); until
+``fakequant_freeze`` (0.9) the per-channel weight ranges are re-synchronised with the weights after
+every step; afterwards every scale is frozen, so the last steps train with exactly the scales that
+are exported. Weights are clipped to ``+-weight_clip`` (2.0) before calibration and after every
+step; BatchNorm layers (none in the U-Net; any that exist) are recalibrated before calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import io
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ens.errors import EnsError
+from ens.finalize.losses import (
+    MagnitudeReweighting,
+    confidence_kd,
+    latent_kd,
+    output_kd,
+    reconstruction_loss,
+    weighted_output_kd,
+)
+from ens.training import batch_indices, cosine_lr, progress_bar, require_finite, set_lr, stack_batch
+
+KD_MODES = ("latent", "output", "none")
+
+
+class QATUnavailable(EnsError):
+    """The quantization toolkit is not installed."""
+
+
+def require_modelopt():
+    """``modelopt.torch.quantization``, or a clear EnsError saying how to install it."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        raise QATUnavailable(
+            f"INT8 finalize needs NVIDIA ModelOpt ({exc}): pip install 'ens[qat]' (or pip install nvidia-modelopt "
+            "huggingface_hub); --export onnx_fp32 works without it"
+        ) from None
+    return mtq
+
+
+@dataclass(frozen=True)
+class QDRConfig:
+    """Every knob of finalize's training. ``kd``: latent (QDR), output, none."""
+
+    finetune_steps: int = 200
+    qat_steps: int = 200
+    batch_size: int = 8
+    lr: float = 2e-4
+    qat_lr: float = 5e-5
+    lmr_lr: float = 1e-2
+    dct_weight: float = 0.0
+    kd: str = "latent"
+    lmr: bool = True
+    kd_weight: float = 1.0  # the fixed KD multiplier when LMR is off
+    conf_kd: bool = False
+    spark: bool = False
+    weight_clip: float | None = 2.0
+    calib_batches: int = 4
+    observer_freeze: float = 0.3
+    fakequant_freeze: float = 0.9
+    keep_fp: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kd not in KD_MODES:
+            raise EnsError(f"unknown KD mode {self.kd!r} (choose from {', '.join(KD_MODES)})")
+        for name in ("finetune_steps", "qat_steps"):
+            if getattr(self, name) < 0:
+                raise EnsError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.batch_size < 1 or self.calib_batches < 1:
+            raise EnsError("--batch-size and calibration batches must be >= 1")
+        if not (0.0 <= self.observer_freeze <= self.fakequant_freeze <= 1.0):
+            raise EnsError("need 0 <= observer-freeze <= fakequant-freeze <= 1 (fractions of the QAT steps)")
+        if self.weight_clip is not None and self.weight_clip <= 0:
+            raise EnsError("--weight-clip must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep_fp"] = list(self.keep_fp)
+        return d
+
+    def variant(self, **changes: Any) -> QDRConfig:
+        return replace(self, **changes)
+
+
+# -- model surgery ------------------------------------------------------------------------------
+def quant_config(keep_fp: Sequence[str] = ()) -> dict[str, Any]:
+    """ModelOpt config: INT8 per-channel weights, per-tensor inputs, of every Conv2d/Linear."""
+    cfg: list[dict[str, Any]] = [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
+        {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+    ]
+    for pat in keep_fp:
+        cfg.append({"quantizer_name": f"{pat}.*_quantizer", "enable": False})
+    return {"quant_cfg": cfg, "algorithm": "max"}
+
+
+def quant_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every module ModelOpt made quantizable (it has input and weight quantizers)."""
+    for name, m in model.named_modules():
+        if hasattr(m, "input_quantizer") and hasattr(m, "weight_quantizer"):
+            yield name, m
+
+
+def _enabled(q: Any) -> bool:
+    return bool(getattr(q, "is_enabled", False))
+
+
+def quant_summary(model: nn.Module) -> dict[str, Any]:
+    quantized, kept = [], []
+    for name, m in quant_modules(model):
+        (quantized if _enabled(m.input_quantizer) and _enabled(m.weight_quantizer) else kept).append(name)
+    return {"quantized_layers": len(quantized), "float_layers": kept}
+
+
+@torch.no_grad()
+def clip_weights(model: nn.Module, limit: float | None) -> None:
+    if limit is None:
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.clamp_(-limit, limit)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
+    """Re-estimate BatchNorm running statistics on ``batches``; returns how many layers there were."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for x in batches:
+        model(x)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.train(was)
+    return len(bns)
+
+
+def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Sequence[str] = ()) -> nn.Module:
+    """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``."""
+    mtq = require_modelopt()
+    was = model.training
+    model.eval()
+
+    def loop(m: nn.Module) -> None:
+        with torch.no_grad():
+            for x in calib:
+                m(x)
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = mtq.quantize(model, quant_config(keep_fp), forward_loop=loop)
+    model.train(was)
+    return model
+
+
+class RangeSchedule:
+    """Observer (activation EMA) and weight-range synchronisation, switched off by the freeze schedule."""
+
+    def __init__(self, model: nn.Module, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self.observing = False
+        self.layers = [m for _, m in quant_modules(model)]
+        self._hooks = []
+        for m in self.layers:
+            q = m.input_quantizer
+            if _enabled(q):
+                self._hooks.append(q.register_forward_pre_hook(self._observe))
+
+    def _observe(self, quantizer: nn.Module, args: tuple) -> None:
+        if not (self.observing and quantizer.training and args and torch.is_tensor(args[0])):
+            return
+        with torch.no_grad():
+            cur = args[0].detach().abs().max().reshape(quantizer.amax.shape).clamp_min(1e-8)
+            quantizer.amax = self.momentum * quantizer.amax + (1 - self.momentum) * cur
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        for m in self.layers:
+            q = m.weight_quantizer
+            if not _enabled(q) or q.amax is None:
+                continue
+            w = m.weight.detach().abs()
+            dims = tuple(range(1, w.dim()))
+            q.amax = w.amax(dim=dims).reshape(q.amax.shape).clamp_min(1e-8)
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+# -- training -----------------------------------------------------------------------------------
+@dataclass
+class TrainLog:
+    steps: int = 0
+    seconds: float = 0.0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    terms: dict[str, float] = field(default_factory=dict)  # mean of the last 10% of steps
+    lmr_weights: dict[str, float] | None = None
+    spark: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batch(train: Any, cfg: QDRConfig, salt: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return stack_batch(train, batch_indices(len(train), cfg.batch_size, cfg.seed + salt, step), step)
+
+
+def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
+                  log: Callable[[str], None] = lambda s: None) -> TrainLog:
+    """End-to-end FP32 fine-tuning of the assembled hybrid (Charbonnier + optional DCT term), in place."""
+    out = TrainLog()
+    steps = cfg.finetune_steps
+    if steps == 0:
+        model.eval()
+        return out
+    torch.manual_seed(cfg.seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    t0 = time.monotonic()
+    tail: list[float] = []
+    with progress_bar("fine-tune FP32", steps, enabled=show_progress) as advance:
+        for step in range(steps):
+            set_lr(opt, cosine_lr(step, steps, cfg.lr, warmup=min(20, steps // 10)))
+            deg, clean = _batch(train, cfg, 101, step)
+            loss = reconstruction_loss(model(deg), clean, cfg.dct_weight)
+            require_finite(loss, "FP32 fine-tuning")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            v = float(loss.detach())
+            out.first_loss = v if out.first_loss is None else out.first_loss
+            out.last_loss = v
+            if step >= steps - max(1, steps // 10):
+                tail.append(v)
+            advance(info=f"loss {v:.4f}")
+    out.steps, out.seconds = steps, round(time.monotonic() - t0, 1)
+    out.terms = {"rec": sum(tail) / len(tail)}
+    model.eval()
+    return out
+
+
+def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
+              description: str = "QAT (QDR)") -> tuple[nn.Module, TrainLog]:
+    """Quantize a copy of the FP32 ``teacher`` and train it with QDR; returns (fake-quant student, log)."""
+    require_modelopt()
+    torch.manual_seed(cfg.seed)
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    clip_weights(student, cfg.weight_clip)
+    calib = [_batch(train, cfg, 202, i)[0] for i in range(cfg.calib_batches)]
+    n_bn = recalibrate_batchnorm(student, calib)
+    student = quantize_model(student, calib, cfg.keep_fp)
+    log = TrainLog(extra={"batchnorm_layers_recalibrated": n_bn, **quant_summary(student)})
+    steps = cfg.qat_steps
+    if steps == 0:
+        return student.eval(), log
+
+    names = ["rec"]
+    if cfg.kd != "none":
+        names.append("kd")
+    if cfg.conf_kd:
+        names.append("ckd")
+    if cfg.spark:
+        names.append("spark")
+    lmr = MagnitudeReweighting(names) if (cfg.lmr and len(names) > 1) else None
+    groups: list[dict[str, Any]] = [{"params": [p for p in student.parameters() if p.requires_grad],
+                                     "lr": cfg.qat_lr, "weight_decay": 0.0}]
+    if lmr is not None:
+        groups.append({"params": list(lmr.parameters()), "lr": cfg.lmr_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups)
+    spark = None
+    if cfg.spark:
+        from ens.finalize.spark import SparkTrainer
+
+        spark = SparkTrainer(seed=cfg.seed)
+    sched = RangeSchedule(student)
+    obs_until = int(round(cfg.observer_freeze * steps))
+    fq_until = int(round(cfg.fakequant_freeze * steps))
+    student.train()
+    t0 = time.monotonic()
+    tail: dict[str, list[float]] = {n: [] for n in names}
+    try:
+        with progress_bar(description, steps, enabled=show_progress) as advance:
+            for step in range(steps):
+                opt.param_groups[0]["lr"] = cosine_lr(step, steps, cfg.qat_lr)
+                sched.observing = step < obs_until
+                deg, clean = _batch(train, cfg, 303, step)
+                with torch.no_grad():
+                    t_out, t_lat = teacher(deg, return_latent=True)
+                s_out, s_lat = student(deg, return_latent=True)
+                losses: dict[str, torch.Tensor] = {"rec": reconstruction_loss(s_out, clean, cfg.dct_weight)}
+                if cfg.kd == "latent":
+                    losses["kd"] = latent_kd(s_lat, t_lat)
+                elif cfg.kd == "output":
+                    losses["kd"] = output_kd(s_out, t_out)
+                if cfg.conf_kd:
+                    losses["ckd"] = confidence_kd(s_out, t_out, clean)
+                if spark is not None:
+                    losses["spark"] = weighted_output_kd(s_out, t_out, spark.weights(clean, s_out, t_out))
+                if lmr is not None:
+                    total = lmr(losses)
+                else:
+                    total = losses["rec"] + cfg.kd_weight * sum(
+                        (v for k, v in losses.items() if k != "rec"), torch.zeros(()))
+                require_finite(total, "QAT")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                clip_weights(student, cfg.weight_clip)
+                if step < fq_until:
+                    sched.sync_weights()
+                if spark is not None:
+                    with torch.no_grad():
+                        after = reconstruction_loss(student(deg), clean, cfg.dct_weight)
+                    spark.update(float(losses["rec"].detach()) - float(after))
+                v = float(total.detach())
+                log.first_loss = v if log.first_loss is None else log.first_loss
+                log.last_loss = v
+                if step >= steps - max(1, steps // 10):
+                    for k, t in losses.items():
+                        tail[k].append(float(t.detach()))
+                rec = float(losses["rec"].detach())
+                advance(info=f"rec {rec:.4f}" + (f" kd {float(losses['kd'].detach()):.4f}" if "kd" in losses else ""))
+    finally:
+        sched.close()
+    log.steps, log.seconds = steps, round(time.monotonic() - t0, 1)
+    log.terms = {k: sum(v) / len(v) for k, v in tail.items() if v}
+    log.lmr_weights = lmr.weights() if lmr is not None else None
+    log.spark = spark.summary() if spark is not None else None
+    log.extra.update(observer_frozen_at_step=obs_until, fakequant_frozen_at_step=fq_until)
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student, log
+
+
+# The QAT variants of ``--ablate``, each with the same step budget as the full run.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_kd": {"kd": "none", "lmr": False, "conf_kd": False, "spark": False},
+    "kd_output": {"kd": "output"},
+    "no_lmr": {"lmr": False},
+    "qdr": {},
+}

@@ -1,0 +1,182 @@
+"""``report.json``, the model card (``MODEL_CARD.md``) and the sample images of a finalized model."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ens.training import atomic_write_text
+
+REPORT_JSON = "report.json"
+MODEL_CARD = "MODEL_CARD.md"
+SAMPLES_PNG = "samples.png"
+
+
+def recovery(int8: float | None, fp32: float | None) -> float | None:
+    """INT8 PSNR as a percentage of FP32 PSNR (QDR's "recovers 96.5% of FP32")."""
+    if int8 is None or fp32 is None or not fp32:
+        return None
+    return round(100.0 * int8 / fp32, 3)
+
+
+def gain_recovery(int8: float | None, fp32: float | None, degraded: float | None) -> float | None:
+    """Share of the FP32 model's gain over the degraded input that INT8 keeps, in %."""
+    if None in (int8, fp32, degraded) or fp32 == degraded:
+        return None
+    return round(100.0 * (int8 - degraded) / (fp32 - degraded), 2)
+
+
+@torch.no_grad()
+def samples_png(rows: list[tuple[torch.Tensor, ...]]) -> bytes:
+    """One row per sample: degraded | FP32 | INT8 | target (each [3, H, W] in [0, 1]), 2 px gaps."""
+    from PIL import Image
+
+    lines = []
+    for row in rows:
+        tiles = [t.clamp(0, 1) for t in row]
+        gap = torch.ones(3, tiles[0].shape[1], 2)
+        parts = []
+        for i, t in enumerate(tiles):
+            parts.append(t)
+            if i < len(tiles) - 1:
+                parts.append(gap)
+        lines.append(torch.cat(parts, dim=2))
+        lines.append(torch.ones(3, 2, lines[-1].shape[2]))
+    img = torch.cat(lines[:-1], dim=1)
+    arr = (img.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _f(v: Any, fmt: str = ".2f", unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:{fmt}}{unit}"
+
+
+def _lat(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "n/a"
+    med = d.get("median_ms")
+    unit = "" if d.get("details", {}).get("source") == "proxy" else " ms"
+    return _f(med, ".2f", unit)
+
+
+def model_card(r: dict[str, Any]) -> str:
+    """The Markdown model card of a report dict."""
+    q = r.get("quality", {})
+    fp, i8, ptq, deg = q.get("fp32") or {}, q.get("int8_qdr") or {}, q.get("int8_ptq") or {}, q.get("degraded") or {}
+    lat = r.get("latency", {})
+    lines = [
+        f"# {r['task']} restoration model: {r['arch']}",
+        "",
+        f"Finalized from trial {r['trial']['number']} of study `{r['study']}` (picked by {r['trial']['how']}), "
+        f"zoo `{r['zoo_id']}`, preset `{r['preset']}`. Export target: `{r['export']['target']}`.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{r['arch']}` |",
+        f"| parameters | {r['params']:,} |",
+        f"| MACs at {r['shape_str']} | {r['macs']:,} |",
+        f"| input shape (deployed files) | {r['shape_str']} |",
+        "",
+        f"## Quality on the held-out split ({q.get('pairs', '?')} patches of {q.get('patch_size', '?')} px, "
+        f"{q.get('metric', '')})",
+        "",
+        "| model | PSNR (dB) | SSIM | recovery of FP32 PSNR | run by |",
+        "|---|---|---|---|---|",
+        f"| degraded input | {_f(deg.get('psnr'))} | {_f(deg.get('ssim'), '.4f')} | | |",
+        f"| FP32 (fine-tuned) | {_f(fp.get('psnr'))} | {_f(fp.get('ssim'), '.4f')} | 100% | PyTorch |",
+    ]
+    if i8:
+        lines.append(f"| INT8, QDR (QAT + distillation) | {_f(i8.get('psnr'))} | {_f(i8.get('ssim'), '.4f')} | "
+                     f"{_f(i8.get('recovery_pct'), '.2f', '%')} | ONNX Runtime, `model_int8` Q/DQ |")
+    if ptq:
+        lines.append(f"| INT8, plain PTQ (ORT quantize_static) | {_f(ptq.get('psnr'))} | {_f(ptq.get('ssim'), '.4f')} | "
+                     f"{_f(ptq.get('recovery_pct'), '.2f', '%')} | ONNX Runtime |")
+    if i8:
+        lines += ["", f"INT8 keeps {_f(i8.get('gain_recovery_pct'), '.1f', '%')} of the FP32 model's gain over the "
+                  f"degraded input (PTQ: {_f(ptq.get('gain_recovery_pct'), '.1f', '%')})."]
+    lines += ["", "## Latency", "", "| profiler | shape | FP32 | INT8 | speed-up |", "|---|---|---|---|---|"]
+    for key, d in lat.items():
+        if not isinstance(d, dict) or "fp32" not in d:
+            continue
+        sp = d.get("speedup")
+        lines.append(f"| {d.get('profiler')} ({d.get('device', '')}) | {d.get('shape')} | {_lat(d.get('fp32'))} | "
+                     f"{_lat(d.get('int8'))} | {_f(sp, '.2f', 'x')} |")
+        if d.get("note"):
+            lines.append(f"| | | {d['note']} | | |")
+    qz = r.get("quantization")
+    if qz:
+        lines += ["", "## Quantization", "", f"- tool: {qz.get('tool')}; scheme: {qz.get('scheme')}",
+                  f"- INT8 layers: {qz.get('quantized_layers')}; layers kept in floating point by choice: "
+                  f"{', '.join(qz.get('float_layers') or []) or 'none'}",
+                  f"- INT8 compute ops in the ONNX graph: {_ops(qz.get('ops', {}).get('int8'))}",
+                  f"- floating-point compute ops (higher precision): {_ops(qz.get('ops', {}).get('float'))}",
+                  f"- {qz.get('higher_precision_note', '')}"]
+        chk = r.get("checks", {})
+        if chk:
+            lines.append(f"- checks: FP32 ONNX vs PyTorch max abs {_f(chk.get('fp32_onnx_max_abs'), '.2e')}; "
+                         f"INT8 ORT vs fake-quant PyTorch rmse {_f(chk.get('int8_vs_fakequant', {}).get('rmse'), '.2e')}, "
+                         f"max {_f(chk.get('int8_vs_fakequant', {}).get('max_abs'), '.2e')}")
+    t = r.get("training")
+    if t:
+        lines += ["", "## Training", "",
+                  f"- FP32 fine-tuning: {t['finetune'].get('steps')} steps, {t['finetune'].get('seconds')} s",
+                  f"- QAT: {t.get('qat', {}).get('steps')} steps, {t.get('qat', {}).get('seconds')} s; "
+                  f"loss: {t.get('loss_formula')}",
+                  f"- LMR: {t.get('lmr_formula')}; final multipliers {t.get('qat', {}).get('lmr_weights')}",
+                  f"- options: {json.dumps(t.get('config', {}))}"]
+    ab = r.get("ablation")
+    if ab:
+        lines += ["", "## Ablation (same QAT step budget; INT8 run by ONNX Runtime)", "",
+                  "| variant | INT8 PSNR | INT8 SSIM | recovery |", "|---|---|---|---|"]
+        for name, v in ab.items():
+            lines.append(f"| {name} ({v.get('description', '')}) | {_f(v.get('psnr'))} | {_f(v.get('ssim'), '.4f')} | "
+                         f"{_f(v.get('recovery_pct'), '.2f', '%')} |")
+    ex = r.get("export", {})
+    lines += ["", "## Files", ""]
+    for f in ex.get("files", []):
+        lines.append(f"- `{f['file']}` ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
+    eng = ex.get("engine")
+    if eng:
+        lines.append(f"- TensorRT engine: {'built (' + eng['method'] + ')' if eng['built'] else 'NOT built'}; "
+                     f"build command: `{eng['command']}`" + (f" ({eng['message']})" if eng.get("message") else ""))
+    if ex.get("qnn"):
+        lines.append(f"- QNN: {json.dumps(ex['qnn'])}")
+    if (r.get("files") or {}).get("samples"):
+        lines += ["", "## Samples", "", "degraded | FP32 | INT8 | target", "", f"![samples]({SAMPLES_PNG})"]
+    return "\n".join(lines) + "\n"
+
+
+def _ops(d: dict[str, int] | None) -> str:
+    if not d:
+        return "none"
+    return ", ".join(f"{k} x{v}" for k, v in d.items())
+
+
+def write_report(out: Path, report: dict[str, Any], samples: bytes | None = None) -> None:
+    if samples is not None:
+        (out / SAMPLES_PNG).write_bytes(samples)
+        report.setdefault("files", {})["samples"] = SAMPLES_PNG
+    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / MODEL_CARD, model_card(report))
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return str(v)
