@@ -35,7 +35,7 @@ from ens.errors import EnsError
 from profilers import onnx_info
 from profilers.base import Profiler, format_shape, parse_shape
 from profilers.cache import CachedProfiler, CacheKey, LatencyCache
-from profilers.lut import LatencyTable, LUTProfiler, calibrate_table
+from profilers.lut import LatencyTable, LUTProfiler, calibrate_table, statistic_of
 from profilers.onnx_export import export_onnx
 from profilers.registry import get_profiler
 from profilers.result import PROXY, LatencyResult
@@ -225,6 +225,7 @@ def calibrate(
     out: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     check: bool = True,
+    statistic: str = "median",
 ) -> tuple[LatencyTable, Path]:
     """Calibrate a latency table for ``profiler`` (a measured one) and save it; returns (table, path).
 
@@ -237,7 +238,9 @@ def calibrate(
         raise EnsError("calibrate needs a measured profiler (ort-cpu, trt:..., qaihub:...), not the proxy")
     if check:
         prof.check()
-    table = calibrate_table(prof, cfg, input_shape, kinds, precision=precision, preset=preset, progress=progress)
+    table = calibrate_table(
+        prof, cfg, input_shape, kinds, precision=precision, preset=preset, progress=progress, statistic=statistic
+    )
     path = table.save(out if out is not None else table.default_path())
     return table, path
 
@@ -248,6 +251,7 @@ class VerifyReport:
     measure_s: float = 0.0
     calibration_s: float = 0.0
     table_path: str = ""
+    statistic: str = "median"
 
     def summary(self) -> dict[str, Any]:
         errs = np.array([r["error_pct"] for r in self.rows], dtype=float)
@@ -260,6 +264,7 @@ class VerifyReport:
             "mean_error_pct": float(np.mean(errs)) if n else None,
             "within_10pct": float(np.mean(np.abs(errs) <= 10.0)) if n else None,
             "within_5pct": float(np.mean(np.abs(errs) <= 5.0)) if n else None,
+            "statistic": self.statistic,
             "calibration_s": self.calibration_s,
             "measure_all_s": self.measure_s,
             "calibration_vs_measure_all": (self.calibration_s / self.measure_s) if self.measure_s else None,
@@ -296,15 +301,17 @@ def verify(
             progress("measure", 0, len(archs))
         results = prof.measure_many(paths, shape, prec)
     measure_s = time.perf_counter() - t0
-    rep = VerifyReport(measure_s=measure_s, calibration_s=table.calibration_s, table_path=str(table.path or ""))
+    rep = VerifyReport(measure_s=measure_s, calibration_s=table.calibration_s, table_path=str(table.path or ""),
+                       statistic=table.statistic)
     for arch, res in zip(archs, results, strict=True):
         pred = table.predict(arch.block_kinds(cfg))
+        got = statistic_of(res, table.statistic)
         rep.rows.append(
             {
                 "arch": str(arch),
-                "measured_ms": res.median_ms,
+                "measured_ms": got,
                 "predicted_ms": pred,
-                "error_pct": 100.0 * (pred - res.median_ms) / res.median_ms,
+                "error_pct": 100.0 * (pred - got) / got,
             }
         )
     return rep

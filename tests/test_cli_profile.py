@@ -152,3 +152,12 @@ def test_profile_with_a_calibrated_table_predicts_without_exporting(capsys, fast
     assert d["details"]["source"] == "predicted" and d["median_ms"] == pytest.approx(want)
     out, _ = run_ok(["profile", "--arch", ARCH, "--profiler", "lut:fake-additive", *SMALL], capsys)
     assert "predicted breakdown" in out and "skeleton" in out
+
+
+def test_calibrate_min_statistic(capsys, fast_exports, tmp_path):
+    out, _ = run_ok(["calibrate", "--profiler", "fake-additive", "--kinds", "T,E", "--statistic", "min",
+                     "--table", str(tmp_path / "t.json"), "--verify", "2", "--json", *SMALL], capsys)
+    s = json.loads(out)
+    assert s["statistic"] == "min" and s["within_10pct"] == 1.0
+    code, _, err = run(["calibrate", "--statistic", "mode", *SMALL], capsys)
+    assert code == 2 and "median or min" in err

@@ -153,3 +153,22 @@ def test_lut_profiler_finds_table_by_config_and_shape(fast_export, tmp_path):
         lut.predict_kinds({s.name: ["T"] * s.depth for s in stage_layout(tiny)}, tiny.to_dict(), SHAPE)
     with pytest.raises(TableNotFound):
         lut.predict_kinds(kinds, CFG.to_dict(), (1, 3, 16, 16))
+
+
+def test_min_statistic_table(fast_export):
+    from profilers.errors import MeasurementError, ProfilerError
+    from profilers.lut import statistic_of
+    from profilers.result import LatencyResult
+
+    table = calibrate_table(F.AdditiveProfiler(), CFG, SHAPE, ["T", "E"], statistic="min")
+    kinds = random_kinds(CFG, ["T", "E"], random.Random(5))
+    assert table.statistic == "min" and table.predict(kinds) == pytest.approx(0.9 * F.additive_latency(kinds))
+    assert LatencyTable.from_dict(table.to_dict()).statistic == "min"
+    r = LatencyResult(2.0, 3.0, 1, "d", {"min_ms": 1.5})
+    assert statistic_of(r) == 2.0 and statistic_of(r, "min") == 1.5
+    with pytest.raises(MeasurementError):
+        statistic_of(LatencyResult(2.0, 3.0, 1, "d", {}), "min")
+    with pytest.raises(ProfilerError):
+        statistic_of(r, "mean")
+    with pytest.raises(ProfilerError):
+        calibrate_table(F.AdditiveProfiler(), CFG, SHAPE, ["T"], statistic="mode")

@@ -47,9 +47,12 @@ def finalize(
     shape: str | None = typer.Option(None, "--shape", help="Input shape of the deployed files (default: the "
                                      "study's latency shape)."),
     train_patches: int = typer.Option(512, min=1, help="Training patches drawn for fine-tuning and QAT."),
+    init: Path | None = typer.Option(None, "--init", help="Start from these FP32 weights (a previous run's "
+                                     "model_fp32.safetensors) instead of the zoo's."),
     trt_host: str | None = typer.Option(None, "--trt-host", help="Build the engine over SSH: ssh://user@host."),
     device: str | None = typer.Option(None, "--device", help="AI Hub device for qnn_int8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for evaluation and latency."),
+    latency_clock: str = typer.Option("wall", help="ORT CPU latency clock: wall, or cpu (stable on busy machines)."),
     seed: int = typer.Option(0, min=0, help="Seed of the training batches."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
 ) -> None:
@@ -64,8 +67,9 @@ def finalize(
     opts = FinalizeOptions(storage=storage, export=export, out=str(out), study_name=study_name, trial=trial,
                            latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
                            zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,
-                           train_patches=train_patches, force=force, trt_host=trt_host, qnn_device=device,
-                           threads=threads)
+                           train_patches=train_patches, force=force,
+                           init_weights=str(init) if init else None, trt_host=trt_host, qnn_device=device,
+                           threads=threads, latency_clock=latency_clock)
     res = run_finalize(opts, log=lambda s: console.print(s, highlight=False))
     _print_summary(res.report, res.out)
 

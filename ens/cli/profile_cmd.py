@@ -136,6 +136,9 @@ def calibrate(
     seed: int = typer.Option(0, "--seed", help="Seed of the random architectures."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="ort-cpu intra-op threads (default 2)."),
     runs: int | None = typer.Option(None, "--runs", min=1, help="ort-cpu timed runs per network (default 20)."),
+    statistic: str = typer.Option(
+        "median", "--statistic", help="Fit each network's median, or its fastest run (min: steadier on busy machines)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
 ) -> None:
     """Build a per-device latency table (skeleton + one cost per stage and block kind) and check it."""
@@ -150,6 +153,8 @@ def calibrate(
     cfg = resolve_config(preset)
     dims = parse_shape(shape)
     ks = parse_kinds(kinds)
+    if statistic not in ("median", "min"):
+        raise EnsError(f"--statistic must be median or min, not {statistic!r}")
     prof = get_profiler(profiler, **_ort_kwargs(profiler, threads, runs, False))
     if isinstance(prof, LUTProfiler):
         prof = prof.inner
@@ -168,7 +173,7 @@ def calibrate(
         try:
             existing = LatencyTable.load(path)
             existing.check_compatible(cfg.to_dict(), dims, prec)
-            if not set(ks) <= set(existing.kinds):
+            if not set(ks) <= set(existing.kinds) or existing.statistic != statistic:
                 existing = None
         except (ProfilerError, KeyError, TypeError, ValueError):  # incompatible or broken: recalibrate
             existing = None
@@ -185,7 +190,7 @@ def calibrate(
                 bar.update(task, description=f"calibrate: {what}", completed=done, total=total)
 
             tab, path = run_calibration(prof, cfg, dims, ks, precision=prec, preset=preset, out=path, progress=step,
-                                         check=False)
+                                         check=False, statistic=statistic)
     summary["table"] = str(path)
     summary["calibration_s"] = tab.calibration_s
     summary["networks_measured"] = len(tab.measurements)

@@ -9,8 +9,10 @@ Reads only the study's storage (trial user attrs, through :func:`ens.report.tria
   the study profiler's unit: milliseconds, or a count for the ``proxy`` profiler).
 - ``knee`` (the default): on the front normalised to [0, 1] in latency and PSNR, the point farthest
   above the chord from the fastest to the best point, i.e. ``argmax(q - c)`` with
-  ``q = (psnr - min) / (max - min)`` and ``c = (latency - min) / (max - min)``; ties go to the higher
-  PSNR. The front's latency axis is ``latency_ms``, else MACs when the study has no latencies.
+  ``q = (psnr - min) / (max - min)`` and ``c = (latency - min) / (max - min)``. Ties (a front of two
+  points always ties: both lie on the chord) go to the faster trial, since finalize ships for speed;
+  ``--trial`` or ``--latency-budget`` choose otherwise. The front's latency axis is ``latency_ms``,
+  else MACs when the study has no latencies.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def knee_index(psnr: list[float], cost: list[float]) -> int:
     for i, (q, c) in enumerate(zip(psnr, cost, strict=True)):
         nq = (q - lo_q) / (hi_q - lo_q) if hi_q > lo_q else 1.0
         nc = (c - lo_c) / (hi_c - lo_c) if hi_c > lo_c else 0.0
-        key = (round(nq - nc, 12), q)
+        key = (round(nq - nc, 12), -c, q)
         if best_key is None or key > best_key:
             best, best_key = i, key
     return best

@@ -79,6 +79,7 @@ class FinalizeOptions:
     latency_runs: int = 10
     latency_clock: str = "wall"
     force: bool = False
+    init_weights: str | None = None
     trt_host: str | None = None
     qnn_device: str | None = None
     show_progress: bool = True
@@ -88,6 +89,7 @@ class FinalizeOptions:
 class FinalizeResult:
     out: Path
     report: dict[str, Any]
+    models: dict[str, Any] = field(default_factory=dict)  # "fp32": the fine-tuned net, "int8": the fake-quant one
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     _check_out(out, opts.force)
     if opts.train_patches < 1:
         raise EnsError("--train-patches must be >= 1")
+    if opts.latency_clock not in ("wall", "cpu"):
+        raise EnsError(f"unknown --latency-clock {opts.latency_clock!r} (wall or cpu)")
     if int8 or opts.ablate:
         require_modelopt()
     study = load_study(opts.storage, opts.study_name)
@@ -207,13 +211,21 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         qnn_device = qnn_device or ex.DEFAULT_QNN_DEVICE
         ex.check_qnn(qnn_device)  # no token: a clear error now, not after the training
     trt_spec = opts.trt_host or attrs.get("profiler")
+    if trt_spec and trt_spec.startswith("lut:"):
+        trt_spec = trt_spec[4:]
     if trt_spec and trt_spec.startswith("ssh://"):
         trt_spec = "trt:" + trt_spec
     lat_spec, lat_note = _latency_profiler(opts, attrs.get("profiler"))
     other_prof = None
     if lat_spec and lat_spec.split("?")[0] != "ort-cpu":
-        other_prof = get_profiler(lat_spec)
-        other_prof.check()
+        from profilers.errors import ProfilerError
+
+        try:
+            other_prof = get_profiler(lat_spec)
+            other_prof.check()
+        except ProfilerError as exc:
+            raise EnsError(f"latency profiler {lat_spec}: {exc} (pass --profiler ort-cpu to measure on this CPU "
+                           "only)") from None
     picked: Picked = pick_trial(study, opts.trial, opts.latency_budget, opts.pick)
     log(f"picked trial {picked.number} ({picked.how}): {picked.arch}  {picked.psnr:.2f} dB")
 
@@ -238,6 +250,8 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
 
     t_start = time.monotonic()
     net = zoo.build(picked.arch)
+    if opts.init_weights:
+        _load_weights(net, Path(opts.init_weights))
     cfg = opts.qdr
     log(f"fine-tuning in FP32 for {cfg.finetune_steps} steps")
     ft_log = finetune_fp32(net, train, cfg, show_progress=opts.show_progress)
@@ -304,8 +318,8 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
             ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib)
             q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads)
             quality["int8_ptq"] = _qdict(q_ptq, q_fp32.psnr, q_deg.psnr)
-            quality["int8_ptq"]["method"] = "onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 per-channel " \
-                                            f"weights, {opts.calib_patches} training patches"
+            quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
+                                             f"per-channel weights, {opts.calib_patches} training patches")
             log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
             from ens.finalize.qat import quant_summary
 
@@ -366,7 +380,22 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         raise ex.EngineNotBuilt(
             f"the TensorRT engine was NOT built ({engine_missing.message}); wrote {out}/model_int8.onnx and "
             f"{out}/build_engine.sh: build it where TensorRT is with: {engine_missing.command}")
-    return FinalizeResult(out, report)
+    return FinalizeResult(out, report, {"fp32": net, "int8": student})
+
+
+def _load_weights(net: torch.nn.Module, path: Path) -> None:
+    """FP32 weights of a previous finalize (``model_fp32.safetensors``), to skip or continue fine-tuning."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise EnsError(f"cannot read --init {path}: {exc}") from None
+    want = net.state_dict()
+    if set(state) != set(want) or any(state[k].shape != want[k].shape for k in want):
+        raise EnsError(f"--init {path} holds weights of another network than this trial's")
+    net.load_state_dict(state)
 
 
 def _modelopt_version() -> str:

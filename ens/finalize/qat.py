@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fnmatch
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -97,6 +96,7 @@ class QDRConfig:
     conf_kd: bool = False
     spark: bool = False
     weight_clip: float | None = 2.0
+    grad_clip: float | None = 1.0
     calib_batches: int = 4
     observer_freeze: float = 0.3
     fakequant_freeze: float = 0.9
@@ -279,6 +279,8 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
             require_finite(loss, "FP32 fine-tuning")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             v = float(loss.detach())
             out.first_loss = v if out.first_loss is None else out.first_loss
@@ -362,6 +364,8 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
                 require_finite(total, "QAT")
                 opt.zero_grad(set_to_none=True)
                 total.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(groups[0]["params"], cfg.grad_clip)
                 opt.step()
                 clip_weights(student, cfg.weight_clip)
                 if step < fq_until:

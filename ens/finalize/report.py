@@ -101,13 +101,14 @@ def model_card(r: dict[str, Any]) -> str:
         lines.append(f"| INT8, QDR (QAT + distillation) | {_f(i8.get('psnr'))} | {_f(i8.get('ssim'), '.4f')} | "
                      f"{_f(i8.get('recovery_pct'), '.2f', '%')} | ONNX Runtime, `model_int8` Q/DQ |")
     if ptq:
-        lines.append(f"| INT8, plain PTQ (ORT quantize_static) | {_f(ptq.get('psnr'))} | {_f(ptq.get('ssim'), '.4f')} | "
+        lines.append(f"| INT8, plain PTQ (ORT quantize_static) | {_f(ptq.get('psnr'))} | "
+                     f"{_f(ptq.get('ssim'), '.4f')} | "
                      f"{_f(ptq.get('recovery_pct'), '.2f', '%')} | ONNX Runtime |")
     if i8:
         lines += ["", f"INT8 keeps {_f(i8.get('gain_recovery_pct'), '.1f', '%')} of the FP32 model's gain over the "
                   f"degraded input (PTQ: {_f(ptq.get('gain_recovery_pct'), '.1f', '%')})."]
     lines += ["", "## Latency", "", "| profiler | shape | FP32 | INT8 | speed-up |", "|---|---|---|---|---|"]
-    for key, d in lat.items():
+    for d in lat.values():
         if not isinstance(d, dict) or "fp32" not in d:
             continue
         sp = d.get("speedup")
@@ -125,9 +126,10 @@ def model_card(r: dict[str, Any]) -> str:
                   f"- {qz.get('higher_precision_note', '')}"]
         chk = r.get("checks", {})
         if chk:
+            i8c = chk.get("int8_vs_fakequant", {})
             lines.append(f"- checks: FP32 ONNX vs PyTorch max abs {_f(chk.get('fp32_onnx_max_abs'), '.2e')}; "
-                         f"INT8 ORT vs fake-quant PyTorch rmse {_f(chk.get('int8_vs_fakequant', {}).get('rmse'), '.2e')}, "
-                         f"max {_f(chk.get('int8_vs_fakequant', {}).get('max_abs'), '.2e')}")
+                         f"INT8 ORT vs fake-quant PyTorch rmse {_f(i8c.get('rmse'), '.2e')}, "
+                         f"max {_f(i8c.get('max_abs'), '.2e')}")
     t = r.get("training")
     if t:
         lines += ["", "## Training", "",

@@ -102,7 +102,6 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     zoo = Zoo.load(zoo_dir)
     cfg = zoo.config
     kinds = [k for k in zoo.manifest.kinds if k in block_kinds()]
-    _ensure_latency_table(prof, cfg, shape, kinds, opts.preset, log)
 
     val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
                          num_patches=zoo.manifest.val_patches)
@@ -130,6 +129,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             if study.user_attrs.get(key) != getattr(opts, key):
                 raise StudyError(f"study {name!r} was made with --{key} {study.user_attrs.get(key)}; "
                                  f"use that, or another --study-name")
+        _ensure_latency_table(prof, cfg, shape, kinds, opts.preset, log)
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))

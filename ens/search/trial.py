@@ -60,7 +60,7 @@ class TrialEvaluator:
         return {"ctx": self.ctx, "_zoo": None}
 
     def __call__(self, arch_text: str) -> Outcome:
-        from ens.profiling import profile_arch
+        from ens.profiling import profile_arch, proxy_estimate
 
         ctx = self.ctx
         torch.set_num_threads(max(1, ctx.threads))
@@ -73,14 +73,19 @@ class TrialEvaluator:
             _finetune(net, ctx)
         task = get_task(ctx.task)
         q = evaluate(net, ctx.val, task)
+        if ctx.profiler == "proxy":  # the proxy needs no ONNX file, and it has counted the MACs already
+            lat = proxy_estimate(arch, cfg, ctx.shape)
+            macs = lat.details["macs"]
+        else:
+            lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape)
+            macs = count_macs(net, ctx.shape)
         metrics: dict[str, float] = {
             "psnr": q.psnr,
             "ssim": q.ssim,
             "params": float(count_params(net)),
-            "macs": float(count_macs(net, ctx.shape)),
+            "macs": float(macs),
             "transformer_count": float(arch.count(cfg, "T")),
         }
-        lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape)
         if lat.median_ms is not None and lat.median_ms == lat.median_ms:
             metrics["latency"] = float(lat.median_ms)
         if "score" in ctx.objectives:

@@ -1,0 +1,355 @@
+"""``ens finalize``: picking, QDR losses and SPARK, QAT to a Q/DQ ONNX checked in ONNX Runtime, the report,
+TensorRT / AI Hub targets without their tools, atomic output, CLI errors.
+
+Fast by construction: a hand-made zoo of the micro U-Net (random weights, kinds T, M, E) and a study
+written directly with Optuna (no search), 32x32 patches, a couple of training steps, one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from blocks import HybridUNet, UNetConfig
+from ens.errors import EnsError
+from ens.finalize import EngineNotBuilt, FinalizeOptions, PickError, QDRConfig, knee_index, pick_trial, run_finalize
+from ens.finalize import export as ex
+from ens.finalize.losses import MagnitudeReweighting, confidence_weights, dct2
+from ens.finalize.spark import SparkTrainer, difficulty_features
+from ens.report import load_study
+from ens.zoo.manifest import ZooManifest, slots_of
+
+CFG = UNetConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
+ARCH_TME = "enc:T,M,E|lat:M|dec:E,M,T|ref:E"
+ARCH_RUN = "enc:T,E,E|lat:M|dec:E,E,T|ref:E"  # all three kinds, one SSM block: a small graph for the real run
+FRONT = [  # number, arch, psnr, latency
+    (0, "enc:T,T,T|lat:T|dec:T,T,T|ref:T", 30.0, 10.0),
+    (1, "enc:E,E,E|lat:E|dec:E,E,E|ref:E", 27.0, 2.0),
+    (2, ARCH_TME, 29.5, 5.0),
+    (3, "enc:M,M,M|lat:M|dec:M,M,M|ref:M", 28.0, 6.0),  # dominated by 2
+    (4, "enc:E,M,E|lat:M|dec:E,M,E|ref:E", 28.5, 3.0),
+    (5, ARCH_RUN, 27.5, 9.0),  # dominated by 2
+]
+FAST = dict(finetune_steps=1, qat_steps=2, batch_size=2, calib_batches=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: with 2 cores shared by other jobs, 2 spinning threads are 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_zoo(root: Path) -> Path:
+    zoo = root / "deblur-tiny"
+    zoo.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = HybridUNet(CFG, candidates=["T", "M", "E"])
+    with torch.no_grad():  # residual branches that start at zero would make every arch the identity
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.fill_(0.2)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(zoo / "zoo.safetensors"))
+    m = ZooManifest(zoo_id="deblur-tiny-test", task="deblur", preset="tiny", config=CFG.to_dict(),
+                    kinds=["T", "M", "E"], slots=slots_of(CFG), patch_size=32, data_source="embedded:scikit-image",
+                    seed=0, val_patches=3)
+    (zoo / "manifest.json").write_text(m.to_json())
+    return zoo
+
+
+def make_study(path: Path, zoo: Path | None, rows=FRONT, shape=(1, 3, 32, 32), profiler="proxy") -> Path:
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="deblur-tiny",
+                                directions=["maximize", "minimize"])
+    for k, v in {"task": "deblur", "preset": "tiny", "zoo_id": "deblur-tiny-test", "profiler": profiler,
+                 "zoo_dir": str(zoo.resolve()) if zoo else "", "shape": list(shape),
+                 "data": "embedded:scikit-image"}.items():
+        study.set_user_attr(k, v)
+    for number, arch, psnr, lat in rows:
+        t = optuna.trial.create_trial(values=[psnr, lat], user_attrs={
+            "arch": arch, "psnr": psnr, "ssim": 0.8, "latency": lat, "zoo_id": "deblur-tiny-test",
+            "latency_profiler": profiler, "params": 1000 + number, "macs": 10_000 * lat, "transformer_count": 1})
+        study.add_trial(t)
+        assert study.trials[-1].number == number
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finalize")
+    zoo = make_zoo(root / "zoo")
+    return root, zoo, make_study(root / "study.db", zoo)
+
+
+@pytest.fixture(scope="module")
+def trt_run(world):
+    """One real finalize (trt_int8 with no TensorRT here): QAT, Q/DQ export, ORT checks, report, then the error."""
+    root, _, db = world
+    out = root / "final"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(EngineNotBuilt) as err:
+            run_finalize(FinalizeOptions(storage=str(db), export="trt_int8", out=str(out), trial=5,
+                                         qdr=QDRConfig(**FAST), train_patches=8, calib_patches=2, samples=2,
+                                         latency_rounds=1, latency_runs=2, show_progress=False), log=lambda s: None)
+    finally:
+        torch.set_num_threads(n)
+    return out, err.value
+
+
+# -- picking ------------------------------------------------------------------------------------
+def test_knee_index():
+    assert knee_index([27.0, 29.5, 30.0], [2.0, 5.0, 10.0]) == 1
+    assert knee_index([30.0], [4.0]) == 0
+    assert knee_index([28.0, 30.0], [1.0, 2.0]) == 0  # two points always tie: the faster one
+    assert knee_index([28.0, 30.0, 29.0], [1.0, 2.0, 1.0]) == 2  # same cost: the better one
+
+
+def test_pick_by_number_budget_and_knee(world, tmp_path):
+    study = load_study(world[2])
+    p = pick_trial(study, trial=3)
+    assert (p.number, p.how, p.on_front) == (3, "trial", False)
+    assert pick_trial(study, latency_budget=4.0).number == 4
+    assert pick_trial(study, latency_budget=100).number == 0
+    k = pick_trial(study)
+    assert (k.how, k.number, k.front_size) == ("knee", 2, 4)
+    assert pick_trial(study, pick="knee").number == 2
+    # a trial recorded as a duplicate resolves to the original
+    s2 = optuna.load_study(study_name="deblur-tiny", storage=f"sqlite:///{world[2]}")
+    s2.add_trial(optuna.trial.create_trial(values=[29.5, 5.0], user_attrs={"arch": ARCH_TME, "duplicate_of": 2}))
+    assert pick_trial(load_study(world[2]), trial=6).number == 2
+
+    for kw, msg in [({"trial": 99}, "not a completed"), ({"latency_budget": 1.0}, "fastest takes 2"),
+                    ({"trial": 1, "pick": "knee"}, "only one"), ({"pick": "best"}, "unknown --pick"),
+                    ({"latency_budget": -1.0}, "positive")]:
+        with pytest.raises(PickError, match=msg):
+            pick_trial(study, **kw)
+    empty = make_study(tmp_path / "empty.db", None, rows=[])
+    with pytest.raises(PickError, match="no completed trial"):
+        pick_trial(load_study(empty))
+
+
+# -- losses, LMR, SPARK -------------------------------------------------------------------------
+def test_losses_lmr_and_spark():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(dct2(x).pow(2).sum(), x.pow(2).sum(), rtol=1e-4)  # orthonormal: Parseval
+    w = confidence_weights(torch.zeros(1, 3, 4, 4), torch.rand(1, 3, 4, 4))
+    assert w.shape == (1, 1, 4, 4) and float(w.min()) >= 0.1 - 1e-6 and float(w.max()) <= 0.75 + 1e-6
+
+    lmr = MagnitudeReweighting(["rec", "kd"])
+    losses = {"rec": torch.tensor(0.05, requires_grad=True), "kd": torch.tensor(0.002, requires_grad=True)}
+    total = lmr(losses)
+    assert lmr.weights()["kd"] == pytest.approx(500.0, rel=1e-3)  # starts balanced: exp(-s_i) L_i = 1
+    total.backward()
+    assert torch.allclose(lmr.log_weights.grad, torch.zeros(2), atol=1e-5)  # ... at the optimum in s
+    assert float(losses["kd"].grad) == pytest.approx(500.0, rel=1e-3)  # grad L_i / L_i
+
+    torch.manual_seed(0)
+    y, s, t = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    f = difficulty_features(y, s, t)
+    assert f.shape == (2, 4, 8, 8) and torch.isfinite(f).all()
+    sp = SparkTrainer()
+    before = [p.detach().clone() for p in sp.policy.parameters()]
+    for r in (0.1, 0.3, -0.2):
+        wmap = sp.weights(y, s, t)
+        assert wmap.shape == (2, 1, 8, 8) and torch.allclose(wmap.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-4)
+        sp.update(r)
+    assert any(not torch.equal(a, b) for a, b in zip(before, sp.policy.parameters(), strict=True))
+    assert sp.summary()["steps"] == 3
+
+
+# -- the real run -------------------------------------------------------------------------------
+def test_qat_exports_qdq_int8_checked_in_ort(trt_run):
+    out, _ = trt_run
+    model = onnx.load(str(out / "model_int8.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {"CumSum", "Exp", "Softplus"} <= ops  # the SSM scan is there ...
+    prec = ex.precision_breakdown(out / "model_int8.onnx")
+    assert prec["int8"].get("Conv", 0) > 20
+    for op in ("CumSum", "Exp", "Softplus", "MatMul", "Softmax"):  # ... and stays in floating point
+        assert op not in prec["int8"], op
+    r = json.loads((out / "report.json").read_text())
+    chk = r["checks"]
+    assert chk["fp32_onnx_max_abs"] <= 1e-4
+    assert chk["int8_vs_fakequant"]["rmse"] <= ex.INT8_TOLERANCE["rmse"]
+    assert chk["int8_vs_fakequant"]["max_abs"] <= ex.INT8_TOLERANCE["max_abs"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["ens.arch"] == ARCH_RUN and meta["ens.precision"] == "int8"
+
+
+def test_report_fields(trt_run):
+    out, _ = trt_run
+    r = json.loads((out / "report.json").read_text())
+    assert r["arch"] == ARCH_RUN and r["trial"]["number"] == 5 and r["trial"]["how"] == "trial"
+    assert r["params"] > 0 and r["macs"] > 0 and r["shape"] == [1, 3, 32, 32]
+    q = r["quality"]
+    for key in ("degraded", "fp32", "fp32_onnx", "int8_qdr", "int8_ptq", "int8_fakequant_torch"):
+        assert math.isfinite(q[key]["psnr"]) and 0 < q[key]["ssim"] <= 1, key
+    assert q["int8_qdr"]["recovery_pct"] == pytest.approx(100 * q["int8_qdr"]["psnr"] / q["fp32"]["psnr"], abs=1e-2)
+    assert abs(q["fp32_onnx"]["psnr"] - q["fp32"]["psnr"]) < 1e-2
+    lat = r["latency"]["ort_cpu"]
+    assert lat["fp32"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["speedup"] > 0
+    assert "proxy" in lat["note"]
+    qz = r["quantization"]
+    assert qz["quantized_layers"] > 20 and "CumSum" in qz["ops"]["float"] and "SSM scan" in qz["higher_precision_note"]
+    t = r["training"]
+    assert t["qat"]["steps"] == 2 and set(t["qat"]["lmr_weights"]) == {"rec", "kd"} and "exp(-s_i)" in t["lmr_formula"]
+    assert {f["file"] for f in r["export"]["files"]} >= {"model_fp32.onnx", "model_int8.onnx", "build_engine.sh"}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
+    from PIL import Image
+
+    assert Image.open(out / "samples.png").size[0] > 4 * 32
+
+
+def test_trt_int8_without_tensorrt_writes_onnx_and_command(trt_run):
+    out, err = trt_run
+    assert "NOT built" in str(err) and "trtexec --onnx=model_int8.onnx --int8 --fp16" in str(err)
+    assert err.exit_code != 0
+    script = (out / "build_engine.sh").read_text()
+    assert "trtexec --onnx=model_int8.onnx --int8 --fp16 --saveEngine=model_int8.engine" in script
+    assert not (out / "model_int8.engine").exists()
+    r = json.loads((out / "report.json").read_text())
+    assert r["export"]["engine"]["built"] is False and "no trtexec" in r["export"]["engine"]["message"]
+    assert not list(out.parent.glob(".final.tmp-*")) and not list(out.parent.glob(".final.work-*"))
+
+
+def test_trt_engine_build_paths(tmp_path, monkeypatch):
+    """The local-trtexec and SSH paths build the right commands (fake runner, no TensorRT needed)."""
+    from profilers import trt as trtmod
+
+    onnx_file = tmp_path / "model_int8.onnx"
+    onnx_file.write_bytes(b"onnx")
+    calls = []
+
+    class Proc:
+        def __init__(self, rc=0, out=""):
+            self.returncode, self.stdout, self.stderr = rc, out, ""
+
+    def runner(argv, timeout):
+        calls.append(list(argv))
+        if argv[0] == "scp" and ":" in argv[-2]:  # copying the engine back
+            Path(argv[-1]).write_bytes(b"engine")
+        if argv[0].endswith("trtexec"):
+            Path(argv[-1].split("=", 1)[1]).write_bytes(b"engine")
+        return Proc(0, "/usr/src/tensorrt/bin/trtexec\n" if "command" in argv[-1] else "")
+
+    monkeypatch.setattr(trtmod, "_tensorrt_importable", lambda: False)
+    monkeypatch.setattr(ex.shutil, "which", lambda name: "/opt/trt/bin/trtexec")
+    res = ex.build_trt_engine(onnx_file, tmp_path / "model_int8.engine", None, runner=runner)
+    assert res.built and res.method == "trtexec"
+    assert calls[-1][:4] == ["/opt/trt/bin/trtexec", f"--onnx={onnx_file.resolve()}", "--int8", "--fp16"]
+
+    monkeypatch.setattr(ex.shutil, "which", lambda name: None)
+    (tmp_path / "model_int8.engine").unlink()
+    calls.clear()
+    res = ex.build_trt_engine(onnx_file, tmp_path / "model_int8.engine", "trt:ssh://nvidia@orin.local/tmp/e",
+                              runner=runner)
+    assert res.built and res.method == "trtexec-ssh" and (tmp_path / "model_int8.engine").read_bytes() == b"engine"
+    assert calls[0][0] == "ssh" and "nvidia@orin.local" in calls[0]
+    assert any(c[0] == "scp" and c[-1].startswith("nvidia@orin.local:/tmp/e/") for c in calls)
+    assert any("--saveEngine=/tmp/e/" in " ".join(c) for c in calls)
+    none = ex.build_trt_engine(onnx_file, tmp_path / "x.engine", None, runner=runner)
+    assert not none.built and none.command.startswith("trtexec --onnx=model_int8.onnx")
+
+
+# -- fail fast, fail clean ----------------------------------------------------------------------
+def test_qnn_int8_without_token_is_a_clear_error(world, tmp_path, monkeypatch):
+    from profilers.errors import MissingToken, ProfilerUnavailable
+
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "nope.ini"))
+    with pytest.raises((MissingToken, ProfilerUnavailable), match="token|qai-hub"):
+        run_finalize(FinalizeOptions(storage=str(world[2]), export="qnn_int8", out=str(tmp_path / "q"),
+                                     show_progress=False), log=lambda s: None)
+    assert not (tmp_path / "q").exists()
+    # a study measured on AI Hub: its profiler is checked before any training, with a way out
+    db = make_study(tmp_path / "hub.db", world[1], profiler="qaihub:Snapdragon 8 Elite QRD")
+    with pytest.raises(EnsError, match="--profiler ort-cpu"):
+        run_finalize(FinalizeOptions(storage=str(db), export="onnx_int8", out=str(tmp_path / "q"),
+                                     show_progress=False), log=lambda s: None)
+    assert not (tmp_path / "q").exists()
+
+
+def test_out_folder_is_atomic_on_failure(world, tmp_path, monkeypatch):
+    """A disk-full error while writing the report leaves neither a half-written --out nor temp folders,
+    and an existing --out (replaced with --force) is kept intact."""
+    import ens.finalize.report as rep
+
+    out = tmp_path / "final"
+    out.mkdir()
+    (out / "old.txt").write_text("previous run")
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rep, "atomic_write_text", disk_full)
+    opts = FinalizeOptions(storage=str(world[2]), export="onnx_fp32", out=str(out), trial=1, force=True,
+                           qdr=QDRConfig(finetune_steps=0, batch_size=2), train_patches=4, samples=1,
+                           latency_rounds=1, latency_runs=1, show_progress=False)
+    with pytest.raises(EnsError, match="No space left"):
+        run_finalize(opts, log=lambda s: None)
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    with pytest.raises(EnsError, match="--force"):
+        run_finalize(FinalizeOptions(storage=str(world[2]), export="onnx_fp32", out=str(out)), log=lambda s: None)
+    (tmp_path / "w.safetensors").write_bytes(b"not weights")
+    with pytest.raises(EnsError, match="cannot read --init"):
+        run_finalize(FinalizeOptions(storage=str(world[2]), export="onnx_fp32", out=str(tmp_path / "o2"),
+                                     init_weights=str(tmp_path / "w.safetensors"), train_patches=4),
+                     log=lambda s: None)
+    assert not (tmp_path / "o2").exists()
+
+
+def test_cli_errors_exit_2(world, tmp_path, capsys):
+    from ens.cli import main
+
+    for args, msg in [(["--export", "tflite"], "unknown --export"), (["--export", "onnx_int8", "--trial", "42"],
+                                                                     "trial 42"),
+                      (["--export", "onnx_int8", "--kd", "decoder"], "unknown KD mode")]:
+        with pytest.raises(SystemExit) as e:
+            main(["finalize", str(world[2]), "--out", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["finalize", str(tmp_path / "missing.db"), "--export", "onnx_int8", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_int8_check_rejects_a_mismatched_graph(tmp_path):
+    """The INT8 check compares ORT with the fake-quant model: a graph of another model fails it."""
+    from ens.finalize.qat import quantize_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    x = torch.rand(2, 3, 16, 16)
+    q = quantize_model(net, [x])
+    ex.export_int8(q, (1, 3, 16, 16), tmp_path / "q.onnx")
+    err = ex.check_int8(q, tmp_path / "q.onnx", x)  # batch 2 through a batch-1 file: looped
+    assert err["rmse"] < 1e-4 and np.isfinite(err["max_abs"])
+    with torch.no_grad():
+        q[2].weight.mul_(-1.0)
+    with pytest.raises(ex.ExportError, match="differs from the fake-quant"):
+        ex.check_int8(q, tmp_path / "q.onnx", x)
+
+
+def test_ptq_baseline_is_a_qdq_graph(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    ex.export_fp32(net, (1, 3, 16, 16), tmp_path / "f.onnx")
+    calib = [np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) for i in range(2)]
+    ex.ptq_int8(tmp_path / "f.onnx", tmp_path / "p.onnx", calib)
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node}
+    err = ex.ort_vs_torch(net, tmp_path / "p.onnx", torch.from_numpy(calib[0]))
+    assert err["rmse"] < 0.05
