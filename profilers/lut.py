@@ -25,6 +25,9 @@ the profiler supports it (``ort-cpu``), so a slow drift of the machine's load af
 entry alike. Any measured profiler can calibrate a table (``lut:ort-cpu``, ``lut:trt:ssh://...``,
 ``lut:qaihub:...``); predictions carry ``details["source"] == "predicted"``.
 
+``statistic="min"`` fits each network's fastest run instead of its median (and the table then
+predicts that); on a machine shared with other jobs it is the less disturbed estimate.
+
 The table is JSON: device, profiler spec, precision, input shape, U-Net config (and preset
 name), kinds, skeleton, costs, scales, the raw measurements, versions of onnxruntime / torch /
 onnx / ens, creation time and calibration time. Predicting for another shape, config, precision
@@ -107,6 +110,7 @@ class LatencyTable:
     versions: dict[str, str | None] = field(default_factory=dict)
     created: str = ""
     calibration_s: float = 0.0
+    statistic: str = "median"  # which per-network statistic the costs come from: median or min
     path: Path | None = field(default=None, compare=False)
 
     # -- predicting -----------------------------------------------------------------------------
@@ -177,6 +181,7 @@ class LatencyTable:
             "versions": self.versions,
             "created": self.created,
             "calibration_s": self.calibration_s,
+            "statistic": self.statistic,
         }
 
     @classmethod
@@ -200,6 +205,7 @@ class LatencyTable:
             versions=dict(d.get("versions") or {}),
             created=d.get("created", ""),
             calibration_s=float(d.get("calibration_s", 0.0)),
+            statistic=str(d.get("statistic", "median")),
             path=path,
         )
 
@@ -331,6 +337,20 @@ def export_calibration_networks(
     return out
 
 
+STATISTICS = ("median", "min")
+
+
+def statistic_of(result: LatencyResult, statistic: str = "median") -> float:
+    """The result's median, or the minimum over its runs (``details["min_ms"]``, measured profilers)."""
+    if statistic == "median":
+        return float(result.median_ms)
+    if statistic == "min":
+        if "min_ms" not in result.details:
+            raise MeasurementError(f"{result.profiler or 'this profiler'} reports no per-run minimum")
+        return float(result.details["min_ms"])
+    raise ProfilerError(f"unknown statistic {statistic!r} (choose from {', '.join(STATISTICS)})")
+
+
 def table_from_results(
     profiler: Profiler,
     cfg: Any,
@@ -340,12 +360,17 @@ def table_from_results(
     precision: str,
     calibration_s: float,
     preset: str | None = None,
+    statistic: str = "median",
 ) -> LatencyTable:
-    """Fit a :class:`LatencyTable` from the measured calibration networks (name -> result)."""
+    """Fit a :class:`LatencyTable` from the measured calibration networks (name -> result).
+
+    ``statistic="min"`` fits the fastest run of each network instead of its median: on a machine
+    shared with other jobs the minimum is the least disturbed estimate of a network's cost.
+    """
     from blocks.unet import stage_layout
 
     stages = {s.name: s.depth for s in stage_layout(cfg)}
-    medians = {name: r.median_ms for name, r in results.items()}
+    medians = {name: statistic_of(r, statistic) for name, r in results.items()}
     bad = [n for n, v in medians.items() if not (v > 0 and math.isfinite(v))]
     if bad:
         raise MeasurementError(f"calibration got no usable time for {', '.join(bad)}")
@@ -368,6 +393,7 @@ def table_from_results(
         versions=versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         calibration_s=calibration_s,
+        statistic=statistic,
     )
 
 
@@ -381,6 +407,7 @@ def calibrate_table(
     workdir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     seed: int = 0,
+    statistic: str = "median",
 ) -> LatencyTable:
     """Export and measure the calibration networks of ``cfg`` on ``profiler``; fit a table.
 
@@ -392,6 +419,8 @@ def calibrate_table(
     kinds = tuple(dict.fromkeys(kinds))
     if not kinds:
         raise ProfilerError("calibrate needs at least one block kind")
+    if statistic not in STATISTICS:
+        raise ProfilerError(f"unknown statistic {statistic!r} (choose from {', '.join(STATISTICS)})")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ens-lut-", dir=workdir) as tmp:
         paths = export_calibration_networks(cfg, kinds, shape, tmp, prec, progress, seed)
@@ -399,7 +428,9 @@ def calibrate_table(
             progress("measure", 0, len(paths))
         measured = profiler.measure_many(list(paths.values()), shape, prec)
     results = dict(zip(paths, measured, strict=True))
-    return table_from_results(profiler, cfg, shape, kinds, results, prec, time.perf_counter() - t0, preset)
+    return table_from_results(
+        profiler, cfg, shape, kinds, results, prec, time.perf_counter() - t0, preset, statistic
+    )
 
 
 # -- the profiler -------------------------------------------------------------------------------
@@ -489,6 +520,7 @@ class LUTProfiler(Profiler):
                 "table": str(table.path) if table.path else None,
                 "table_created": table.created,
                 "method": table.method,
+                "statistic": table.statistic,
                 "calibrated_with": table.profiler,
                 "breakdown_ms": table.breakdown(block_kinds),
                 "input_shape": format_shape(shape),
