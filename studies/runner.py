@@ -17,7 +17,9 @@ resumes where it stopped; RUNNING trials left by a driver that died are treated 
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,12 +149,13 @@ def run_study(
         return summary
     executor = make_executor(cfg.workers, cfg.ray_address, cfg.cpus_per_trial, cfg.gpus_per_trial)
     slots = max(1, cfg.workers)
+    stop = _StopFlag()
     in_flight: dict[int, tuple[optuna.Trial, str]] = {}
     dup_streak = fail_streak = 0
     try:
-        while summary.completed < cfg.n_trials or in_flight:
+        while (summary.completed < cfg.n_trials or in_flight) and not stop.requested:
             while (len(in_flight) < slots and summary.completed + len(in_flight) < cfg.n_trials
-                   and not summary.exhausted):
+                   and not summary.exhausted and not stop.requested):
                 trial = study.ask()
                 key, payload = space(trial)
                 trial.set_user_attr("key", key)
@@ -199,6 +202,8 @@ def run_study(
                 summary.completed += 1
             if on_done:
                 on_done(frozen, summary)
+        if stop.requested:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         summary.interrupted = True
         executor.cancel_all()
@@ -207,9 +212,31 @@ def run_study(
             _requeue(study, trial, "interrupted", cfg.max_retries + 1)
         in_flight.clear()
     finally:
+        stop.restore()
         executor.shutdown()
         summary.wall_s = time.monotonic() - t0
     return summary
+
+
+class _StopFlag:
+    """The first Ctrl-C asks the driver to stop between storage writes (never inside one); a second one
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def _values(metrics: Mapping[str, float], objectives: Sequence[Objective]) -> list[float]:
