@@ -26,8 +26,8 @@ def recovery(int8: float | None, fp32: float | None) -> float | None:
 
 
 def gain_recovery(int8: float | None, fp32: float | None, degraded: float | None) -> float | None:
-    """Share of the FP32 model's gain over the degraded input that INT8 keeps, in %."""
-    if None in (int8, fp32, degraded) or fp32 == degraded:
+    """Share of the FP32 model's gain over the degraded input that INT8 keeps, in % (None without a gain)."""
+    if None in (int8, fp32, degraded) or fp32 <= degraded:
         return None
     return round(100.0 * (int8 - degraded) / (fp32 - degraded), 2)
 
@@ -69,6 +69,17 @@ def _lat(d: dict[str, Any] | None) -> str:
     return _f(med, ".2f", unit)
 
 
+def _cell(text: Any) -> str:
+    """Table-safe Markdown: an arch string's ``|`` would split the cell."""
+    return str(text).replace("|", "\\|")
+
+
+def _delta(v: dict[str, Any], fp: dict[str, Any]) -> str:
+    if v.get("psnr") is None or fp.get("psnr") is None:
+        return ""
+    return f"{v['psnr'] - fp['psnr']:+.3f}"
+
+
 def model_card(r: dict[str, Any]) -> str:
     """The Markdown model card of a report dict."""
     q = r.get("quality", {})
@@ -84,7 +95,7 @@ def model_card(r: dict[str, Any]) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | `{r['arch']}` |",
+        f"| architecture | `{_cell(r['arch'])}` |",
         f"| parameters | {r['params']:,} |",
         f"| MACs at {r['shape_str']} | {r['macs']:,} |",
         f"| input shape (deployed files) | {r['shape_str']} |",
@@ -92,30 +103,37 @@ def model_card(r: dict[str, Any]) -> str:
         f"## Quality on the held-out split ({q.get('pairs', '?')} patches of {q.get('patch_size', '?')} px, "
         f"{q.get('metric', '')})",
         "",
-        "| model | PSNR (dB) | SSIM | recovery of FP32 PSNR | run by |",
-        "|---|---|---|---|---|",
-        f"| degraded input | {_f(deg.get('psnr'))} | {_f(deg.get('ssim'), '.4f')} | | |",
-        f"| FP32 (fine-tuned) | {_f(fp.get('psnr'))} | {_f(fp.get('ssim'), '.4f')} | 100% | PyTorch |",
+        "| model | PSNR (dB) | SSIM | vs FP32 (dB) | recovery of FP32 PSNR | run by |",
+        "|---|---|---|---|---|---|",
+        f"| degraded input | {_f(deg.get('psnr'))} | {_f(deg.get('ssim'), '.4f')} | {_delta(deg, fp)} | | |",
+        f"| FP32 (fine-tuned) | {_f(fp.get('psnr'))} | {_f(fp.get('ssim'), '.4f')} | | 100% | PyTorch |",
     ]
     if i8:
         lines.append(f"| INT8, QDR (QAT + distillation) | {_f(i8.get('psnr'))} | {_f(i8.get('ssim'), '.4f')} | "
-                     f"{_f(i8.get('recovery_pct'), '.2f', '%')} | ONNX Runtime, `model_int8` Q/DQ |")
+                     f"{_delta(i8, fp)} | {_f(i8.get('recovery_pct'), '.2f', '%')} | ONNX Runtime, `model_int8` Q/DQ |")
     if ptq:
         lines.append(f"| INT8, plain PTQ (ORT quantize_static) | {_f(ptq.get('psnr'))} | "
-                     f"{_f(ptq.get('ssim'), '.4f')} | "
+                     f"{_f(ptq.get('ssim'), '.4f')} | {_delta(ptq, fp)} | "
                      f"{_f(ptq.get('recovery_pct'), '.2f', '%')} | ONNX Runtime |")
-    if i8:
+    if i8 and i8.get("gain_recovery_pct") is not None:
         lines += ["", f"INT8 keeps {_f(i8.get('gain_recovery_pct'), '.1f', '%')} of the FP32 model's gain over the "
                   f"degraded input (PTQ: {_f(ptq.get('gain_recovery_pct'), '.1f', '%')})."]
-    lines += ["", "## Latency", "", "| profiler | shape | FP32 | INT8 | speed-up |", "|---|---|---|---|---|"]
+    elif fp.get("psnr") is not None and deg.get("psnr") is not None and fp["psnr"] <= deg["psnr"]:
+        lines += ["", f"**Warning:** the FP32 model does not improve on the degraded input "
+                  f"({fp['psnr'] - deg['psnr']:+.2f} dB): train the zoo or fine-tune longer; recovery figures "
+                  "say little here."]
+    lines += ["", "## Latency", "", "| profiler | device | shape | FP32 | INT8 | speed-up |",
+              "|---|---|---|---|---|---|"]
+    notes = []
     for d in lat.values():
         if not isinstance(d, dict) or "fp32" not in d:
             continue
         sp = d.get("speedup")
-        lines.append(f"| {d.get('profiler')} ({d.get('device', '')}) | {d.get('shape')} | {_lat(d.get('fp32'))} | "
+        lines.append(f"| {d.get('profiler')} | {d.get('device', '')} | {d.get('shape')} | {_lat(d.get('fp32'))} | "
                      f"{_lat(d.get('int8'))} | {_f(sp, '.2f', 'x')} |")
         if d.get("note"):
-            lines.append(f"| | | {d['note']} | | |")
+            notes.append(f"- {d['profiler']}: {d['note']}")
+    lines += ["", *notes] if notes else []
     qz = r.get("quantization")
     if qz:
         lines += ["", "## Quantization", "", f"- tool: {qz.get('tool')}; scheme: {qz.get('scheme')}",
@@ -136,15 +154,15 @@ def model_card(r: dict[str, Any]) -> str:
                   f"- FP32 fine-tuning: {t['finetune'].get('steps')} steps, {t['finetune'].get('seconds')} s",
                   f"- QAT: {t.get('qat', {}).get('steps')} steps, {t.get('qat', {}).get('seconds')} s; "
                   f"loss: {t.get('loss_formula')}",
-                  f"- LMR: {t.get('lmr_formula')}; final multipliers {t.get('qat', {}).get('lmr_weights')}",
+                  f"- LMR: {t.get('lmr_formula')}; final multipliers {_weights(t.get('qat', {}).get('lmr_weights'))}",
                   f"- options: {json.dumps(t.get('config', {}))}"]
     ab = r.get("ablation")
     if ab:
         lines += ["", "## Ablation (same QAT step budget; INT8 run by ONNX Runtime)", "",
-                  "| variant | INT8 PSNR | INT8 SSIM | recovery |", "|---|---|---|---|"]
+                  "| variant | what | INT8 PSNR | INT8 SSIM | vs FP32 (dB) | recovery |", "|---|---|---|---|---|---|"]
         for name, v in ab.items():
-            lines.append(f"| {name} ({v.get('description', '')}) | {_f(v.get('psnr'))} | {_f(v.get('ssim'), '.4f')} | "
-                         f"{_f(v.get('recovery_pct'), '.2f', '%')} |")
+            lines.append(f"| {name} | {v.get('description', '')} | {_f(v.get('psnr'), '.3f')} | "
+                         f"{_f(v.get('ssim'), '.4f')} | {_delta(v, fp)} | {_f(v.get('recovery_pct'), '.2f', '%')} |")
     ex = r.get("export", {})
     lines += ["", "## Files", ""]
     for f in ex.get("files", []):
@@ -158,6 +176,10 @@ def model_card(r: dict[str, Any]) -> str:
     if (r.get("files") or {}).get("samples"):
         lines += ["", "## Samples", "", "degraded | FP32 | INT8 | target", "", f"![samples]({SAMPLES_PNG})"]
     return "\n".join(lines) + "\n"
+
+
+def _weights(w: dict[str, float] | None) -> str:
+    return "n/a" if not w else ", ".join(f"{k} {v:.4g}" for k, v in w.items())
 
 
 def _ops(d: dict[str, int] | None) -> str:
