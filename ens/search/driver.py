@@ -72,6 +72,16 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError("--finetune-steps must be >= 0")
 
 
+def _patch_size(zoo_dir: Path, preset: str) -> int:
+    from ens.zoo.build import RECIPES
+    from ens.zoo.manifest import ZooManifest
+
+    try:
+        return ZooManifest.read(zoo_dir).patch_size
+    except Exception:  # no zoo yet (or a broken one, reported when it is loaded): the recipe's patch
+        return RECIPES[preset].patch_size
+
+
 def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
                on_done: Callable[[Any, RunSummary], None] | None = None) -> tuple[optuna.Study, RunSummary]:
     from blocks.unet import get_preset
@@ -93,9 +103,11 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     shape = parse_shape(opts.shape)
     prof = get_profiler(opts.profiler)
     prof.check()  # unreachable device or missing token: a clear error before anything starts
+    zoo_dir = default_zoo_dir(opts.zoo_root, task.name, opts.preset)
+    if opts.data is not None:  # no pairs or too-small images: say so before a database or a zoo is made
+        load_pairs(task, opts.data, "val", patch_size=_patch_size(zoo_dir, opts.preset), seed=opts.seed)
     storage = open_storage(opts.storage)  # refuses corrupt or foreign databases before the zoo is built
 
-    zoo_dir = default_zoo_dir(opts.zoo_root, task.name, opts.preset)
     if not (zoo_dir / "manifest.json").is_file():
         log(f"no zoo for ({task.name}, {opts.preset}) in {opts.zoo_root}/: building it first")
         build_zoo(task, opts.preset, opts.data, opts.zoo_root, opts.seed, log=log)
