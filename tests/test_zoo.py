@@ -113,3 +113,15 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         torch.testing.assert_close(a, b)
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     torch.testing.assert_close(s1[0]["exp_avg"], s2[0]["exp_avg"])
+
+
+def test_teacher_starts_at_the_identity(micro_cfg):
+    from blocks.unet import HybridUNet
+    from ens.zoo.teacher import start_at_identity
+
+    torch.manual_seed(0)
+    net = HybridUNet(micro_cfg).eval()
+    x = torch.rand(1, 3, 20, 28)
+    assert (net(x) - x).abs().max() > 1e-3
+    start_at_identity(net)
+    assert torch.equal(net(x), x)
