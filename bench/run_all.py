@@ -41,7 +41,7 @@ def run(cmd: list[str], log: list[dict[str, Any]], capture: bool = True) -> tupl
     shown = " ".join(shlex.quote(c) for c in (["ens", *cmd[3:]] if cmd[:3] == ENS else cmd))
     print(f"$ {shown}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    res = subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else None)
+    res = subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else sys.stderr)
     wall = time.monotonic() - t0
     log.append({"command": shown, "wall_s": round(wall, 1), "rc": res.returncode})
     if res.returncode != 0:
@@ -174,13 +174,17 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     log: list[dict[str, Any]] = []
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "tasks": {}, "throughput": {}, "log": log}
-    all_t = "enc:T|lat:T|dec:T|ref:T"
+    all_t = "enc:T,T,T|lat:T|dec:T,T,T|ref:T"
 
     for i, task in enumerate(filter(None, args.tasks.split(","))):
-        db, wall = search(task, out, log, args.trials, 1, f"{task}-tiny")
+        fresh = not (out / "zoo" / f"{task}-tiny").exists()
+        db, wall = search(task, out, log, args.trials, 1, f"{task}-tiny")  # a re-run resumes: nothing is redone
         cmd = log[-1]["command"]
-        if i == 0:
-            res["first_command"] = {"command": cmd, "wall_s": round(wall, 1), "trials": args.trials}
+        timing = out / "first_command.json"
+        if i == 0 and fresh:  # only a run that built everything from nothing times the README's first command
+            timing.write_text(json.dumps({"command": cmd, "wall_s": round(wall, 1), "trials": args.trials}))
+        if i == 0 and timing.is_file():
+            res["first_command"] = json.loads(timing.read_text())
         manifest = json.loads((out / "zoo" / f"{task}-tiny" / "manifest.json").read_text())
         teacher = manifest["teacher"]
         r: dict[str, Any] = {"search_command": cmd, "teacher_psnr": teacher["val"]["psnr"],

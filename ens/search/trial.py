@@ -11,6 +11,8 @@ weights, validation tensors), so it runs on any Ray node.
 from __future__ import annotations
 
 import io
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +105,7 @@ class TrialEvaluator:
             "latencies": [{"profiler": ctx.profiler, "shape": list(ctx.shape), **lat.to_dict()}],
             "finetune_steps": ctx.finetune_steps,
             "eval_s": round(time.monotonic() - t0, 3),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",  # which node and process evaluated it
             **ctx.extra_attrs,
         }
         return Outcome(metrics=metrics, attrs=attrs, artifacts={"sample.png": sample_png(net, ctx.val[0])})
