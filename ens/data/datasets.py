@@ -408,10 +408,18 @@ def _textured_crop(rng: np.random.Generator, img: np.ndarray, size: int) -> np.n
     return best
 
 
-def _degrade_patch(task: Task, crop: np.ndarray, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]:
+def _degrade_patch(task: Task, crop: np.ndarray, rng: np.random.Generator, patch: int,
+                   tries: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Degrade the crop and cut the centre patch. A patch the degradation left untouched (rain streaks
+    that all fell outside it) is drawn again: it teaches nothing, and its input PSNR is infinite."""
     m = (crop.shape[0] - patch) // 2
-    deg = task.degrade(np.ascontiguousarray(crop), rng)
-    return deg[m : m + patch, m : m + patch], crop[m : m + patch, m : m + patch]
+    clean = crop[m : m + patch, m : m + patch]
+    src = np.ascontiguousarray(crop)
+    for _ in range(tries):
+        deg = task.degrade(src, rng)[m : m + patch, m : m + patch]
+        if not np.array_equal(deg.astype(np.float16), clean.astype(np.float16)):
+            break
+    return deg, clean
 
 
 def _run_chunks(fn: Callable[[int, int], None], n: int, workers: int) -> None:
