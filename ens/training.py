@@ -98,6 +98,14 @@ def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer: torch.
     atomic_save_tensors(tensors, path, metadata={"ens": json.dumps(meta)})
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was saved at (read from its metadata, no tensors loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return int(json.loads(f.metadata()["ens"])["step"])
+
+
 def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> dict:
     from safetensors import safe_open
 
@@ -117,15 +125,28 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer: torch.
 
 
 class PeriodicCheckpoint:
-    """Calls ``save(step)`` when ``every_s`` seconds have passed since the last save."""
+    """Calls ``save(step)`` when ``every_s`` seconds have passed since the last save, and once more if
+    the loop inside :meth:`saving_on_interrupt` is stopped by Ctrl-C, so no finished step is lost."""
 
-    def __init__(self, save: Callable[[int], None], every_s: float = 120.0) -> None:
+    def __init__(self, save: Callable[[int], None], every_s: float = 120.0, start: int = 0) -> None:
         self.save, self.every_s, self.last = save, every_s, time.monotonic()
+        self.done = self.saved = start
 
     def maybe(self, step: int) -> None:
+        self.done = step
         if time.monotonic() - self.last >= self.every_s:
             self.save(step)
-            self.last = time.monotonic()
+            self.saved, self.last = step, time.monotonic()
+
+    @contextmanager
+    def saving_on_interrupt(self) -> Iterator[None]:
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.done > self.saved:
+                self.save(self.done)  # atomic: a second Ctrl-C here leaves the previous checkpoint
+                self.saved = self.done
+            raise
 
 
 @contextmanager

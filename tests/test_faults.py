@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ens.cli import main
+from ens.training import checkpoint_step
 from studies.lock import StudyLock
 
 
@@ -65,3 +66,29 @@ def test_second_search_on_same_sqlite_is_refused(tmp_path, capsys, micro_zoo, mo
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "another ens search" in err and "Traceback" not in err
+
+
+def test_sigint_during_the_zoo_build_keeps_the_steps_done_and_resumes(tmp_path):
+    """Ctrl-C mid-teacher: exit 130, no zoo folder, a checkpoint at the last finished step (not the last
+    periodic one); the same command then resumes from it and publishes the zoo."""
+    cmd = [sys.executable, "-m", "ens.cli", "zoo", "build", "--task", "denoise", "--preset", "tiny", "--steps", "40",
+           "--distill-steps", "2", "--calib-steps", "0", "--out", str(tmp_path / "zoo")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "[1/4] teacher" in line:
+            break
+    time.sleep(8.0)  # a few teacher steps (0.5-4 s each), far less than the 120 s between periodic checkpoints
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    assert not (tmp_path / "zoo" / "denoise-tiny").exists()
+    ckpt = tmp_path / "zoo" / ".denoise-tiny.work" / "teacher.ckpt.safetensors"
+    done = checkpoint_step(ckpt)
+    assert 0 < done < 40
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert f"(resuming at step {done})" in " ".join(res.stdout.split())
+    assert (tmp_path / "zoo" / "denoise-tiny" / "manifest.json").is_file()
+    assert not (tmp_path / "zoo" / ".denoise-tiny.work").exists()

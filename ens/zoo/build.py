@@ -23,7 +23,7 @@ import ens
 from blocks.unet import HybridUNet, UNetConfig, get_preset
 from ens.errors import EnsError
 from ens.tasks import Task, get_task
-from ens.training import atomic_save_tensors, atomic_write_text, seed_everything
+from ens.training import atomic_save_tensors, atomic_write_text, checkpoint_step, seed_everything
 from ens.zoo.distill import DistillRecipe, calibrate_in_context, distill_surrogates, relative_errors
 from ens.zoo.manifest import MANIFEST, QUALITY_JSON, QUALITY_MD, WEIGHTS, ZooManifest, slots_of
 from ens.zoo.quality import quality_markdown, quality_report
@@ -56,6 +56,10 @@ RECIPES: dict[str, ZooRecipe] = {
                        DistillRecipe(steps=50000, lr=5e-4, calib_steps=10000, calib_lr=1e-4),
                        patch_size=128, train_patches=20000),
 }
+
+
+def _resuming(ckpt: Path) -> str:
+    return f" (resuming at step {checkpoint_step(ckpt)})" if ckpt.is_file() else ""
 
 
 def zoo_name(task: str, preset: str) -> str:
@@ -151,7 +155,7 @@ def build_zoo(
 
     teacher = HybridUNet(cfg)
     log(f"[1/4] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
-        f"{recipe.teacher.steps} steps")
+        f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
     t_stats = train_teacher(teacher, train_set, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
                             show_progress)
 
@@ -159,10 +163,12 @@ def build_zoo(
     supernet = HybridUNet(cfg, candidates=["T", *kinds])
     supernet.load_state_dict(teacher.state_dict(), strict=False)
     log(f"[2/4] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
-        f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps")
+        f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
+        f"{_resuming(work / 'distill.ckpt.safetensors')}")
     distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
                        show_progress)
-    log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps")
+    log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps"
+        f"{_resuming(work / 'calib.ckpt.safetensors')}")
     calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
                          show_progress)
     for p in supernet.parameters():

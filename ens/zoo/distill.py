@@ -119,10 +119,11 @@ def distill_surrogates(
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
 
-    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s, start)
     channels_last(supernet).train()
     ema = None
-    with progress_bar("distil surrogates", recipe.steps, start, show_progress) as advance:
+    bar = progress_bar("distil surrogates", recipe.steps, start, show_progress)
+    with periodic.saving_on_interrupt(), bar as advance:
         for step in range(start, recipe.steps):
             set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, warmup=20))
             deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)
@@ -193,10 +194,11 @@ def calibrate_in_context(
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
 
-    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s, start)
     channels_last(supernet)
     ema = None
-    with progress_bar("in-context calibration", recipe.calib_steps, start, show_progress) as advance:
+    bar = progress_bar("in-context calibration", recipe.calib_steps, start, show_progress)
+    with periodic.saving_on_interrupt(), bar as advance:
         for step in range(start, recipe.calib_steps):
             set_lr(opt, cosine_lr(step, recipe.calib_steps, recipe.calib_lr, warmup=10))
             idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)

@@ -69,10 +69,10 @@ def train_teacher(
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, {"teacher": net}, opt, step)
 
-    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s)
+    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s, start)
     channels_last(net).train()
     ema = None
-    with progress_bar("teacher", recipe.steps, start, show_progress) as advance:
+    with periodic.saving_on_interrupt(), progress_bar("teacher", recipe.steps, start, show_progress) as advance:
         for step in range(start, recipe.steps):
             set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup))
             deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step), step)
