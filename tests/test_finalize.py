@@ -353,3 +353,22 @@ def test_ptq_baseline_is_a_qdq_graph(tmp_path):
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node}
     err = ex.ort_vs_torch(net, tmp_path / "p.onnx", torch.from_numpy(calib[0]))
     assert err["rmse"] < 0.05
+
+
+def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
+    from ens.finalize.qat import ABLATIONS
+
+    out = tmp_path / "abl"
+    run_finalize(FinalizeOptions(storage=str(world[2]), export="onnx_int8", out=str(out), trial=1, ablate=True,
+                                 qdr=QDRConfig(**FAST), train_patches=4, calib_patches=2, samples=1,
+                                 latency_rounds=1, latency_runs=1, show_progress=False), log=lambda s: None)
+    r = json.loads((out / "report.json").read_text())
+    ab = r["ablation"]
+    assert set(ab) == set(ABLATIONS)
+    for name, v in ab.items():
+        assert math.isfinite(v["psnr"]) and 0 < v["ssim"] <= 1, name
+        assert v["recovery_pct"] == pytest.approx(100 * v["psnr"] / r["quality"]["fp32"]["psnr"], abs=1e-2)
+    assert ab["qdr"]["psnr"] == pytest.approx(r["quality"]["int8_qdr"]["psnr"], abs=1e-6)  # the main run itself
+    assert ab["no_kd"]["lmr_weights"] is None and set(ab["kd_output"]["lmr_weights"]) == {"rec", "kd"}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Ablation" in card and all(f"| {name} |" in card for name in ABLATIONS)
