@@ -16,6 +16,17 @@ def _seed_and_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: with 2 cores shared by other jobs, 2 spinning threads are 10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def micro_cfg():
     """A U-Net small enough for unit tests: width 8, two blocks in some stages."""
     from blocks import UNetConfig

@@ -41,13 +41,7 @@ FRONT = [  # number, arch, psnr, latency
 FAST = dict(finetune_steps=1, qat_steps=2, batch_size=2, calib_batches=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 cores shared by other jobs, 2 spinning threads are 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_zoo(root: Path) -> Path:

@@ -14,7 +14,6 @@ import onnx
 import onnxruntime as ort
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from blocks import UNetConfig
@@ -27,12 +26,7 @@ from search_spaces import Arch
 CFG = UNetConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_zoo_search_with_two_workers_then_finalize_int8(tmp_path, micro_recipe):
