@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 
@@ -81,6 +82,7 @@ def test_zoo_show_errors(tmp_path, capsys, micro_zoo):
     assert code == 2 and "manifest.json is missing" in err
     code, out, _ = _run(["zoo", "show", str(micro_zoo)], capsys)
     assert code == 0 and "deblur" in out and "teacher" in out
+    assert re.search(r"teacher \d+ \(\d+ s\), distil \d+ \(\d+ s\), calibration \d+", out)
 
 
 def test_search_report_cli_end_to_end(tmp_path, capsys, micro_zoo, monkeypatch):

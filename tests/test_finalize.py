@@ -102,6 +102,13 @@ def trt_run(world):
 
 
 # -- picking ------------------------------------------------------------------------------------
+def test_ort_slower_note_only_when_int8_is_slower():
+    from ens.finalize.pipeline import ort_slower_note
+
+    assert "model_fp32.onnx" in ort_slower_note(0.72)
+    assert ort_slower_note(1.0) is None and ort_slower_note(1.3) is None and ort_slower_note(None) is None
+
+
 def test_knee_index():
     assert knee_index([27.0, 29.5, 30.0], [2.0, 5.0, 10.0]) == 1
     assert knee_index([30.0], [4.0]) == 0
@@ -195,6 +202,7 @@ def test_report_fields(trt_run):
     lat = r["latency"]["ort_cpu"]
     assert lat["fp32"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["speedup"] > 0
     assert "proxy" in lat["note"]
+    assert ("use model_fp32.onnx" in lat["note"]) == (lat["speedup"] < 1.0)
     qz = r["quantization"]
     assert qz["quantized_layers"] > 20 and "CumSum" in qz["ops"]["float"] and "SSM scan" in qz["higher_precision_note"]
     t = r["training"]

@@ -60,6 +60,10 @@ def _print_manifest(m, path: Path) -> None:
     t.add_row("teacher PSNR / SSIM", f"{tv.get('psnr', float('nan')):.2f} dB / {tv.get('ssim', float('nan')):.4f}")
     t.add_row("input PSNR / SSIM", f"{iv.get('psnr', float('nan')):.2f} dB / {iv.get('ssim', float('nan')):.4f}")
     t.add_row("seed / wall time", f"{m.seed} / {m.wall_time_s:.0f} s")
+    stages = [(name, d.get("steps"), d.get("seconds")) for name, d in
+              (("teacher", m.teacher), ("distil", m.distill), ("calibration", m.calibration))]
+    t.add_row("steps (seconds)", ", ".join(
+        f"{name} {steps}" + (f" ({sec:.0f} s)" if sec is not None else "") for name, steps, sec in stages))
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     console.print(t)
     rel = m.distill.get("relative_error", {})

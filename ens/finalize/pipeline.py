@@ -441,6 +441,19 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
     return out
 
 
+ORT_SLOWER_NOTE = (
+    "INT8 runs slower than FP32 here: the Q/DQ placement is TensorRT's (conv inputs and weights), and ONNX Runtime "
+    "fuses a conv into QLinearConv only where its output is quantized too; measured by bench/bench_int8_width.py, "
+    "ORT's own placement reaches 0.95-1.2x at tiny/small widths and 2.1x for all-E at paper width. For ONNX Runtime "
+    "CPU deployment of this model, use model_fp32.onnx."
+)
+
+
+def ort_slower_note(speedup: float | None) -> str | None:
+    """The model card's note when the INT8 file is slower than FP32 in ONNX Runtime CPU."""
+    return ORT_SLOWER_NOTE if speedup is not None and speedup < 1.0 else None
+
+
 def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOptions, other_prof, note: str,
                log) -> dict[str, Any]:
     from profilers.base import format_shape
@@ -455,8 +468,9 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
                              clock=opts.latency_clock)
     entry: dict[str, Any] = {"profiler": f"ort-cpu?threads={opts.threads}", "device": ort["device"],
                              "shape": format_shape(shape), **{k: v for k, v in ort.items() if k != "device"}}
-    if note:
-        entry["note"] = note
+    slower = ort_slower_note(ort.get("speedup"))
+    if note or slower:
+        entry["note"] = " ".join(n for n in (note, slower) if n)
     res["ort_cpu"] = entry
     if other_prof is not None:
         d: dict[str, Any] = {"profiler": other_prof.spec, "device": other_prof.device, "shape": format_shape(shape)}

@@ -156,8 +156,11 @@ def build_zoo(
     teacher = HybridUNet(cfg)
     log(f"[1/4] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
         f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
+    seconds: dict[str, float] = {}
+    t_stage = time.monotonic()
     t_stats = train_teacher(teacher, train_set, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
                             show_progress)
+    seconds["teacher"], t_stage = round(time.monotonic() - t_stage, 1), time.monotonic()
 
     torch.manual_seed(seed + 1)
     supernet = HybridUNet(cfg, candidates=["T", *kinds])
@@ -167,10 +170,12 @@ def build_zoo(
         f"{_resuming(work / 'distill.ckpt.safetensors')}")
     distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
                        show_progress)
+    seconds["distill"], t_stage = round(time.monotonic() - t_stage, 1), time.monotonic()
     log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps"
         f"{_resuming(work / 'calib.ckpt.safetensors')}")
     calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
                          show_progress)
+    seconds["calibration"], t_stage = round(time.monotonic() - t_stage, 1), time.monotonic()
     for p in supernet.parameters():
         p.requires_grad_(True)
 
@@ -178,6 +183,7 @@ def build_zoo(
     val_inputs = [val_set[i][0].unsqueeze(0) for i in range(min(len(val_set), 16))]
     rel = relative_errors(supernet, kinds, val_inputs)
     report = quality_report(supernet, kinds, val_set, task, seed, mixed=recipe.quality_mixed)
+    seconds["quality_report"] = round(time.monotonic() - t_stage, 1)
 
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
@@ -191,10 +197,11 @@ def build_zoo(
         data_source=data_source,
         seed=seed,
         teacher={"steps": recipe.teacher.steps, "loss": "charbonnier", **t_stats,
-                 "val": report["teacher"], "input_val": report["input"]},
+                 "val": report["teacher"], "input_val": report["input"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": f"L1 + {recipe.distill.cos_weight} * (1 - cos)",
-                 "relative_error": rel},
-        calibration={"steps": recipe.distill.calib_steps, "loss": "L1 to teacher output, random hybrids"},
+                 "relative_error": rel, "seconds": seconds["distill"]},
+        calibration={"steps": recipe.distill.calib_steps, "loss": "L1 to teacher output, random hybrids",
+                     "seconds": seconds["calibration"], "quality_report_seconds": seconds["quality_report"]},
         versions=versions(),
         wall_time_s=round(time.monotonic() - t0, 1),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

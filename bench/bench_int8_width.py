@@ -1,0 +1,117 @@
+"""Does INT8 pay on ONNX Runtime CPU, and at what width? FP32 vs two Q/DQ placements per preset.
+
+    python bench/bench_int8_width.py [--presets tiny,small,paper] [--kinds T,E] [--shape 1x3x128x128]
+        [--threads 1] [--clock cpu] [--rounds 3] [--runs 3]
+
+For each preset and uniform network (random weights: latency only, no quality):
+
+- ``fp32``: the FP32 ONNX;
+- ``int8_modelopt``: the Q/DQ graph finalize's QAT exports (ModelOpt, INT8 on every conv's input and
+  weights, max-calibrated on random inputs; TensorRT's placement);
+- ``int8_ort``: ONNX Runtime ``quantize_static`` of the FP32 file (QDQ, its own placement: conv
+  outputs, Add, Mul, MatMul as well).
+
+Timed interleaved by ``ens.finalize.export.ort_cpu_latency``; the CPU clock at one thread is stable on
+a shared machine. Prints one JSON object with each file's median and its speed-up over FP32, and the
+share of each op type in the ORT profile of the fastest INT8 file. Needs ``ens[qat]``; never run by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import copy
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from blocks import HybridUNet, get_preset  # noqa: E402
+from blocks.stats import count_macs, count_params  # noqa: E402
+from blocks.unet import uniform_kinds  # noqa: E402
+
+
+def op_shares(path: Path, shape: tuple[int, ...], threads: int) -> dict[str, float]:
+    """Percent of kernel time per op type, from one ORT profile of three runs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.with_suffix(""))
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for _ in range(3):
+        s.run(None, {s.get_inputs()[0].name: x})
+    prof = Path(s.end_profiling())
+    agg: collections.Counter[str] = collections.Counter()
+    for e in json.loads(prof.read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            agg[e["args"]["op_name"]] += e["dur"]
+    prof.unlink()
+    total = sum(agg.values()) or 1
+    return {k: round(100 * v / total, 1) for k, v in agg.most_common(6)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="tiny,small,paper")
+    ap.add_argument("--kinds", default="T,E")
+    ap.add_argument("--shape", default="1x3x128x128")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+
+    from ens.finalize import export as ex
+    from ens.finalize.qat import quantize_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    rng = np.random.default_rng(0)
+    calib_np = [rng.random(shape, dtype=np.float32) for _ in range(2)]
+    calib = [torch.from_numpy(a) for a in calib_np]
+    result: dict = {"shape": args.shape, "threads": args.threads, "clock": args.clock,
+                    "loadavg_1min_before": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for preset in args.presets.split(","):
+            cfg = get_preset(preset)
+            for kind in args.kinds.split(","):
+                net = HybridUNet(cfg, uniform_kinds(cfg, kind)).eval()
+                name = f"{preset}/all-{kind}"
+                files = {"fp32": tmp / "fp32.onnx", "int8_modelopt": tmp / "modelopt.onnx",
+                         "int8_ort": tmp / "ort.onnx"}
+                ex.export_fp32(net, shape, files["fp32"], calib[0])
+                with contextlib.redirect_stderr(io.StringIO()):
+                    qnet = quantize_model(copy.deepcopy(net), calib)
+                    ex.export_int8(qnet, shape, files["int8_modelopt"])
+                    ex.ptq_int8(files["fp32"], files["int8_ort"], calib_np)
+                lat = ex.ort_cpu_latency(files, shape, threads=args.threads, rounds=args.rounds, runs=args.runs,
+                                         clock=args.clock)
+                fastest = min(("int8_modelopt", "int8_ort"), key=lambda k: lat[k]["median_ms"])
+                result[name] = {
+                    "width": cfg.dim, "params": count_params(net), "macs": count_macs(net, shape),
+                    **{f"{k}_ms": round(lat[k]["median_ms"], 1) for k in files},
+                    **{f"{k}_speedup": round(lat["fp32"]["median_ms"] / lat[k]["median_ms"], 3)
+                       for k in files if k != "fp32"},
+                    f"{fastest}_op_shares_pct": op_shares(files[fastest], shape, args.threads),
+                }
+                print(name, json.dumps(result[name]), file=sys.stderr)
+        result["device"] = lat["device"]
+    result["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
