@@ -443,9 +443,8 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
 
 ORT_SLOWER_NOTE = (
     "INT8 runs slower than FP32 here: the Q/DQ placement is TensorRT's (conv inputs and weights), and ONNX Runtime "
-    "fuses a conv into QLinearConv only where its output is quantized too; measured by bench/bench_int8_width.py, "
-    "ORT's own placement reaches 0.95-1.2x at tiny/small widths and 2.1x for all-E at paper width. For ONNX Runtime "
-    "CPU deployment of this model, use model_fp32.onnx."
+    "fuses a conv into QLinearConv only where its output is quantized too (bench/bench_int8_width.py compares "
+    "placements by width). For ONNX Runtime CPU deployment of this model, use model_fp32.onnx."
 )
 
 

@@ -12,7 +12,8 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +57,14 @@ RECIPES: dict[str, ZooRecipe] = {
                        DistillRecipe(steps=50000, lr=5e-4, calib_steps=10000, calib_lr=1e-4),
                        patch_size=128, train_patches=20000),
 }
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Records the seconds the ``with`` body took under ``seconds[stage]`` (this run only, not resumed parts)."""
+    t = time.monotonic()
+    yield
+    seconds[stage] = round(time.monotonic() - t, 1)
 
 
 def _resuming(ckpt: Path) -> str:
@@ -157,10 +166,9 @@ def build_zoo(
     log(f"[1/4] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
         f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
     seconds: dict[str, float] = {}
-    t_stage = time.monotonic()
-    t_stats = train_teacher(teacher, train_set, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
-                            show_progress)
-    seconds["teacher"], t_stage = round(time.monotonic() - t_stage, 1), time.monotonic()
+    with _timed(seconds, "teacher"):
+        t_stats = train_teacher(teacher, train_set, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
+                                show_progress)
 
     torch.manual_seed(seed + 1)
     supernet = HybridUNet(cfg, candidates=["T", *kinds])
@@ -168,22 +176,22 @@ def build_zoo(
     log(f"[2/4] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
         f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
         f"{_resuming(work / 'distill.ckpt.safetensors')}")
-    distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
-                       show_progress)
-    seconds["distill"], t_stage = round(time.monotonic() - t_stage, 1), time.monotonic()
+    with _timed(seconds, "distill"):
+        distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
+                           show_progress)
     log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps"
         f"{_resuming(work / 'calib.ckpt.safetensors')}")
-    calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
-                         show_progress)
-    seconds["calibration"], t_stage = round(time.monotonic() - t_stage, 1), time.monotonic()
+    with _timed(seconds, "calibration"):
+        calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
+                             show_progress)
     for p in supernet.parameters():
         p.requires_grad_(True)
 
     log("[4/4] quality report on the held-out split")
     val_inputs = [val_set[i][0].unsqueeze(0) for i in range(min(len(val_set), 16))]
-    rel = relative_errors(supernet, kinds, val_inputs)
-    report = quality_report(supernet, kinds, val_set, task, seed, mixed=recipe.quality_mixed)
-    seconds["quality_report"] = round(time.monotonic() - t_stage, 1)
+    with _timed(seconds, "quality_report"):
+        rel = relative_errors(supernet, kinds, val_inputs)
+        report = quality_report(supernet, kinds, val_set, task, seed, mixed=recipe.quality_mixed)
 
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
