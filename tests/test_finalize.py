@@ -107,6 +107,18 @@ def test_ort_slower_note_only_when_int8_is_slower():
 
     assert "model_fp32.onnx" in ort_slower_note(0.72)
     assert ort_slower_note(1.0) is None and ort_slower_note(1.3) is None and ort_slower_note(None) is None
+    assert "placement is TensorRT's" in ort_slower_note(0.9, "trt")
+    assert "QLinearConv" in ort_slower_note(0.9, "ort") and "TensorRT's" not in ort_slower_note(0.9, "ort")
+
+
+def test_placement_follows_the_export_target():
+    from ens.finalize.qat import placement_for
+
+    assert placement_for("onnx_int8") == "ort"
+    assert placement_for("trt_int8") == placement_for("qnn_int8") == "trt"
+    assert placement_for("onnx_int8", "trt") == "trt" and placement_for("trt_int8", "ort") == "ort"
+    with pytest.raises(EnsError, match="placement"):
+        QDRConfig(placement="everywhere")
 
 
 def test_knee_index():
@@ -205,6 +217,8 @@ def test_report_fields(trt_run):
     assert ("use model_fp32.onnx" in lat["note"]) == (lat["speedup"] < 1.0)
     qz = r["quantization"]
     assert qz["quantized_layers"] > 20 and "CumSum" in qz["ops"]["float"] and "SSM scan" in qz["higher_precision_note"]
+    assert qz["placement"] == "trt" and qz["activation_type"] == "int8" and qz["quantized_outputs"] == 0
+    assert qz["ort_cpu_convs"]["float"] > 0  # TensorRT's placement: convs feeding float ops stay float in ORT
     t = r["training"]
     assert t["qat"]["steps"] == 2 and set(t["qat"]["lmr_weights"]) == {"rec", "kd"} and "exp(-s_i)" in t["lmr_formula"]
     assert {f["file"] for f in r["export"]["files"]} >= {"model_fp32.onnx", "model_int8.onnx", "build_engine.sh"}
@@ -346,6 +360,51 @@ def test_int8_check_rejects_a_mismatched_graph(tmp_path):
         ex.check_int8(q, tmp_path / "q.onnx", x)
 
 
+class _Skip(torch.nn.Module):
+    """conv -> GELU -> conv, whose output feeds two ops (the case ORT's own S8->U8 rewrite misses), -> output conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.output = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = self.b(torch.nn.functional.gelu(self.a(x)))
+        return self.output(h * torch.sigmoid(h) + h) + x
+
+
+def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path):
+    from ens.finalize.qat import quant_summary, quantize_model
+    from ens.finalize.qdq_uint8 import activations_to_uint8, constant_value
+
+    x = torch.rand(2, 3, 16, 16)
+    files = {}
+    for placement in ("trt", "ort"):
+        torch.manual_seed(0)
+        q = quantize_model(_Skip(), [x], placement=placement)
+        assert quant_summary(q)["quantized_outputs"] == (2 if placement == "ort" else 0)  # not the final conv
+        files[placement] = tmp_path / f"{placement}.onnx"
+        ex.export_int8(q, (1, 3, 16, 16), files[placement])
+        assert ex.check_int8(q, files[placement], x)["rmse"] < 1e-3
+    u8 = tmp_path / "ort_u8.onnx"
+    changed = activations_to_uint8(files["ort"], u8)
+    model = onnx.load(str(u8))
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    zps = {"QuantizeLinear": set(), "DequantizeLinear": set()}
+    for n in model.graph.node:
+        if n.op_type in zps:
+            zps[n.op_type].add(str(constant_value(n.input[2], inits, consts).dtype))
+    assert changed >= 8 and "uint8" in zps["QuantizeLinear"] and "int8" in zps["DequantizeLinear"]  # weights stay S8
+    s8_out, u8_out = ex.OnnxModel(files["ort"])(x), ex.OnnxModel(u8)(x)
+    assert torch.equal(s8_out, u8_out)  # the rewrite changes no value
+    kernels = {k: ex.ort_conv_kernels(p) for k, p in (*files.items(), ("ort_u8", u8))}
+    assert kernels["trt"]["int8"] == 0 and kernels["trt"]["float"] == 3  # inputs-only: nothing fuses
+    assert kernels["ort_u8"] == {"int8": 2, "float": 1}  # all but the float-output final conv
+    assert kernels["ort"]["int8"] < kernels["ort_u8"]["int8"]  # S8 output Q next to a U8 input DQ does not fuse
+
+
 def test_ptq_baseline_is_a_qdq_graph(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
@@ -372,5 +431,9 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
         assert v["recovery_pct"] == pytest.approx(100 * v["psnr"] / r["quality"]["fp32"]["psnr"], abs=1e-2)
     assert ab["qdr"]["psnr"] == pytest.approx(r["quality"]["int8_qdr"]["psnr"], abs=1e-6)  # the main run itself
     assert ab["no_kd"]["lmr_weights"] is None and set(ab["kd_output"]["lmr_weights"]) == {"rec", "kd"}
+    qz = r["quantization"]  # onnx_int8: the placement ONNX Runtime fuses, U8 activations
+    assert qz["placement"] == "ort" and qz["activation_type"].startswith("uint8") and qz["quantized_outputs"] > 20
+    assert qz["ort_cpu_convs"]["int8"] > qz["ort_cpu_convs"]["float"]
+    assert r["training"]["config"]["placement"] == "ort"
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Ablation" in card and all(f"| {name} |" in card for name in ABLATIONS)

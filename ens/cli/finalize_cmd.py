@@ -38,6 +38,9 @@ def finalize(
     fakequant_freeze: float = typer.Option(0.9, help="Fraction of QAT steps after which weight scales freeze."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Module-name pattern kept in float (repeatable), "
                                       "e.g. '*x_proj'."),
+    placement: str = typer.Option("auto", "--placement", help="Where activations are quantized: trt (conv inputs, "
+                                  "as TensorRT wants), ort (conv outputs too, with U8 activations for onnx_int8, so "
+                                  "ONNX Runtime fuses QLinearConv), or auto (ort for onnx_int8, else trt)."),
     ablate: bool = typer.Option(False, "--ablate", help="Also run the QAT variants (no KD, KD at the output, "
                                 "no LMR) with the same step budget and report each."),
     zoo: Path | None = typer.Option(None, "--zoo", help="Zoo folder (default: the one the study recorded)."),
@@ -63,7 +66,7 @@ def finalize(
     cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
                     qat_lr=qat_lr, dct_weight=dct_weight, kd=kd, lmr=lmr, conf_kd=conf_kd, spark=spark,
                     weight_clip=weight_clip or None, observer_freeze=observer_freeze,
-                    fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), seed=seed)
+                    fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), placement=placement, seed=seed)
     opts = FinalizeOptions(storage=storage, export=export, out=str(out), study_name=study_name, trial=trial,
                            latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
                            zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,

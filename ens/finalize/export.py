@@ -232,6 +232,21 @@ def precision_breakdown(path: Path) -> dict[str, dict[str, int]]:
     return {"int8": dict(int8.most_common()), "float": dict(flt.most_common())}
 
 
+def ort_conv_kernels(path: Path) -> dict[str, int]:
+    """How ONNX Runtime CPU runs the convolutions of ``path``: ``{"int8": QLinearConv count, "float": Conv
+    count}``, read from the graph ORT optimizes for this machine (``optimized_model_filepath``)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    with tempfile.TemporaryDirectory(prefix="ens-ortopt-") as tmp:
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return {"int8": ops["QLinearConv"], "float": ops["Conv"] + ops["FusedConv"]}
+
+
 def file_info(path: Path) -> dict[str, Any]:
     from ens.zoo.store import file_sha256
 

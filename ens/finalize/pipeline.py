@@ -37,7 +37,8 @@ import torch
 from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
-from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, qdr_train, require_modelopt
+from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, placement_for, qdr_train, require_modelopt
+from ens.finalize.qdq_uint8 import activations_to_uint8
 from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
 
 LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
@@ -48,6 +49,10 @@ HIGHER_PRECISION_NOTE = (
     "ONNX Runtime, FP16 in a TensorRT --int8 --fp16 engine): the SSM scan of M blocks (softplus of dt, exp of "
     "A and of the decay segment sums, cumsum, the chunk matmuls), the attention of T blocks (L2 normalise, "
     "q.k^T and attn.v matmuls, softmax), every LayerNorm, GELU/SiLU and the sigmoid gates of E blocks' LDG.")
+PLACEMENT_TEXT = {
+    "trt": "conv inputs, TensorRT's placement",
+    "ort": "conv inputs and outputs except the final conv's, so ONNX Runtime fuses QLinearConv",
+}
 ABLATION_TEXT = {
     "no_kd": "QAT, reconstruction loss only",
     "kd_output": "KD at the output instead of the bottleneck, LMR",
@@ -252,7 +257,9 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     net = zoo.build(picked.arch)
     if opts.init_weights:
         _load_weights(net, Path(opts.init_weights))
-    cfg = opts.qdr
+    cfg = opts.qdr.variant(placement=placement_for(opts.export, opts.qdr.placement))
+    # ONNX Runtime takes U8 activations; TensorRT and QNN take the S8 that ModelOpt exports
+    to_u8 = opts.export == "onnx_int8" and cfg.placement == "ort"
     log(f"fine-tuning in FP32 for {cfg.finetune_steps} steps")
     ft_log = finetune_fp32(net, train, cfg, show_progress=opts.show_progress)
     net.eval()
@@ -298,6 +305,8 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
             training["qat"] = q_log.to_dict()
             int8_eval = work / "int8_eval.onnx"
             ex.export_int8(student, eval_shape, int8_eval)
+            if to_u8:
+                activations_to_uint8(int8_eval)
             checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, val_x[: min(4, len(val_x))])
             checks["int8_tolerance"] = ex.INT8_TOLERANCE
             q_int8 = ex.evaluate_onnx(int8_eval, val_pairs, task, opts.threads)
@@ -311,6 +320,8 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
                 shutil.copyfile(int8_eval, int8_file)
             else:
                 ex.export_int8(student, shape, int8_file)
+                if to_u8:
+                    activations_to_uint8(int8_file)
                 checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(val_x, shape))
             files.append(int8_file)
             # the baseline: plain post-training quantization of the same FP32 model
@@ -325,8 +336,11 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
 
             report["quantization"] = {
                 "tool": _modelopt_version(), "scheme": "INT8 symmetric; weights per output channel, activations "
-                "per tensor (conv inputs); max calibration, then QAT", **quant_summary(student),
-                "ops": ex.precision_breakdown(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
+                f"per tensor ({PLACEMENT_TEXT[cfg.placement]}); max calibration, then QAT",
+                "placement": cfg.placement,
+                "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
+                **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
+                "ort_cpu_convs": ex.ort_conv_kernels(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
             }
         if opts.ablate:
             report["ablation"] = _ablate(net, train, cfg, work, eval_shape, val_pairs, task, q_fp32.psnr, q_deg.psnr,
@@ -334,7 +348,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         report["quality"] = quality
         report["checks"] = checks
         report["training"] = training
-        report["latency"] = _latencies(fp32_file, int8_file, shape, opts, other_prof, lat_note, log)
+        report["latency"] = _latencies(fp32_file, int8_file, shape, opts, other_prof, lat_note, log, cfg.placement)
 
         # the deployed artifacts of the target
         export_info: dict[str, Any] = {"target": opts.export}
@@ -441,20 +455,25 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
     return out
 
 
-ORT_SLOWER_NOTE = (
-    "INT8 runs slower than FP32 here: the Q/DQ placement is TensorRT's (conv inputs and weights), and ONNX Runtime "
-    "fuses a conv into QLinearConv only where its output is quantized too (bench/bench_int8_width.py compares "
-    "placements by width). For ONNX Runtime CPU deployment of this model, use model_fp32.onnx."
-)
+ORT_SLOWER_NOTE = {
+    "trt": "INT8 runs slower than FP32 here: the Q/DQ placement is TensorRT's (conv inputs and weights), and ONNX "
+           "Runtime fuses a conv into QLinearConv only where its output is quantized too (--export onnx_int8 uses "
+           "the placement it fuses). For ONNX Runtime CPU deployment of this model, use model_fp32.onnx.",
+    "ort": "INT8 runs slower than FP32 here although ONNX Runtime runs the convolutions as QLinearConv (see "
+           "quantization.ort_cpu_convs): at this width the INT8 convs save less than the quantize/dequantize "
+           "steps around the float ops (attention, LayerNorm, SSM scan, gates) cost; bench/bench_int8_width.py "
+           "shows the gain growing with the width. For ONNX Runtime CPU deployment of this model, use "
+           "model_fp32.onnx.",
+}
 
 
-def ort_slower_note(speedup: float | None) -> str | None:
+def ort_slower_note(speedup: float | None, placement: str = "trt") -> str | None:
     """The model card's note when the INT8 file is slower than FP32 in ONNX Runtime CPU."""
-    return ORT_SLOWER_NOTE if speedup is not None and speedup < 1.0 else None
+    return ORT_SLOWER_NOTE[placement] if speedup is not None and speedup < 1.0 else None
 
 
 def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOptions, other_prof, note: str,
-               log) -> dict[str, Any]:
+               log, placement: str = "trt") -> dict[str, Any]:
     from profilers.base import format_shape
     from profilers.errors import ProfilerError
 
@@ -467,7 +486,7 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
                              clock=opts.latency_clock)
     entry: dict[str, Any] = {"profiler": f"ort-cpu?threads={opts.threads}", "device": ort["device"],
                              "shape": format_shape(shape), **{k: v for k, v in ort.items() if k != "device"}}
-    slower = ort_slower_note(ort.get("speedup"))
+    slower = ort_slower_note(ort.get("speedup"), placement)
     if note or slower:
         entry["note"] = " ".join(n for n in (note, slower) if n)
     res["ort_cpu"] = entry

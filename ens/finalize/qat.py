@@ -1,12 +1,13 @@
 """FP32 fine-tuning and QDR quantization-aware training with distillation (NVIDIA ModelOpt fake quantization).
 
 Quantization scheme: INT8, symmetric; weights per output channel (``axis=0``), activations per tensor
-(the input of every ``Conv2d``), max calibration on training batches, then QAT with straight-through
-gradients. ModelOpt replaces each ``nn.Conv2d`` by a ``QuantConv2d`` whose input and weight pass
-through a ``TensorQuantizer``; everything else (LayerNorm, the attention matmuls and softmax, the SSD
-scan's softplus / exp / cumsum / chunk matmuls, GELU, sigmoid gates) is left in floating point (FP32
-in ONNX Runtime, FP16 in a TensorRT ``--int8 --fp16`` engine). ``keep_fp`` patterns (fnmatch on
-module names, e.g. ``*x_proj``) keep chosen convolutions in floating point too.
+(the input of every ``Conv2d``, and its output with the ``ort`` placement), max calibration on training
+batches, then QAT with straight-through gradients. ModelOpt replaces each ``nn.Conv2d`` by a
+``QuantConv2d`` whose input and weight pass through a ``TensorQuantizer``; everything else (LayerNorm,
+the attention matmuls and softmax, the SSD scan's softplus / exp / cumsum / chunk matmuls, GELU, sigmoid
+gates) is left in floating point (FP32 in ONNX Runtime, FP16 in a TensorRT ``--int8 --fp16`` engine).
+``keep_fp`` patterns (fnmatch on module names, e.g. ``*x_proj``) keep chosen convolutions in floating
+point too.
 
 Why ModelOpt (measured on this 2-core CPU, tiny preset with T, M and E blocks, 64x64 and 256x256):
 
@@ -22,10 +23,11 @@ Why ModelOpt (measured on this 2-core CPU, tiny preset with T, M and E blocks, 6
   export 52 s at 64x64; its annotations target x86 Inductor, not TensorRT.
 - Eager/FX QAT of ``torch.ao`` exports badly (REFERENCE.md) and PT2E left torch in 2.13.
 
-ONNX Runtime CPU speed of the Q/DQ graph: ORT fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` only when
-the conv output is quantized too, which TensorRT-style placement (inputs only) does not do; at
-128x128 an all-EFM network ran 338 ms as ModelOpt Q/DQ vs 238 ms FP32 and 227 ms ORT
-``quantize_static`` (which also quantizes Add/Mul). The report gives the measured figures per model.
+Placement (``QDRConfig.placement``). ``trt``, for ``trt_int8`` and ``qnn_int8``: conv inputs only, as
+TensorRT wants. ``ort``, for ``onnx_int8``: conv outputs too (all but the final conv), and the exported
+activations rewritten S8 -> U8 (:mod:`ens.finalize.qdq_uint8`). ONNX Runtime fuses ``DQ -> Conv -> Q``
+into ``QLinearConv`` only when the conv output is quantized and both sides are U8; with the ``trt``
+placement no conv fuses and INT8 runs slower than FP32 on this CPU (bench/bench_int8_width.py).
 
 Schedules (INT8-SR's Stage 3, as fractions of the QAT steps): until ``observer_freeze`` (0.3) each
 activation range follows an EMA (momentum 0.9) of the batch max ("observers on"); until
@@ -60,6 +62,20 @@ from ens.finalize.losses import (
 from ens.training import batch_indices, cosine_lr, progress_bar, require_finite, set_lr, stack_batch
 
 KD_MODES = ("latent", "output", "none")
+#: where activations are quantized. ``trt``: conv inputs (TensorRT's placement: it fuses a Q/DQ into the
+#: next conv and picks output precisions itself). ``ort``: conv outputs as well, except the network's
+#: final convolution, so ONNX Runtime fuses each ``DQ -> Conv -> Q`` into one QLinearConv.
+PLACEMENTS = ("trt", "ort")
+
+
+def placement_for(export: str, requested: str = "auto") -> str:
+    """The placement a ``--export`` target gets: ``ort`` for ``onnx_int8``, else ``trt``; or ``requested``."""
+    if requested != "auto":
+        return requested
+    return "ort" if export == "onnx_int8" else "trt"
+#: the final convolution of a HybridUNet: its output is the residual added to the input image, kept in
+#: floating point (an 8-bit residual would cost quality for one conv's worth of speed)
+FINAL_CONV = "output"
 
 
 class QATUnavailable(EnsError):
@@ -101,11 +117,14 @@ class QDRConfig:
     observer_freeze: float = 0.3
     fakequant_freeze: float = 0.9
     keep_fp: tuple[str, ...] = ()
+    placement: str = "auto"  # auto: placement_for(the export target); trt outside finalize
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kd not in KD_MODES:
             raise EnsError(f"unknown KD mode {self.kd!r} (choose from {', '.join(KD_MODES)})")
+        if self.placement not in (*PLACEMENTS, "auto"):
+            raise EnsError(f"unknown Q/DQ placement {self.placement!r} (choose from auto, {', '.join(PLACEMENTS)})")
         for name in ("finetune_steps", "qat_steps"):
             if getattr(self, name) < 0:
                 raise EnsError(f"--{name.replace('_', '-')} must be >= 0")
@@ -126,13 +145,17 @@ class QDRConfig:
 
 
 # -- model surgery ------------------------------------------------------------------------------
-def quant_config(keep_fp: Sequence[str] = ()) -> dict[str, Any]:
-    """ModelOpt config: INT8 per-channel weights, per-tensor inputs, of every Conv2d/Linear."""
+def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[str, Any]:
+    """ModelOpt config: INT8 per-channel weights, per-tensor inputs (and with ``placement="ort"``
+    outputs, but not of :data:`FINAL_CONV`) of every Conv2d/Linear."""
     cfg: list[dict[str, Any]] = [
         {"quantizer_name": "*", "enable": False},
         {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
         {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
     ]
+    if placement == "ort":
+        cfg += [{"quantizer_name": "*output_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+                {"quantizer_name": f"{FINAL_CONV}.output_quantizer", "enable": False}]
     for pat in keep_fp:
         cfg.append({"quantizer_name": f"{pat}.*_quantizer", "enable": False})
     return {"quant_cfg": cfg, "algorithm": "max"}
@@ -150,10 +173,11 @@ def _enabled(q: Any) -> bool:
 
 
 def quant_summary(model: nn.Module) -> dict[str, Any]:
-    quantized, kept = [], []
+    quantized, kept, outputs = [], [], 0
     for name, m in quant_modules(model):
         (quantized if _enabled(m.input_quantizer) and _enabled(m.weight_quantizer) else kept).append(name)
-    return {"quantized_layers": len(quantized), "float_layers": kept}
+        outputs += _enabled(getattr(m, "output_quantizer", None))
+    return {"quantized_layers": len(quantized), "float_layers": kept, "quantized_outputs": outputs}
 
 
 @torch.no_grad()
@@ -185,7 +209,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
     return len(bns)
 
 
-def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Sequence[str] = ()) -> nn.Module:
+def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Sequence[str] = (),
+                   placement: str = "trt") -> nn.Module:
     """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``."""
     mtq = require_modelopt()
     was = model.training
@@ -197,7 +222,7 @@ def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Seq
                 m(x)
 
     with contextlib.redirect_stdout(io.StringIO()):
-        model = mtq.quantize(model, quant_config(keep_fp), forward_loop=loop)
+        model = mtq.quantize(model, quant_config(keep_fp, placement), forward_loop=loop)
     model.train(was)
     return model
 
@@ -211,9 +236,9 @@ class RangeSchedule:
         self.layers = [m for _, m in quant_modules(model)]
         self._hooks = []
         for m in self.layers:
-            q = m.input_quantizer
-            if _enabled(q):
-                self._hooks.append(q.register_forward_pre_hook(self._observe))
+            for q in (m.input_quantizer, getattr(m, "output_quantizer", None)):
+                if _enabled(q):
+                    self._hooks.append(q.register_forward_pre_hook(self._observe))
 
     def _observe(self, quantizer: nn.Module, args: tuple) -> None:
         if not (self.observing and quantizer.training and args and torch.is_tensor(args[0])):
@@ -308,7 +333,7 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
     clip_weights(student, cfg.weight_clip)
     calib = [_batch(train, cfg, 202, i)[0] for i in range(cfg.calib_batches)]
     n_bn = recalibrate_batchnorm(student, calib)
-    student = quantize_model(student, calib, cfg.keep_fp)
+    student = quantize_model(student, calib, cfg.keep_fp, placement_for("", cfg.placement))
     log = TrainLog(extra={"batchnorm_layers_recalibrated": n_bn, **quant_summary(student)})
     steps = cfg.qat_steps
     if steps == 0:

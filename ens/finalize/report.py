@@ -141,6 +141,7 @@ def model_card(r: dict[str, Any]) -> str:
                   f"{', '.join(qz.get('float_layers') or []) or 'none'}",
                   f"- INT8 compute ops in the ONNX graph: {_ops(qz.get('ops', {}).get('int8'))}",
                   f"- floating-point compute ops (higher precision): {_ops(qz.get('ops', {}).get('float'))}",
+                  *_conv_kernels_line(qz),
                   f"- {qz.get('higher_precision_note', '')}"]
         chk = r.get("checks", {})
         if chk:
@@ -204,3 +205,11 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return str(v)
+
+
+def _conv_kernels_line(qz: dict) -> list[str]:
+    k = qz.get("ort_cpu_convs")
+    if not k:
+        return []
+    return [f"- ONNX Runtime CPU runs {k.get('int8')} convolutions as QLinearConv (INT8) and {k.get('float')} in "
+            f"floating point (placement: {qz.get('placement')}; activations {qz.get('activation_type')})"]
