@@ -72,6 +72,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default=None)
     ap.add_argument("--init", default=None, help="FP32 weights of a previous run (model_fp32.safetensors)")
+    ap.add_argument("--placement", default="auto", choices=["auto", "trt", "ort"],
+                    help="Q/DQ placement of the QAT model (auto: ort, as --export onnx_int8)")
+    ap.add_argument("--also-time", action="append", default=[], metavar="NAME=ONNX",
+                    help="another ONNX file of the deployed shape to time in the same interleaved rounds")
     ap.add_argument("--ort-placement", action="store_true",
                     help="also: the QDR-trained weights re-quantized with ORT quantize_static's placement")
     args = ap.parse_args()
@@ -88,7 +92,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-finalize-")
     out = Path(args.out) if args.out else Path(tmp) / "final"
     cfg = QDRConfig(finetune_steps=args.finetune_steps, qat_steps=args.qat_steps, batch_size=args.batch_size,
-                    lr=args.lr, qat_lr=args.qat_lr, spark=args.spark)
+                    lr=args.lr, qat_lr=args.qat_lr, spark=args.spark, placement=args.placement)
     t0 = time.monotonic()
     res = run_finalize(FinalizeOptions(storage=args.storage, export="onnx_int8", out=str(out), trial=args.trial,
                                        latency_budget=args.latency_budget, qdr=cfg, ablate=args.ablate,
@@ -109,6 +113,11 @@ def main() -> None:
     calib = [_tile_like(xs[i:], shape).numpy() for i in range(0, 8, 2)]
     ptq = ex.ptq_int8(out / "model_fp32.onnx", Path(tmp) / "ptq_deploy.onnx", calib)
     files = {"fp32": out / "model_fp32.onnx", "int8_qdr": out / "model_int8.onnx", "int8_ptq": ptq}
+    for item in args.also_time:
+        name, _, path = item.partition("=")
+        if not path or not Path(path).is_file():
+            sys.exit(f"--also-time wants NAME=ONNX_FILE, got {item!r}")
+        files[name] = Path(path)
     extra_quality = {}
     if args.ort_placement:
         files["int8_qdr_ortq"], extra_quality["int8_qdr_ortq"] = ort_placement(
@@ -131,6 +140,8 @@ def main() -> None:
         "recovery_pct": {"int8_qdr": q["int8_qdr"]["recovery_pct"], "int8_ptq": q["int8_ptq"]["recovery_pct"]},
         "ort_cpu_latency_ms": {"wall_2_threads": lat(lat_wall), "cpu_1_thread": lat(lat_cpu)},
         "checks": r["checks"],
+        "quantization": {k: r["quantization"].get(k) for k in ("placement", "activation_type", "quantized_layers",
+                                                                "quantized_outputs", "ort_cpu_convs")},
         "training": {"finetune_steps": args.finetune_steps, "qat_steps": args.qat_steps,
                      "batch_size": args.batch_size, "lmr_weights": r["training"]["qat"].get("lmr_weights"),
                      "finetune_s": r["training"]["finetune"]["seconds"], "qat_s": r["training"]["qat"]["seconds"]},

@@ -6,8 +6,10 @@
 For each preset and uniform network (random weights: latency only, no quality):
 
 - ``fp32``: the FP32 ONNX;
-- ``int8_modelopt``: the Q/DQ graph finalize's QAT exports (ModelOpt, INT8 on every conv's input and
-  weights, max-calibrated on random inputs; TensorRT's placement);
+- ``int8_modelopt``: the Q/DQ graph finalize's QAT exports for ``trt_int8`` (ModelOpt, INT8 on every
+  conv's input and weights, max-calibrated on random inputs; TensorRT's placement);
+- ``int8_modelopt_ort``: the one it exports for ``onnx_int8`` (conv outputs quantized too, all but the
+  final conv's; activations rewritten S8 -> U8);
 - ``int8_ort``: ONNX Runtime ``quantize_static`` of the FP32 file (QDQ, its own placement: conv
   outputs, Add, Mul, MatMul as well).
 
@@ -74,6 +76,7 @@ def main() -> None:
 
     from ens.finalize import export as ex
     from ens.finalize.qat import quantize_model
+    from ens.finalize.qdq_uint8 import activations_to_uint8
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -91,20 +94,25 @@ def main() -> None:
                 net = HybridUNet(cfg, uniform_kinds(cfg, kind)).eval()
                 name = f"{preset}/all-{kind}"
                 files = {"fp32": tmp / "fp32.onnx", "int8_modelopt": tmp / "modelopt.onnx",
-                         "int8_ort": tmp / "ort.onnx"}
+                         "int8_modelopt_ort": tmp / "modelopt_ort.onnx", "int8_ort": tmp / "ort.onnx"}
                 ex.export_fp32(net, shape, files["fp32"], calib[0])
                 with contextlib.redirect_stderr(io.StringIO()):
                     qnet = quantize_model(copy.deepcopy(net), calib)
                     ex.export_int8(qnet, shape, files["int8_modelopt"])
+                    qnet = quantize_model(copy.deepcopy(net), calib, placement="ort")
+                    ex.export_int8(qnet, shape, files["int8_modelopt_ort"])
+                    activations_to_uint8(files["int8_modelopt_ort"])
                     ex.ptq_int8(files["fp32"], files["int8_ort"], calib_np)
                 lat = ex.ort_cpu_latency(files, shape, threads=args.threads, rounds=args.rounds, runs=args.runs,
                                          clock=args.clock)
-                fastest = min(("int8_modelopt", "int8_ort"), key=lambda k: lat[k]["median_ms"])
+                int8_keys = [k for k in files if k != "fp32"]
+                fastest = min(int8_keys, key=lambda k: lat[k]["median_ms"])
                 result[name] = {
                     "width": cfg.dim, "params": count_params(net), "macs": count_macs(net, shape),
                     **{f"{k}_ms": round(lat[k]["median_ms"], 1) for k in files},
                     **{f"{k}_speedup": round(lat["fp32"]["median_ms"] / lat[k]["median_ms"], 3)
                        for k in files if k != "fp32"},
+                    "ort_cpu_convs": {k: ex.ort_conv_kernels(files[k]) for k in int8_keys},
                     f"{fastest}_op_shares_pct": op_shares(files[fastest], shape, args.threads),
                 }
                 print(name, json.dumps(result[name]), file=sys.stderr)

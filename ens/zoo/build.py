@@ -208,7 +208,7 @@ def build_zoo(
                  "val": report["teacher"], "input_val": report["input"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": f"L1 + {recipe.distill.cos_weight} * (1 - cos)",
                  "relative_error": rel, "seconds": seconds["distill"]},
-        calibration={"steps": recipe.distill.calib_steps, "loss": "L1 to teacher output, random hybrids",
+        calibration={"steps": recipe.distill.calib_steps, "loss": _calib_loss(recipe.distill.calib_clean_weight),
                      "seconds": seconds["calibration"], "quality_report_seconds": seconds["quality_report"]},
         versions=versions(),
         wall_time_s=round(time.monotonic() - t0, 1),
@@ -239,3 +239,9 @@ def _publish(final: Path, supernet: HybridUNet, manifest: ZooManifest, report: d
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _calib_loss(clean_weight: float) -> str:
+    if not clean_weight:
+        return "L1 to teacher output, random hybrids"
+    return f"{1 - clean_weight:g} * L1 to teacher output + {clean_weight:g} * L1 to clean target, random hybrids"

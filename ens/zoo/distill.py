@@ -16,7 +16,12 @@ The figure recorded per slot and kind is the relative error on held-out batches,
 
 Step 3 (optional, ``calibrate``): a short in-context pass where random hybrids of the supernet
 (teacher blocks frozen, surrogates trainable) are pulled towards the teacher's output image, so
-that surrogates also learn to correct errors of their neighbours.
+that surrogates also learn to correct errors of their neighbours:
+
+    L = (1 - w) * |H(x) - T(x)|_1 + w * |H(x) - y|_1
+
+with H the hybrid, T the all-teacher network and y the clean target (``calib_clean_weight`` w; the
+clean term lets the surrogates also correct what a briefly trained teacher still gets wrong).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class DistillRecipe:
     grad_clip: float = 1.0
     calib_steps: int = 300
     calib_lr: float = 5e-4
+    calib_clean_weight: float = 0.0  # w in (1 - w) * |net - teacher| + w * |net - clean|
     checkpoint_every_s: float = 120.0
 
 
@@ -202,7 +208,7 @@ def calibrate_in_context(
         for step in range(start, recipe.calib_steps):
             set_lr(opt, cosine_lr(step, recipe.calib_steps, recipe.calib_lr, warmup=10))
             idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
-            deg, _ = stack_batch(train_set, idx, step)
+            deg, clean = stack_batch(train_set, idx, step)
             deg = channels_last(deg)
             supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
             supernet.eval()
@@ -210,7 +216,11 @@ def calibrate_in_context(
                 target = supernet(deg)
             supernet.set_kinds(random_kinds(supernet, kinds, random.Random(seed * 100003 + step)))
             supernet.train()
-            loss = (supernet(deg) - target).abs().mean()
+            out = supernet(deg)
+            w = recipe.calib_clean_weight
+            loss = (1 - w) * (out - target).abs().mean()
+            if w:
+                loss = loss + w * (out - clean).abs().mean()
             require_finite(loss, "in-context calibration")
             opt.zero_grad(set_to_none=True)
             loss.backward()
