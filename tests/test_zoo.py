@@ -128,3 +128,34 @@ def test_teacher_starts_at_the_identity(micro_cfg):
     assert (net(x) - x).abs().max() > 1e-3
     start_at_identity(net)
     assert torch.equal(net(x), x)
+
+
+def test_calibration_clean_weight_moves_the_target(micro_cfg, tmp_path):
+    """w = 0 pulls hybrids to the teacher's output, w = 1 to the clean image: each lowers its own error more."""
+    from blocks import HybridUNet
+    from blocks.unet import uniform_kinds
+    from ens.zoo.distill import DistillRecipe, calibrate_in_context
+
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.rand(3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)) for _ in range(4)]
+    deg = torch.stack([p[0] for p in pairs])
+    clean = torch.stack([p[1] for p in pairs])
+    torch.manual_seed(0)
+    start = HybridUNet(micro_cfg, candidates=["T", "E"]).state_dict()
+
+    def errors(w: float) -> tuple[float, float]:
+        net = HybridUNet(micro_cfg, candidates=["T", "E"])
+        net.load_state_dict(start)
+        recipe = DistillRecipe(batch_size=4, calib_steps=15, calib_lr=3e-3, calib_clean_weight=w)
+        calibrate_in_context(net, ["E"], pairs, recipe, 0, tmp_path / f"c{w}.ckpt", show_progress=False)
+        net.eval()
+        with torch.no_grad():
+            net.set_kinds(uniform_kinds(micro_cfg, "T"))
+            teacher = net(deg)
+            net.set_kinds(uniform_kinds(micro_cfg, "E"))
+            out = net(deg)
+        return float((out - teacher).abs().mean()), float((out - clean).abs().mean())
+
+    to_teacher_0, to_clean_0 = errors(0.0)
+    to_teacher_1, to_clean_1 = errors(1.0)
+    assert to_teacher_0 < to_teacher_1 and to_clean_1 < to_clean_0
