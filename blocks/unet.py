@@ -23,6 +23,8 @@ from torch import nn
 from blocks.registry import build_block
 
 STAGES: tuple[str, ...] = ("enc1", "enc2", "enc3", "lat", "dec3", "dec2", "dec1", "ref")
+#: the stages at full resolution, whose path to the output image stays at full resolution (:meth:`HybridUNet.tail`)
+FULL_RES_STAGES: tuple[str, ...] = ("enc1", "dec1", "ref")
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,25 @@ class HybridUNet(nn.Module):
         return [(name, i, b) for name, seq in self.stages.items() for i, b in enumerate(seq)]
 
     # -- forward --------------------------------------------------------------------------------
+    def tail(self, stage: str, index: int, h: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+        """The full-resolution rest of the network after block ``index`` of ``stage`` (one of
+        :data:`FULL_RES_STAGES`), given that block's output ``h``: the image residual that ``forward``
+        adds to its (padded) input. After an ``enc1`` block the path is the skip connection, joined by
+        ``up`` (the output of ``up2_1``, held fixed), then ``dec1``, ``ref`` and the output convolution.
+        """
+        st = self.stages
+        if stage not in FULL_RES_STAGES:
+            raise ValueError(f"no full-resolution tail after stage {stage!r} (one of {', '.join(FULL_RES_STAGES)})")
+        if stage == "enc1":
+            if up is None:
+                raise ValueError("the tail after an enc1 block needs up, the output of up2_1")
+            h = torch.cat([up, st["enc1"][index + 1:](h)], dim=1)
+            stage, index = "dec1", -1
+        if stage == "dec1":
+            h = st["dec1"][index + 1:](h)
+            index = -1
+        return self.output(st["ref"][index + 1:](h))
+
     def forward(self, x: torch.Tensor, return_latent: bool = False):
         h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8

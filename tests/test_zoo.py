@@ -159,3 +159,97 @@ def test_calibration_clean_weight_moves_the_target(micro_cfg, tmp_path):
     to_teacher_0, to_clean_0 = errors(0.0)
     to_teacher_1, to_clean_1 = errors(1.0)
     assert to_teacher_0 < to_teacher_1 and to_clean_1 < to_clean_0
+
+
+def test_tail_is_the_rest_of_the_forward_pass(micro_cfg):
+    """For every full-resolution position of a hybrid, tail(block output) + input is the network's output."""
+    from blocks.unet import FULL_RES_STAGES, HybridUNet
+    from ens.zoo.distill import capture_block_io
+
+    torch.manual_seed(0)
+    net = HybridUNet(micro_cfg, kinds={"enc1": ["E"], "enc2": ["T", "M"], "enc3": ["T"], "lat": ["M", "E"],
+                                       "dec3": ["T"], "dec2": ["E", "T"], "dec1": ["M"], "ref": ["T"]}).eval()
+    torch.nn.init.normal_(net.output.weight, std=0.1)  # a non-zero residual
+    x = torch.rand(2, 3, 16, 24)
+    seen = {}
+    hook = net.up2_1.register_forward_hook(lambda _m, _i, out: seen.setdefault("up", out))
+    with torch.no_grad(), capture_block_io(net) as rec:
+        want = net(x)
+    hook.remove()
+    full_res = [(s, i) for s, i, _ in net.slot_blocks() if s in FULL_RES_STAGES]
+    assert len(full_res) == 3
+    with torch.no_grad():
+        for stage, i in full_res:
+            torch.testing.assert_close(net.tail(stage, i, rec[(stage, i)][1], seen["up"]) + x, want)
+    with pytest.raises(ValueError, match="full-resolution"):
+        net.tail("lat", 0, rec[("lat", 0)][1])
+    with pytest.raises(ValueError, match="needs up"):
+        net.tail("enc1", 0, rec[("enc1", 0)][1])
+
+
+def test_downstream_loss_is_the_image_error_of_a_single_swap(micro_cfg):
+    """At dec1 and ref the downstream term is exactly mean|output with only that block swapped - teacher output|."""
+    from blocks.unet import HybridUNet, uniform_kinds
+    from ens.zoo.distill import downstream_loss, teacher_pass
+
+    torch.manual_seed(0)
+    net = HybridUNet(micro_cfg, candidates=["T", "M", "E"]).eval()
+    torch.nn.init.normal_(net.output.weight, std=0.1)
+    for p in net.parameters():  # surrogates far from their teacher block, so the swap changes the output
+        torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        tp = teacher_pass(net, x)
+        t_out = net(x)
+        for stage in ("dec1", "ref"):
+            xin, _ = tp.blocks[(stage, 0)]
+            outs = [net.stages[stage][0].choices[k](xin) for k in ("M", "E")]
+            got = downstream_loss(net, stage, 0, outs, tp, n=2)
+            want = 0.0
+            for k in ("M", "E"):
+                kinds = uniform_kinds(micro_cfg, "T")
+                kinds[stage][0] = k
+                net.set_kinds(kinds)
+                want += float((net(x[:2]) - t_out[:2]).abs().mean())
+            net.set_kinds(uniform_kinds(micro_cfg, "T"))
+            assert want > 1e-3
+            assert abs(float(got) - want) < 1e-5 * max(1.0, want)
+
+
+def test_downstream_term_lowers_the_swap_error_at_full_resolution(micro_cfg):
+    """Same data, seed and steps: distilling with the downstream term gives full-resolution surrogates
+    whose single swaps change the output image less than the feature loss alone does."""
+    from blocks.unet import HybridUNet, uniform_kinds
+    from ens.zoo.distill import DistillRecipe, distill_surrogates
+
+    g = torch.Generator().manual_seed(1)
+    clean = torch.rand(8, 3, 16, 16, generator=g)
+    pairs = [(c, c) for c in clean]
+    torch.manual_seed(0)
+    base = HybridUNet(micro_cfg, candidates=["T", "E"])
+    torch.nn.init.normal_(base.output.weight, std=0.1)
+    start = base.state_dict()
+
+    def swap_errors(w: float, tmp: str) -> float:
+        import pathlib
+        import tempfile
+
+        net = HybridUNet(micro_cfg, candidates=["T", "E"])
+        net.load_state_dict(start)
+        recipe = DistillRecipe(steps=40, batch_size=4, lr=3e-3, downstream_weight=w, downstream_batch=0)
+        with tempfile.TemporaryDirectory() as d:
+            distill_surrogates(net, ["E"], pairs, recipe, 0, pathlib.Path(d) / f"{tmp}.ckpt", show_progress=False)
+        net.eval()
+        total = 0.0
+        with torch.no_grad():
+            net.set_kinds(uniform_kinds(micro_cfg, "T"))
+            t_out = net(clean)
+            for stage in ("dec1", "ref"):
+                kinds = uniform_kinds(micro_cfg, "T")
+                kinds[stage][0] = "E"
+                net.set_kinds(kinds)
+                total += float((net(clean) - t_out).abs().mean())
+        return total
+
+    with_term, without = swap_errors(20.0, "with"), swap_errors(0.0, "without")
+    assert with_term < 0.6 * without

@@ -45,11 +45,12 @@ class ZooRecipe:
 
 
 RECIPES: dict[str, ZooRecipe] = {
-    # tiny: sized for 10 minutes on 2 cores. In-context calibration at 1.5e-3 rather than 5e-4: on the
-    # denoise zoo, 250 more steps moved all-M / all-E / mixed from -1.82 / -2.35 / -1.44 dB to
-    # -1.25 / -1.71 / -1.10 dB at 1.5e-3, against -1.48 / -1.94 / -1.23 dB at 5e-4.
+    # tiny: sized for 10 minutes on 2 cores. Distillation with the downstream term (ens.zoo.distill) at
+    # 4e-3 and no in-context calibration: on the denoise zoo, all-M / all-E / mixed went from -1.28 /
+    # -1.62 / -1.09 dB (300 feature-loss steps + 350 calibration steps) to -1.07 / -1.19 / -0.72 dB
+    # (400 steps) in the same time; calibration after it (100 steps) made M and mixed worse again.
     "tiny": ZooRecipe(TeacherRecipe(steps=600, batch_size=8),
-                      DistillRecipe(steps=300, calib_steps=350, calib_lr=1.5e-3),
+                      DistillRecipe(steps=400, lr=4e-3, calib_steps=0),
                       patch_size=48, train_patches=1024),
     "small": ZooRecipe(TeacherRecipe(steps=6000, batch_size=8), DistillRecipe(steps=2000, calib_steps=1000),
                        patch_size=96, train_patches=4096),
@@ -179,8 +180,11 @@ def build_zoo(
     with _timed(seconds, "distill"):
         distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
                            show_progress)
-    log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps"
-        f"{_resuming(work / 'calib.ckpt.safetensors')}")
+    if recipe.distill.calib_steps:
+        log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps"
+            f"{_resuming(work / 'calib.ckpt.safetensors')}")
+    else:
+        log("[3/4] in-context calibration: none (--calib-steps N adds it)")
     with _timed(seconds, "calibration"):
         calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
                              show_progress)
@@ -206,7 +210,7 @@ def build_zoo(
         seed=seed,
         teacher={"steps": recipe.teacher.steps, "loss": "charbonnier", **t_stats,
                  "val": report["teacher"], "input_val": report["input"], "seconds": seconds["teacher"]},
-        distill={"steps": recipe.distill.steps, "loss": f"L1 + {recipe.distill.cos_weight} * (1 - cos)",
+        distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
                  "relative_error": rel, "seconds": seconds["distill"]},
         calibration={"steps": recipe.distill.calib_steps, "loss": _calib_loss(recipe.distill.calib_clean_weight),
                      "seconds": seconds["calibration"], "quality_report_seconds": seconds["quality_report"]},
@@ -239,6 +243,13 @@ def _publish(final: Path, supernet: HybridUNet, manifest: ZooManifest, report: d
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _distill_loss(d: DistillRecipe) -> str:
+    out = f"L1 + {d.cos_weight:g} * (1 - cos)"
+    if d.downstream_weight:
+        out += f" + {d.downstream_weight:g} * L1 of the output image through the teacher (full-resolution slots)"
+    return out
 
 
 def _calib_loss(clean_weight: float) -> str:
