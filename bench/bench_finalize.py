@@ -45,8 +45,10 @@ def ort_placement(student, r, shape, xs, calib, tmp: Path, data=None):
     task = get_task(r["task"])
     ex.export_fp32(m, (1, 3, patch, patch), tmp / "qdr_fp32_eval.onnx", xs[:1])
     ex.export_fp32(m, shape, tmp / "qdr_fp32_deploy.onnx", None)
-    ex.ptq_int8(tmp / "qdr_fp32_eval.onnx", tmp / "qdr_ortq_eval.onnx", [x[None].numpy() for x in xs[:32]])
-    deploy = ex.ptq_int8(tmp / "qdr_fp32_deploy.onnx", tmp / "qdr_ortq_deploy.onnx", calib)
+    reduce = r.get("quantization", {}).get("weight_bits") == 7  # as finalize's PTQ baseline on this CPU
+    ex.ptq_int8(tmp / "qdr_fp32_eval.onnx", tmp / "qdr_ortq_eval.onnx", [x[None].numpy() for x in xs[:32]],
+                reduce_range=reduce)
+    deploy = ex.ptq_int8(tmp / "qdr_fp32_deploy.onnx", tmp / "qdr_ortq_deploy.onnx", calib, reduce_range=reduce)
     val = load_pairs(task, data, "val", patch_size=patch, num_patches=r["quality"]["pairs"])
     q = ex.evaluate_onnx(tmp / "qdr_ortq_eval.onnx", [val[i] for i in range(len(val))], task)
     fp = r["quality"]["fp32"]["psnr"]

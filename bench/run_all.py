@@ -9,7 +9,9 @@ Steps (each a real ``ens`` command or bench script run as a subprocess, so nothi
 2. per task, the best Pareto trial within 0.3 dB of the teacher, and its ort-cpu speed-up over the
    all-transformer network at 256x256, both measured with ``ens profile`` (interleaved rounds);
 3. search throughput: trials per minute with 1 and 2 Ray workers on the deblur zoo (the table exists);
-4. ``ens finalize`` of the deblur winner to ``onnx_int8``: INT8 recovery (QDR and plain PTQ) and speed-up;
+4. ``ens finalize`` to ``onnx_int8`` of the winner of the task whose teacher gains most over its degraded
+   input (``--finalize-task``; a recovery ratio means little where FP32 barely beats the input): INT8
+   recovery (QDR and plain PTQ) and speed-up;
 5. ``bench/bench_scan.py``: selective-scan speed-up and error;
 6. ``ens calibrate --verify``: latency-table accuracy.
 
@@ -109,6 +111,16 @@ def search(task: str, out: Path, log: list, trials: int, workers: int, name: str
     return db, wall
 
 
+def finalize_task(tasks: dict[str, dict[str, Any]], wanted: str) -> str | None:
+    """``wanted``, or with ``auto`` the task whose teacher gains most over its degraded input."""
+    if wanted != "auto":
+        if wanted not in tasks:
+            raise SystemExit(f"run_all: --finalize-task {wanted} is not among the tasks run ({', '.join(tasks)})")
+        return wanted
+    gains = {t: r["teacher_psnr"] - r["input_psnr"] for t, r in tasks.items() if math.isfinite(r["input_psnr"])}
+    return max(gains, key=gains.__getitem__) if gains else next(iter(tasks), None)
+
+
 def _fix(row: str) -> str:
     """Commands in a Markdown table: ``|`` escaped (arch strings hold it), this checkout's path dropped."""
     return re.sub(r"`([^`]*)`", lambda m: "`" + m.group(1).replace(f"{ROOT}/", "").replace("|", "\\|") + "`", row)
@@ -136,7 +148,8 @@ def table(res: dict[str, Any]) -> str:
                     f"`{r['command']}` |")
     f = res.get("finalize")
     if f:
-        rows.append(f"| INT8 (QDR) PSNR recovery, ORT | {f['qdr_recovery_pct']}% ({f['int8_psnr']:.2f} / "
+        on = f"{f['task']}: " if f.get("task") else ""
+        rows.append(f"| {on}INT8 (QDR) PSNR recovery, ORT | {f['qdr_recovery_pct']}% ({f['int8_psnr']:.2f} / "
                     f"{f['fp32_psnr']:.2f} dB) | 96.5% (QDR) | `{f['command']}` |")
         rows.append(f"| INT8 plain PTQ recovery, ORT quantize_static | {f['ptq_recovery_pct']}% | | same |")
         rows.append(f"| INT8 vs FP32 ort-cpu latency | {f['int8_ms']:.1f} vs {f['fp32_ms']:.1f} ms "
@@ -177,6 +190,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of each speed-up measurement")
     ap.add_argument("--shape", default="1x3x256x256")
     ap.add_argument("--skip", default="", help="comma list of: finalize, scan, lut, throughput")
+    ap.add_argument("--finalize-task", default="auto",
+                    help="task whose winner is finalized (auto: the largest teacher gain over the input)")
     ap.add_argument("--readme", default=None, help="rewrite the table between the markers of this file")
     ap.add_argument("--from-json", default=None, help="only rewrite --readme from a JSON this script printed")
     args = ap.parse_args()
@@ -219,16 +234,19 @@ def main() -> None:
             search(first, out, log, args.throughput_trials, w, name)
             res["throughput"][str(w)] = {**trials_per_minute(out / f"{name}.db", name), "command": log[-1]["command"]}
 
-    if "finalize" not in skip and first:
+    fin_task = finalize_task(res["tasks"], args.finalize_task)
+    if "finalize" not in skip and fin_task:
         fin = out / "final"
-        cmd = [*ENS, "finalize", str(out / f"{first}-tiny.db"), "--export", "onnx_int8", "--out", str(fin), "--force"]
-        if res["tasks"][first].get("best"):
-            cmd += ["--trial", str(res["tasks"][first]["best"]["trial"])]
+        cmd = [*ENS, "finalize", str(out / f"{fin_task}-tiny.db"), "--export", "onnx_int8", "--out", str(fin),
+               "--force"]
+        if res["tasks"][fin_task].get("best"):
+            cmd += ["--trial", str(res["tasks"][fin_task]["best"]["trial"])]
         run(cmd, log, capture=False)
         rep = json.loads((fin / "report.json").read_text())
         q, lat = rep["quality"], rep["latency"]["ort_cpu"]
         res["finalize"] = {
-            "command": log[-1]["command"], "fp32_psnr": q["fp32"]["psnr"], "int8_psnr": q["int8_qdr"]["psnr"],
+            "task": fin_task, "command": log[-1]["command"], "fp32_psnr": q["fp32"]["psnr"],
+            "int8_psnr": q["int8_qdr"]["psnr"],
             "qdr_recovery_pct": q["int8_qdr"]["recovery_pct"], "ptq_recovery_pct": q.get("int8_ptq", {}).get(
                 "recovery_pct"), "fp32_ms": lat["fp32"]["median_ms"], "int8_ms": lat["int8"]["median_ms"],
             "speedup": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 2)}

@@ -66,6 +66,38 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_pairs_saturate(machine: str | None = None, flags: frozenset[str] | None = None) -> bool:
+    """Whether ONNX Runtime's u8 x s8 kernels (QLinearConv, QLinearMatMul) can saturate on this CPU.
+
+    On x86 without VNNI they multiply with ``vpmaddubsw``, which adds each pair of u8 * s8 products in
+    a signed 16-bit register: with full-range weights 255 * 127 * 2 = 64770 overflows it and the result
+    is clipped. With weights in [-64, 64] the sum stays below 32767 (255 * 64 * 2 = 32640). VNNI's
+    ``vpdpbusd`` adds in 32 bits, ARM's dot products too. An x86 CPU whose flags cannot be read counts
+    as one without VNNI.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return not (flags & VNNI_FLAGS)
+
+
 def _ort():
     try:
         import onnxruntime as ort

@@ -219,6 +219,8 @@ def test_report_fields(trt_run):
     assert qz["quantized_layers"] > 20 and "CumSum" in qz["ops"]["float"] and "SSM scan" in qz["higher_precision_note"]
     assert qz["placement"] == "trt" and qz["activation_type"] == "int8" and qz["quantized_outputs"] == 0
     assert qz["ort_cpu_convs"]["float"] > 0  # TensorRT's placement: convs feeding float ops stay float in ORT
+    assert qz["weight_bits"] == 8 and "full INT8 range" in qz["weight_bits_note"]  # TensorRT does not saturate
+    assert "QDQ fusion off" in q["int8_runtime"]  # trt_int8 quality: the Q/DQ graph as written
     t = r["training"]
     assert t["qat"]["steps"] == 2 and set(t["qat"]["lmr_weights"]) == {"rec", "kd"} and "exp(-s_i)" in t["lmr_formula"]
     assert {f["file"] for f in r["export"]["files"]} >= {"model_fp32.onnx", "model_int8.onnx", "build_engine.sh"}
@@ -397,8 +399,8 @@ def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path)
         if n.op_type in zps:
             zps[n.op_type].add(str(constant_value(n.input[2], inits, consts).dtype))
     assert changed >= 8 and "uint8" in zps["QuantizeLinear"] and "int8" in zps["DequantizeLinear"]  # weights stay S8
-    s8_out, u8_out = ex.OnnxModel(files["ort"])(x), ex.OnnxModel(u8)(x)
-    assert torch.equal(s8_out, u8_out)  # the rewrite changes no value
+    s8_out, u8_out = ex.OnnxModel(files["ort"], fuse_qdq=False)(x), ex.OnnxModel(u8, fuse_qdq=False)(x)
+    assert torch.equal(s8_out, u8_out)  # the rewrite changes no value (every Q/DQ run as written)
     kernels = {k: ex.ort_conv_kernels(p) for k, p in (*files.items(), ("ort_u8", u8))}
     assert kernels["trt"]["int8"] == 0 and kernels["trt"]["float"] == 3  # inputs-only: nothing fuses
     assert kernels["ort_u8"] == {"int8": 2, "float": 1}  # all but the float-output final conv
@@ -435,5 +437,64 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
     assert qz["placement"] == "ort" and qz["activation_type"].startswith("uint8") and qz["quantized_outputs"] > 20
     assert qz["ort_cpu_convs"]["int8"] > qz["ort_cpu_convs"]["float"]
     assert r["training"]["config"]["placement"] == "ort"
+    from ens.finalize.qat import weight_bits_for
+
+    assert qz["weight_bits"] == r["training"]["config"]["weight_bits"] == weight_bits_for("onnx_int8", "ort")
+    assert "fused integer kernels" in r["quality"]["int8_runtime"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Ablation" in card and all(f"| {name} |" in card for name in ABLATIONS)
+    assert f"{qz['weight_bits']}-bit weights" in card and "INT8 files run by: ONNX Runtime" in card
+
+
+def test_int8_pairs_saturate_on_x86_without_vnni_only():
+    from profilers.ort_cpu import int8_pairs_saturate
+
+    assert int8_pairs_saturate("x86_64", frozenset({"avx2", "fma"}))
+    assert int8_pairs_saturate("AMD64", frozenset())  # flags unknown: assume the worst
+    assert not int8_pairs_saturate("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    assert not int8_pairs_saturate("x86_64", frozenset({"avx2", "avx_vnni"}))
+    assert not int8_pairs_saturate("aarch64", frozenset({"asimd"}))
+
+
+def test_weight_bits_follow_the_target_and_the_cpu(monkeypatch):
+    import profilers.ort_cpu as oc
+    from ens.finalize.qat import QDRConfig, weight_bits_for
+
+    for saturates, want in ((True, 7), (False, 8)):
+        monkeypatch.setattr(oc, "int8_pairs_saturate", lambda saturates=saturates: saturates)
+        assert weight_bits_for("onnx_int8", "ort") == want
+        assert weight_bits_for("trt_int8", "trt") == 8 and weight_bits_for("qnn_int8", "trt") == 8
+        assert weight_bits_for("onnx_int8", "trt") == 8  # no fused convs, nothing saturates
+        assert weight_bits_for("onnx_int8", "ort", requested=8) == 8
+    with pytest.raises(EnsError, match="weight-bits"):
+        QDRConfig(weight_bits=6)
+
+
+def test_seven_bit_weights_halve_the_range_and_run_fused_in_ort(tmp_path):
+    """weight_bits=7: every INT8 weight lies in [-64, 64] (also after QAT's range re-sync), so ORT's fused
+    u8 x s8 kernels cannot saturate, and the fused U8 graph matches the fake-quant model on any x86 CPU."""
+    from ens.finalize.qat import RangeSchedule, quant_modules, quantize_model
+    from ens.finalize.qdq_uint8 import activations_to_uint8
+
+    x = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(0)
+    q8 = quantize_model(_Skip(), [x], placement="ort")
+    torch.manual_seed(0)
+    q7 = quantize_model(_Skip(), [x], placement="ort", weight_bits=7)
+    sched = RangeSchedule(q7, weight_bits=7)
+    for (_, m8), (_, m7) in zip(quant_modules(q8), quant_modules(q7), strict=True):
+        torch.testing.assert_close(m7.weight_quantizer.amax, 2 * m8.weight_quantizer.amax)
+    with torch.no_grad():
+        for _, m in quant_modules(q7):
+            m.weight.mul_(1.5)  # as if QAT had moved the weights
+    sched.sync_weights()
+    sched.close()
+    for _, m in quant_modules(q7):
+        w = m.weight.detach()
+        steps = (w / (m.weight_quantizer.amax.reshape(-1, 1, 1, 1) / 127)).round().abs().max()
+        assert 60 <= float(steps) <= 64
+    path = tmp_path / "q7.onnx"
+    ex.export_int8(q7, (1, 3, 16, 16), path)
+    activations_to_uint8(path)
+    assert ex.ort_conv_kernels(path)["int8"] == 2
+    assert ex.check_int8(q7, path, x, fuse_qdq=True)["rmse"] < 2 / 255

@@ -41,6 +41,9 @@ def finalize(
     placement: str = typer.Option("auto", "--placement", help="Where activations are quantized: trt (conv inputs, "
                                   "as TensorRT wants), ort (conv outputs too, with U8 activations for onnx_int8, so "
                                   "ONNX Runtime fuses QLinearConv), or auto (ort for onnx_int8, else trt)."),
+    weight_bits: str = typer.Option("auto", "--weight-bits", help="INT8 weight range: 8, 7 (values in [-64, 64]) or "
+                                    "auto (7 for onnx_int8 where this CPU's ONNX Runtime INT8 kernels saturate: x86 "
+                                    "without VNNI; else 8)."),
     ablate: bool = typer.Option(False, "--ablate", help="Also run the QAT variants (no KD, KD at the output, "
                                 "no LMR) with the same step budget and report each."),
     zoo: Path | None = typer.Option(None, "--zoo", help="Zoo folder (default: the one the study recorded)."),
@@ -60,13 +63,17 @@ def finalize(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
 ) -> None:
     """Fine-tune a Pareto trial, QAT it with QDR distillation, export INT8 and write a report."""
+    from ens.errors import EnsError
     from ens.finalize.pipeline import FinalizeOptions, run_finalize
     from ens.finalize.qat import QDRConfig
 
+    if weight_bits not in ("auto", "7", "8"):
+        raise EnsError(f"--weight-bits must be 8, 7 or auto, got {weight_bits!r}")
     cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
                     qat_lr=qat_lr, dct_weight=dct_weight, kd=kd, lmr=lmr, conf_kd=conf_kd, spark=spark,
                     weight_clip=weight_clip or None, observer_freeze=observer_freeze,
-                    fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), placement=placement, seed=seed)
+                    fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), placement=placement,
+                    weight_bits=None if weight_bits == "auto" else int(weight_bits), seed=seed)
     opts = FinalizeOptions(storage=storage, export=export, out=str(out), study_name=study_name, trial=trial,
                            latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
                            zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,

@@ -74,9 +74,9 @@ def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path) -> None:
         raise ExportError(f"{path.name} has no QuantizeLinear/DequantizeLinear nodes: the model was not quantized")
 
 
-def check_int8(qmodel: nn.Module, path: Path, x: torch.Tensor) -> dict[str, float]:
+def check_int8(qmodel: nn.Module, path: Path, x: torch.Tensor, fuse_qdq: bool = True) -> dict[str, float]:
     """ORT INT8 output vs the fake-quant torch model on ``x``; raises outside ``INT8_TOLERANCE``."""
-    err = ort_vs_torch(qmodel, path, x)
+    err = ort_vs_torch(qmodel, path, x, fuse_qdq=fuse_qdq)
     if not (err["rmse"] <= INT8_TOLERANCE["rmse"] and err["max_abs"] <= INT8_TOLERANCE["max_abs"]):
         raise ExportError(
             f"the INT8 ONNX run by ONNX Runtime differs from the fake-quant model by rmse {err['rmse']:.4g}, "
@@ -85,11 +85,20 @@ def check_int8(qmodel: nn.Module, path: Path, x: torch.Tensor) -> dict[str, floa
     return err
 
 
-def session(path: Path, threads: int = 2, spin: bool = False):
-    """An ONNX Runtime CPU session; no spin-waiting unless asked (it costs dearly on a shared machine)."""
+def session(path: Path, threads: int = 2, spin: bool = False, fuse_qdq: bool = True):
+    """An ONNX Runtime CPU session; no spin-waiting unless asked (it costs dearly on a shared machine).
+
+    ``fuse_qdq=False`` stops at ORT's basic graph optimizations, below the level that fuses
+    ``DQ -> op -> Q`` into integer kernels: every Q/DQ then runs as written, with float arithmetic in
+    between, which is the arithmetic of an INT8 engine with 32-bit accumulation (TensorRT, QNN). The
+    fused x86 kernels add pairs of products in 16 bits on CPUs without VNNI and can saturate
+    (``profilers.ort_cpu.int8_pairs_saturate``), so they measure ONNX Runtime, not the Q/DQ model.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not fuse_qdq:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -97,14 +106,15 @@ def session(path: Path, threads: int = 2, spin: bool = False):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ort_vs_torch(model: nn.Module, path: Path, x: torch.Tensor, threads: int = 2) -> dict[str, float]:
+def ort_vs_torch(model: nn.Module, path: Path, x: torch.Tensor, threads: int = 2,
+                 fuse_qdq: bool = True) -> dict[str, float]:
     """Errors of ORT(path) against ``model`` on ``x`` (looped over the batch if the file takes batch 1)."""
     was = model.training
     model.eval()
     with torch.no_grad():
         ref = model(x)
     model.train(was)
-    got = OnnxModel(path, threads)(x)
+    got = OnnxModel(path, threads, fuse_qdq)(x)
     d = (got - ref).double()
     return {"max_abs": float(d.abs().max()), "mean_abs": float(d.abs().mean()), "rmse": float(d.pow(2).mean().sqrt())}
 
@@ -112,10 +122,10 @@ def ort_vs_torch(model: nn.Module, path: Path, x: torch.Tensor, threads: int = 2
 class OnnxModel(nn.Module):
     """An ONNX file as a module: ``forward(x)`` runs ONNX Runtime, one item at a time if it takes batch 1."""
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    def __init__(self, path: Path, threads: int = 2, fuse_qdq: bool = True) -> None:
         super().__init__()
         self.path = Path(path)
-        self.sess = session(self.path, threads)
+        self.sess = session(self.path, threads, fuse_qdq=fuse_qdq)
         inp = self.sess.get_inputs()[0]
         self.name = inp.name
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -178,17 +188,19 @@ def ort_cpu_latency(files: dict[str, Path], shape: Sequence[int], threads: int =
     return out
 
 
-def evaluate_onnx(path: Path, val: Any, task: Any, threads: int = 2) -> Quality:
+def evaluate_onnx(path: Path, val: Any, task: Any, threads: int = 2, fuse_qdq: bool = True) -> Quality:
     """PSNR/SSIM of the model in ``path``, run by ONNX Runtime, on the held-out pairs."""
-    return evaluate(OnnxModel(path, threads), val, task)
+    return evaluate(OnnxModel(path, threads, fuse_qdq), val, task)
 
 
-def ptq_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], per_channel: bool = True) -> Path:
+def ptq_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], per_channel: bool = True,
+             reduce_range: bool = False) -> Path:
     """Plain post-training quantization, ONNX Runtime ``quantize_static`` (QDQ, MinMax) on real data.
 
     The settings of ``profilers.quantize.quantize_int8`` (U8 activations, S8 weights,
     ``quant_pre_process(skip_symbolic_shape=True)``), but calibrated on training patches, not random
-    inputs, because here the quality matters and not only the graph.
+    inputs, because here the quality matters and not only the graph. ``reduce_range``: 7-bit weights,
+    for CPUs whose u8 x s8 kernels saturate (``profilers.ort_cpu.int8_pairs_saturate``).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -209,7 +221,8 @@ def ptq_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], per_channe
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            reduce_range=reduce_range)
         except Exception as exc:  # onnxruntime raises many types here
             raise ExportError(f"post-training quantization of {src.name} failed: {exc}") from None
         os.replace(out, dst)

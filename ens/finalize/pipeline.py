@@ -37,7 +37,15 @@ import torch
 from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
-from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, placement_for, qdr_train, require_modelopt
+from ens.finalize.qat import (
+    ABLATIONS,
+    QDRConfig,
+    finetune_fp32,
+    placement_for,
+    qdr_train,
+    require_modelopt,
+    weight_bits_for,
+)
 from ens.finalize.qdq_uint8 import activations_to_uint8
 from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
 
@@ -49,6 +57,18 @@ HIGHER_PRECISION_NOTE = (
     "ONNX Runtime, FP16 in a TensorRT --int8 --fp16 engine): the SSM scan of M blocks (softplus of dt, exp of "
     "A and of the decay segment sums, cumsum, the chunk matmuls), the attention of T blocks (L2 normalise, "
     "q.k^T and attn.v matmuls, softmax), every LayerNorm, GELU/SiLU and the sigmoid gates of E blocks' LDG.")
+INT8_RUNTIME = {
+    True: "ONNX Runtime CPU with all graph optimizations: the fused integer kernels onnx_int8 is deployed with",
+    False: "ONNX Runtime CPU with QDQ fusion off (basic optimizations): every Q/DQ runs as written, the integer "
+           "arithmetic of the target's INT8 engine (32-bit accumulation)",
+}
+WEIGHT_BITS_NOTE = {
+    8: "weights use the full INT8 range",
+    7: "weights use half the INT8 range ([-64, 64], the 8-bit grid at twice the step): ONNX Runtime's u8 x s8 "
+       "kernels on x86 CPUs without VNNI, such as this one, add pairs of products in 16 bits and would saturate on "
+       "full-range weights (--weight-bits 8 for a CPU with VNNI); the PTQ baseline uses quantize_static's "
+       "reduce_range for the same reason",
+}
 PLACEMENT_TEXT = {
     "trt": "conv inputs, TensorRT's placement",
     "ort": "conv inputs and outputs except the final conv's, so ONNX Runtime fuses QLinearConv",
@@ -258,8 +278,12 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     if opts.init_weights:
         _load_weights(net, Path(opts.init_weights))
     cfg = opts.qdr.variant(placement=placement_for(opts.export, opts.qdr.placement))
+    cfg = cfg.variant(weight_bits=weight_bits_for(opts.export, cfg.placement, cfg.weight_bits))
     # ONNX Runtime takes U8 activations; TensorRT and QNN take the S8 that ModelOpt exports
     to_u8 = opts.export == "onnx_int8" and cfg.placement == "ort"
+    # INT8 quality: as ONNX Runtime deploys onnx_int8 (its fused kernels); for the other targets the Q/DQ graph
+    # as written, the arithmetic of their engines (ex.session)
+    fuse = opts.export == "onnx_int8"
     log(f"fine-tuning in FP32 for {cfg.finetune_steps} steps")
     ft_log = finetune_fp32(net, train, cfg, show_progress=opts.show_progress)
     net.eval()
@@ -291,6 +315,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         checks: dict[str, Any] = {"fp32_onnx_max_abs": max(err_eval, err_dep), "fp32_tolerance": ex.FP32_TOLERANCE}
         quality: dict[str, Any] = {
             "pairs": len(val_pairs), "patch_size": patch, "metric": task.metric_description,
+            "int8_runtime": INT8_RUNTIME[fuse],
             "degraded": q_deg.to_dict(), "fp32": _qdict(q_fp32), "fp32_onnx": _qdict(q_fp32_ort),
         }
         files = [fp32_file]
@@ -307,9 +332,9 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
             ex.export_int8(student, eval_shape, int8_eval)
             if to_u8:
                 activations_to_uint8(int8_eval)
-            checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, val_x[: min(4, len(val_x))])
+            checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, val_x[: min(4, len(val_x))], fuse)
             checks["int8_tolerance"] = ex.INT8_TOLERANCE
-            q_int8 = ex.evaluate_onnx(int8_eval, val_pairs, task, opts.threads)
+            q_int8 = ex.evaluate_onnx(int8_eval, val_pairs, task, opts.threads, fuse)
             q_fq = evaluate(student, val_pairs, task)
             quality["int8_qdr"] = _qdict(q_int8, q_fp32.psnr, q_deg.psnr)
             quality["int8_fakequant_torch"] = _qdict(q_fq, q_fp32.psnr, q_deg.psnr)
@@ -322,21 +347,25 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
                 ex.export_int8(student, shape, int8_file)
                 if to_u8:
                     activations_to_uint8(int8_file)
-                checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(val_x, shape))
+                checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(val_x, shape),
+                                                                   fuse)
             files.append(int8_file)
             # the baseline: plain post-training quantization of the same FP32 model
             calib = [train[i % len(train)][0].unsqueeze(0).numpy() for i in range(opts.calib_patches)]
-            ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib)
-            q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads)
+            ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=cfg.weight_bits == 7)
+            q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads, fuse)
             quality["int8_ptq"] = _qdict(q_ptq, q_fp32.psnr, q_deg.psnr)
             quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
-                                             f"per-channel weights, {opts.calib_patches} training patches")
+                                             "per-channel weights" + (" (reduce_range: 7-bit)" if cfg.weight_bits == 7
+                                                                      else "") + f", {opts.calib_patches} training "
+                                             "patches")
             log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
             from ens.finalize.qat import quant_summary
 
             report["quantization"] = {
                 "tool": _modelopt_version(), "scheme": "INT8 symmetric; weights per output channel, activations "
                 f"per tensor ({PLACEMENT_TEXT[cfg.placement]}); max calibration, then QAT",
+                "weight_bits": cfg.weight_bits, "weight_bits_note": WEIGHT_BITS_NOTE[cfg.weight_bits],
                 "placement": cfg.placement,
                 "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
                 **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
@@ -379,7 +408,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         export_info["files"] = [ex.file_info(f) for f in files]
         report["export"] = export_info
         report["wall_time_s"] = round(time.monotonic() - t_start, 1)
-        samples = _samples(net, int8_eval, val_pairs, opts.samples, opts.threads) if opts.samples > 0 else None
+        samples = _samples(net, int8_eval, val_pairs, opts.samples, opts.threads, fuse) if opts.samples > 0 else None
         write_report(tmp, _clean(report), samples)
         _commit(tmp, out)
     except BaseException as exc:
@@ -448,7 +477,7 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
         student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}")
         path = work / f"ablate_{name}.onnx"
         ex.export_int8(student, eval_shape, path)
-        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads)
+        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, opts.export == "onnx_int8")
         out[name] = {**_qdict(q, fp32_psnr, deg_psnr), "description": ABLATION_TEXT[name],
                      "lmr_weights": q_log.lmr_weights, "qat_seconds": q_log.seconds}
         log(f"  {name}: {q.psnr:.3f} dB")
@@ -509,9 +538,9 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
 
 
 @torch.no_grad()
-def _samples(net, int8_eval: Path | None, val_pairs, n: int, threads: int) -> bytes:
+def _samples(net, int8_eval: Path | None, val_pairs, n: int, threads: int, fuse_qdq: bool = True) -> bytes:
     rows = []
-    m8 = ex.OnnxModel(int8_eval, threads) if int8_eval is not None else None
+    m8 = ex.OnnxModel(int8_eval, threads, fuse_qdq) if int8_eval is not None else None
     for deg, clean in val_pairs[:n]:
         x = deg.unsqueeze(0)
         fp = net(x)[0].clamp(0, 1)

@@ -73,6 +73,22 @@ def placement_for(export: str, requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     return "ort" if export == "onnx_int8" else "trt"
+def weight_bits_for(export: str, placement: str, requested: int | None = None) -> int:
+    """8-bit weights, or 7 (values in [-64, 64]) where the INT8 file is for ONNX Runtime with fused convs
+    (``onnx_int8``, ``ort`` placement) and this CPU's u8 x s8 kernels saturate on full-range weights
+    (:func:`profilers.ort_cpu.int8_pairs_saturate`); or ``requested``."""
+    from profilers.ort_cpu import int8_pairs_saturate
+
+    if requested is not None:
+        return requested
+    return 7 if export == "onnx_int8" and placement == "ort" and int8_pairs_saturate() else 8
+
+
+def weight_range_scale(bits: int) -> float:
+    """Multiplier on a weight quantizer's amax: 7 bits is the 8-bit grid at twice the step."""
+    return float(2 ** (8 - bits))
+
+
 #: the final convolution of a HybridUNet: its output is the residual added to the input image, kept in
 #: floating point (an 8-bit residual would cost quality for one conv's worth of speed)
 FINAL_CONV = "output"
@@ -118,6 +134,7 @@ class QDRConfig:
     fakequant_freeze: float = 0.9
     keep_fp: tuple[str, ...] = ()
     placement: str = "auto"  # auto: placement_for(the export target); trt outside finalize
+    weight_bits: int | None = None  # 8, or 7 (weights in [-64, 64]); None: weight_bits_for(target, placement)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +151,8 @@ class QDRConfig:
             raise EnsError("need 0 <= observer-freeze <= fakequant-freeze <= 1 (fractions of the QAT steps)")
         if self.weight_clip is not None and self.weight_clip <= 0:
             raise EnsError("--weight-clip must be positive")
+        if self.weight_bits not in (None, 7, 8):
+            raise EnsError(f"--weight-bits must be 8, 7 or auto, got {self.weight_bits}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -210,8 +229,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
 
 
 def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Sequence[str] = (),
-                   placement: str = "trt") -> nn.Module:
-    """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``."""
+                   placement: str = "trt", weight_bits: int = 8) -> nn.Module:
+    """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``; with
+    ``weight_bits=7`` the weight ranges are doubled, so the exported INT8 weights lie in [-64, 64]."""
     mtq = require_modelopt()
     was = model.training
     model.eval()
@@ -223,6 +243,11 @@ def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Seq
 
     with contextlib.redirect_stdout(io.StringIO()):
         model = mtq.quantize(model, quant_config(keep_fp, placement), forward_loop=loop)
+    if weight_bits != 8:
+        with torch.no_grad():
+            for _, m in quant_modules(model):
+                if _enabled(m.weight_quantizer) and m.weight_quantizer.amax is not None:
+                    m.weight_quantizer.amax = m.weight_quantizer.amax * weight_range_scale(weight_bits)
     model.train(was)
     return model
 
@@ -230,8 +255,9 @@ def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Seq
 class RangeSchedule:
     """Observer (activation EMA) and weight-range synchronisation, switched off by the freeze schedule."""
 
-    def __init__(self, model: nn.Module, momentum: float = 0.9) -> None:
+    def __init__(self, model: nn.Module, momentum: float = 0.9, weight_bits: int = 8) -> None:
         self.momentum = momentum
+        self.weight_scale = weight_range_scale(weight_bits)
         self.observing = False
         self.layers = [m for _, m in quant_modules(model)]
         self._hooks = []
@@ -255,7 +281,7 @@ class RangeSchedule:
                 continue
             w = m.weight.detach().abs()
             dims = tuple(range(1, w.dim()))
-            q.amax = w.amax(dim=dims).reshape(q.amax.shape).clamp_min(1e-8)
+            q.amax = (w.amax(dim=dims) * self.weight_scale).reshape(q.amax.shape).clamp_min(1e-8)
 
     def close(self) -> None:
         for h in self._hooks:
@@ -333,8 +359,10 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
     clip_weights(student, cfg.weight_clip)
     calib = [_batch(train, cfg, 202, i)[0] for i in range(cfg.calib_batches)]
     n_bn = recalibrate_batchnorm(student, calib)
-    student = quantize_model(student, calib, cfg.keep_fp, placement_for("", cfg.placement))
-    log = TrainLog(extra={"batchnorm_layers_recalibrated": n_bn, **quant_summary(student)})
+    placement = placement_for("", cfg.placement)
+    bits = cfg.weight_bits or 8
+    student = quantize_model(student, calib, cfg.keep_fp, placement, bits)
+    log = TrainLog(extra={"batchnorm_layers_recalibrated": n_bn, "weight_bits": bits, **quant_summary(student)})
     steps = cfg.qat_steps
     if steps == 0:
         return student.eval(), log
@@ -357,7 +385,7 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
         from ens.finalize.spark import SparkTrainer
 
         spark = SparkTrainer(seed=cfg.seed)
-    sched = RangeSchedule(student)
+    sched = RangeSchedule(student, weight_bits=bits)
     obs_until = int(round(cfg.observer_freeze * steps))
     fq_until = int(round(cfg.fakequant_freeze * steps))
     student.train()

@@ -115,6 +115,8 @@ def model_card(r: dict[str, Any]) -> str:
         lines.append(f"| INT8, plain PTQ (ORT quantize_static) | {_f(ptq.get('psnr'))} | "
                      f"{_f(ptq.get('ssim'), '.4f')} | {_delta(ptq, fp)} | "
                      f"{_f(ptq.get('recovery_pct'), '.2f', '%')} | ONNX Runtime |")
+    if q.get("int8_runtime"):
+        lines += ["", f"INT8 files run by: {q['int8_runtime']}."]
     if i8 and i8.get("gain_recovery_pct") is not None:
         lines += ["", f"INT8 keeps {_f(i8.get('gain_recovery_pct'), '.1f', '%')} of the FP32 model's gain over the "
                   f"degraded input (PTQ: {_f(ptq.get('gain_recovery_pct'), '.1f', '%')})."]
@@ -142,6 +144,8 @@ def model_card(r: dict[str, Any]) -> str:
                   f"- INT8 compute ops in the ONNX graph: {_ops(qz.get('ops', {}).get('int8'))}",
                   f"- floating-point compute ops (higher precision): {_ops(qz.get('ops', {}).get('float'))}",
                   *_conv_kernels_line(qz),
+                  *([f"- {qz['weight_bits']}-bit weights: {qz.get('weight_bits_note', '')}"] if qz.get("weight_bits")
+                    else []),
                   f"- {qz.get('higher_precision_note', '')}"]
         chk = r.get("checks", {})
         if chk:
