@@ -5,7 +5,8 @@
 Steps (each a real ``ens`` command or bench script run as a subprocess, so nothing here is special):
 
 1. per task, ``ens search`` on the default data and preset with table-predicted latency; the first
-   one is the README's first command, timed from nothing (its zoo build and latency table included);
+   one is the README's first command, timed from nothing (its zoo build and latency table included:
+   every cache of the run lives in ``<out>/cache``, through ``ENS_CACHE_DIR``);
 2. per task, the best Pareto trial within 0.3 dB of the teacher, and its ort-cpu speed-up over the
    all-transformer network at 256x256, both measured with ``ens profile`` (interleaved rounds);
 3. search throughput: trials per minute with 1 and 2 Ray workers on the deblur zoo (the table exists);
@@ -202,6 +203,8 @@ def main() -> None:
         return
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # latency tables and caches of this run only, so the first command is timed from nothing
+    os.environ["ENS_CACHE_DIR"] = str(out / "cache")
     skip = set(filter(None, args.skip.split(",")))
     log: list[dict[str, Any]] = []
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "tasks": {}, "throughput": {}, "log": log}

@@ -103,3 +103,12 @@ def test_every_verb_has_help(capsys):
                  ["profile"], ["calibrate"], ["tasks"], ["data", "preview"]):
         code, out, _ = _run([*verb, "--help"], capsys)
         assert code == 0 and "Usage" in out, verb
+
+
+def test_progress_lines_keep_long_paths_whole_when_redirected(capsys):
+    from ens.cli.app import log_line
+
+    path = "/root/.cache/ens/latency/tables/" + "x" * 120 + ".json"
+    log_line(f"latency table written to {path}")
+    out = capsys.readouterr().out
+    assert path in out and out.count("\n") == 1

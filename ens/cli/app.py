@@ -14,3 +14,8 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def log_line(text: str) -> None:
+    """A progress message: unwrapped, so a path or command in it survives a redirect to a file intact."""
+    console.print(text, highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ens.cli.app import app, console
+from ens.cli.app import app, console, log_line
 
 _EXPORTS = "trt_int8, onnx_int8, qnn_int8 or onnx_fp32"
 
@@ -80,7 +80,7 @@ def finalize(
                            train_patches=train_patches, force=force,
                            init_weights=str(init) if init else None, trt_host=trt_host, qnn_device=device,
                            threads=threads, latency_clock=latency_clock)
-    res = run_finalize(opts, log=lambda s: console.print(s, highlight=False))
+    res = run_finalize(opts, log=log_line)
     _print_summary(res.report, res.out)
 
 
@@ -101,4 +101,4 @@ def _print_summary(r: dict, out: Path) -> None:
         i8 = lat.get("int8", {}).get("median_ms")
         console.print(f"ONNX Runtime CPU latency at {lat.get('shape')}: FP32 {lat['fp32']['median_ms']:.1f} ms"
                       + (f", INT8 {i8:.1f} ms ({lat.get('speedup')}x)" if i8 else ""), highlight=False)
-    console.print(f"report: {out / 'report.json'}, model card: {out / 'MODEL_CARD.md'}", highlight=False)
+    log_line(f"report: {out / 'report.json'}, model card: {out / 'MODEL_CARD.md'}")

@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ens.cli.app import app, console
+from ens.cli.app import app, console, log_line
 
 
 @app.command()
@@ -61,7 +61,7 @@ def search(
         prog.update(state["id"], completed=summary.completed, info=info)
 
     try:
-        study, summary = run_search(opts, log=lambda s: console.print(s, highlight=False), on_done=on_done)
+        study, summary = run_search(opts, log=log_line, on_done=on_done)
     finally:
         prog.stop()
     df = trials_frame(study)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ens.cli.app import app, console
+from ens.cli.app import app, console, log_line
 
 zoo_app = typer.Typer(help="Build and inspect the pre-aligned block zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
@@ -35,7 +35,7 @@ def build(
 
         raise EnsError(f"data directory {data} does not exist")
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
-                     log=lambda s: console.print(s, highlight=False))
+                     log=log_line)
     _print_manifest(ZooManifest.read(path), path)
 
 

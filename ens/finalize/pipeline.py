@@ -152,9 +152,9 @@ def _latency_profiler(opts: FinalizeOptions, study_profiler: str | None) -> tupl
     """(measured profiler spec or None, note). ort-cpu is always measured besides it."""
     spec = opts.profiler or study_profiler or "ort-cpu"
     if spec.startswith("lut:"):
-        return spec[4:], f"the study used {spec}; FP32 and INT8 measured on the table's profiler {spec[4:]}"
+        return spec[4:], f"The study used {spec}; FP32 and INT8 are measured on the table's profiler {spec[4:]}."
     if spec == "proxy":
-        return None, "the study used the proxy profiler (a count, not a time): measured on ort-cpu"
+        return None, "The study used the proxy profiler (a count, not a time): measured on ort-cpu."
     return spec, ""
 
 
@@ -355,10 +355,9 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
             ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=cfg.weight_bits == 7)
             q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads, fuse)
             quality["int8_ptq"] = _qdict(q_ptq, q_fp32.psnr, q_deg.psnr)
+            seven = " (reduce_range: 7-bit)" if cfg.weight_bits == 7 else ""
             quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
-                                             "per-channel weights" + (" (reduce_range: 7-bit)" if cfg.weight_bits == 7
-                                                                      else "") + f", {opts.calib_patches} training "
-                                             "patches")
+                                             f"per-channel weights{seven}, {opts.calib_patches} training patches")
             log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
             from ens.finalize.qat import quant_summary
 

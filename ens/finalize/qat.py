@@ -73,6 +73,8 @@ def placement_for(export: str, requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     return "ort" if export == "onnx_int8" else "trt"
+
+
 def weight_bits_for(export: str, placement: str, requested: int | None = None) -> int:
     """8-bit weights, or 7 (values in [-64, 64]) where the INT8 file is for ONNX Runtime with fused convs
     (``onnx_int8``, ``ort`` placement) and this CPU's u8 x s8 kernels saturate on full-range weights
