@@ -9,9 +9,10 @@ For each preset and uniform network (random weights: latency only, no quality):
 - ``int8_modelopt``: the Q/DQ graph finalize's QAT exports for ``trt_int8`` (ModelOpt, INT8 on every
   conv's input and weights, max-calibrated on random inputs; TensorRT's placement);
 - ``int8_modelopt_ort``: the one it exports for ``onnx_int8`` (conv outputs quantized too, all but the
-  final conv's; activations rewritten S8 -> U8);
+  final conv's; activations rewritten S8 -> U8; 7-bit weight ranges where this CPU's kernels saturate,
+  as finalize does: ``ens.finalize.qat.weight_bits_for``);
 - ``int8_ort``: ONNX Runtime ``quantize_static`` of the FP32 file (QDQ, its own placement: conv
-  outputs, Add, Mul, MatMul as well).
+  outputs, Add, Mul, MatMul as well; ``reduce_range`` where the weights are 7-bit above).
 
 Timed interleaved by ``ens.finalize.export.ort_cpu_latency``; the CPU clock at one thread is stable on
 a shared machine. Prints one JSON object with each file's median and its speed-up over FP32, and the
@@ -75,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ens.finalize import export as ex
-    from ens.finalize.qat import quantize_model
+    from ens.finalize.qat import quantize_model, weight_bits_for
     from ens.finalize.qdq_uint8 import activations_to_uint8
 
     torch.manual_seed(0)
@@ -84,7 +85,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     calib_np = [rng.random(shape, dtype=np.float32) for _ in range(2)]
     calib = [torch.from_numpy(a) for a in calib_np]
-    result: dict = {"shape": args.shape, "threads": args.threads, "clock": args.clock,
+    bits = weight_bits_for("onnx_int8", "ort")  # as finalize exports onnx_int8 on this CPU
+    result: dict = {"shape": args.shape, "threads": args.threads, "clock": args.clock, "onnx_int8_weight_bits": bits,
                     "loadavg_1min_before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -99,10 +101,10 @@ def main() -> None:
                 with contextlib.redirect_stderr(io.StringIO()):
                     qnet = quantize_model(copy.deepcopy(net), calib)
                     ex.export_int8(qnet, shape, files["int8_modelopt"])
-                    qnet = quantize_model(copy.deepcopy(net), calib, placement="ort")
+                    qnet = quantize_model(copy.deepcopy(net), calib, placement="ort", weight_bits=bits)
                     ex.export_int8(qnet, shape, files["int8_modelopt_ort"])
                     activations_to_uint8(files["int8_modelopt_ort"])
-                    ex.ptq_int8(files["fp32"], files["int8_ort"], calib_np)
+                    ex.ptq_int8(files["fp32"], files["int8_ort"], calib_np, reduce_range=bits == 7)
                 lat = ex.ort_cpu_latency(files, shape, threads=args.threads, rounds=args.rounds, runs=args.runs,
                                          clock=args.clock)
                 int8_keys = [k for k in files if k != "fp32"]
