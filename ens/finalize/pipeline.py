@@ -69,6 +69,12 @@ WEIGHT_BITS_NOTE = {
        "full-range weights (--weight-bits 8 for a CPU with VNNI); the PTQ baseline uses quantize_static's "
        "reduce_range for the same reason",
 }
+def int8_fused_in_ort(export: str) -> bool:
+    """Whether INT8 quality is measured with ORT's fused integer kernels: for ``onnx_int8``, as it is deployed;
+    the other targets' files run with every Q/DQ as written, the arithmetic of their engines (``ex.session``)."""
+    return export == "onnx_int8"
+
+
 PLACEMENT_TEXT = {
     "trt": "conv inputs, TensorRT's placement",
     "ort": "conv inputs and outputs except the final conv's, so ONNX Runtime fuses QLinearConv",
@@ -281,9 +287,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     cfg = cfg.variant(weight_bits=weight_bits_for(opts.export, cfg.placement, cfg.weight_bits))
     # ONNX Runtime takes U8 activations; TensorRT and QNN take the S8 that ModelOpt exports
     to_u8 = opts.export == "onnx_int8" and cfg.placement == "ort"
-    # INT8 quality: as ONNX Runtime deploys onnx_int8 (its fused kernels); for the other targets the Q/DQ graph
-    # as written, the arithmetic of their engines (ex.session)
-    fuse = opts.export == "onnx_int8"
+    fuse = int8_fused_in_ort(opts.export)
     log(f"fine-tuning in FP32 for {cfg.finetune_steps} steps")
     ft_log = finetune_fp32(net, train, cfg, show_progress=opts.show_progress)
     net.eval()
@@ -352,12 +356,13 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
             files.append(int8_file)
             # the baseline: plain post-training quantization of the same FP32 model
             calib = [train[i % len(train)][0].unsqueeze(0).numpy() for i in range(opts.calib_patches)]
-            ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=cfg.weight_bits == 7)
+            seven = cfg.weight_bits == 7
+            ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=seven)
             q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads, fuse)
             quality["int8_ptq"] = _qdict(q_ptq, q_fp32.psnr, q_deg.psnr)
-            seven = " (reduce_range: 7-bit)" if cfg.weight_bits == 7 else ""
             quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
-                                             f"per-channel weights{seven}, {opts.calib_patches} training patches")
+                                             f"per-channel weights{' (reduce_range: 7-bit)' if seven else ''}, "
+                                             f"{opts.calib_patches} training patches")
             log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
             from ens.finalize.qat import quant_summary
 
@@ -476,7 +481,7 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
         student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}")
         path = work / f"ablate_{name}.onnx"
         ex.export_int8(student, eval_shape, path)
-        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, opts.export == "onnx_int8")
+        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, int8_fused_in_ort(opts.export))
         out[name] = {**_qdict(q, fp32_psnr, deg_psnr), "description": ABLATION_TEXT[name],
                      "lmr_weights": q_log.lmr_weights, "qat_seconds": q_log.seconds}
         log(f"  {name}: {q.psnr:.3f} dB")
