@@ -177,4 +177,4 @@ def progress_bar(
 
 def require_finite(loss: torch.Tensor, what: str) -> None:
     if not torch.isfinite(loss):
-        raise EnsError(f"{what}: the loss became {float(loss)}; lower the learning rate or check the data")
+        raise EnsError(f"{what}: the loss became {float(loss.detach())}; lower the learning rate or check the data")

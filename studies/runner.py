@@ -101,10 +101,9 @@ def _complete_by_key(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]
     return out
 
 
-def _fail(study: optuna.Study, number: int, reason: str) -> None:
-    study._storage.set_trial_user_attr(study._storage.get_trial_id_from_study_id_trial_number(
-        study._study_id, number), "fail_reason", reason)
-    study.tell(number, state=TrialState.FAIL)
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str,
@@ -121,8 +120,10 @@ def recover_stale(study: optuna.Study, max_retries: int) -> int:
     """Fail RUNNING trials left by a driver that stopped, and re-enqueue them. Returns their count."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        _fail(study, t.number, "the search process running it stopped")
-        _requeue(study, t, "stale", max_retries + 1)
+        # no live Trial exists for another process's trial, and a finished one takes no attrs: the reason
+        # goes with its retry (``retry_of`` names the failed trial)
+        study.tell(t.number, state=TrialState.FAIL)
+        _requeue(study, t, "stale: the search process running it stopped", max_retries + 1)
         n += 1
     return n
 
@@ -168,7 +169,7 @@ def run_study(
                         _copy_outcome(study, trial, prev, objectives)
                     else:
                         trial.set_user_attr("duplicate_of", running)
-                        _fail(study, trial.number, f"duplicate of running trial {running}")
+                        _fail(study, trial, f"duplicate of running trial {running}")
                     if dup_streak >= cfg.max_duplicates:
                         summary.exhausted = True
                     continue
@@ -184,7 +185,7 @@ def run_study(
             trial, key = in_flight.pop(number)
             if isinstance(result, BaseException):
                 reason = f"{result.__class__.__name__}: {result}".strip()[:500]
-                _fail(study, number, reason)
+                _fail(study, trial, reason)
                 summary.failed += 1
                 if isinstance(result, WorkerLost) and _requeue(study, trial, reason, cfg.max_retries):
                     summary.retried += 1
@@ -207,8 +208,8 @@ def run_study(
     except KeyboardInterrupt:
         summary.interrupted = True
         executor.cancel_all()
-        for number, (trial, _key) in in_flight.items():
-            _fail(study, number, "interrupted")
+        for trial, _key in in_flight.values():
+            _fail(study, trial, "interrupted")
             _requeue(study, trial, "interrupted", cfg.max_retries + 1)
         in_flight.clear()
     finally:
@@ -263,7 +264,7 @@ def _record(study, trial, outcome: Outcome, objectives, budgets, artifact_store)
     try:
         values = _values(outcome.metrics, objectives)
     except StudyError as exc:
-        _fail(study, trial.number, str(exc))
+        _fail(study, trial, str(exc))
         return None
     for k, v in outcome.attrs.items():
         trial.set_user_attr(k, v)

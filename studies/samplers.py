@@ -11,8 +11,12 @@ from studies.errors import StudyError
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
-def make_sampler(name: str, seed: int, constrained: bool = False) -> optuna.samplers.BaseSampler:
-    """``tpe`` (multivariate, grouped), ``nsga2`` or ``random``. Constraints are honoured where set."""
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """``tpe`` (multivariate, grouped), ``nsga2`` or ``random``.
+
+    Budgets need nothing here: the runner sets them with ``Trial.set_constraint``, which Optuna stores on
+    the trial, and TPE and NSGA-II read ``FrozenTrial.constraints`` when they rank past trials (Optuna 5
+    deprecated their ``constraints_func`` for it)."""
     from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
 
     name = name.lower()

@@ -59,7 +59,7 @@ def test_blur_trajectories_are_varied_and_curved():
     lengths = [float(np.hypot(*np.diff(p, axis=0).T).sum()) for p in paths]
     angles = [math.atan2(*(p[-1] - p[0])[::-1]) for p in paths]
     curved = [_chord_deviation(p) > 1.5 for p in paths]
-    assert min(lengths) < 8 and max(lengths) > 20  # varied length (4-25 px)
+    assert min(lengths) < 5 and max(lengths) > 13  # varied length (3-15 px)
     assert np.histogram(angles, bins=4, range=(-math.pi, math.pi))[0].min() > 20  # all directions
     assert 0.3 < np.mean(curved) < 0.95  # mostly curved, some nearly straight
     for p in paths[:20]:

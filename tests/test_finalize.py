@@ -26,6 +26,7 @@ from ens.finalize.losses import MagnitudeReweighting, confidence_weights, dct2
 from ens.finalize.spark import SparkTrainer, difficulty_features
 from ens.report import load_study
 from ens.zoo.manifest import ZooManifest, slots_of
+from ens.zoo.store import file_sha256
 
 CFG = UNetConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
 ARCH_TME = "enc:T,M,E|lat:M|dec:E,M,T|ref:E"
@@ -56,7 +57,7 @@ def make_zoo(root: Path) -> Path:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(zoo / "zoo.safetensors"))
     m = ZooManifest(zoo_id="deblur-tiny-test", task="deblur", preset="tiny", config=CFG.to_dict(),
                     kinds=["T", "M", "E"], slots=slots_of(CFG), patch_size=32, data_source="embedded:scikit-image",
-                    seed=0, val_patches=3)
+                    seed=0, val_patches=3, weights_sha256=file_sha256(zoo / "zoo.safetensors"))
     (zoo / "manifest.json").write_text(m.to_json())
     return zoo
 

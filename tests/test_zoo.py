@@ -84,9 +84,9 @@ def test_interrupted_build_resumes_and_never_leaves_half_a_zoo(tmp_path, micro_c
     calls = []
     orig = zb.train_teacher
 
-    def spy(net, train_set, recipe, seed, ckpt, show):
+    def spy(net, train_set, recipe, seed, ckpt, show, **kw):
         calls.append(ckpt.is_file())
-        return orig(net, train_set, recipe, seed, ckpt, show)
+        return orig(net, train_set, recipe, seed, ckpt, show, **kw)
 
     monkeypatch.setattr(zb, "train_teacher", spy)
     out = build_zoo("deblur", "tiny", out_root=tmp_path, config=micro_cfg, recipe=micro_recipe, show_progress=False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 
 _VERB_MODULES = (
-    "ens.cli.arch_cmd",
     "ens.cli.data_cmd",
     "ens.cli.profile_cmd",
     "ens.cli.zoo_cmd",
@@ -14,8 +13,4 @@ _VERB_MODULES = (
 )
 
 for _name in _VERB_MODULES:
-    try:
-        importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # a verb module not written yet
-        if exc.name != _name:
-            raise
+    importlib.import_module(_name)

@@ -32,7 +32,11 @@ def search(
     finetune_steps: int = typer.Option(0, help="End-to-end fine-tuning steps per trial (0: zoo as is)."),
     cpus_per_trial: float = typer.Option(1.0, help="Ray CPUs per trial."),
     gpus_per_trial: float = typer.Option(0.0, help="Ray GPUs per trial."),
-    zoo_root: str = typer.Option("zoo", "--zoo", help="Folder of zoos (built there if missing)."),
+    zoo_root: str | None = typer.Option(None, "--zoo", help="Folder of zoos (built there if missing). Default: "
+                                        "zoo/ if it holds one for (task, preset), else the prebuilt zoo shipped "
+                                        "with ens, else one is built in zoo/."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Build a zoo in zoo/ (or --zoo) even where "
+                                      "a prebuilt one ships."),
     granularity: str = typer.Option("stage", help="One kind per stage, or per block."),
     score_alpha: float = typer.Option(0.5, help="dB one halving of latency is worth, for --objective score."),
 ) -> None:
@@ -44,7 +48,8 @@ def search(
                          ray_address=ray_address, storage=storage, study_name=study_name, sampler=sampler,
                          latency_budget=latency_budget, preset=preset, data=data, seed=seed, shape=shape,
                          finetune_steps=finetune_steps, cpus_per_trial=cpus_per_trial,
-                         gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, granularity=granularity,
+                         gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, from_scratch=from_scratch,
+                         granularity=granularity,
                          score_alpha=score_alpha)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)

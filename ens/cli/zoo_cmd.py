@@ -23,7 +23,11 @@ def build(
     steps: int | None = typer.Option(None, "--steps", min=1, help="Teacher training steps."),
     distill_steps: int | None = typer.Option(None, min=1, help="Surrogate distillation steps."),
     calib_steps: int | None = typer.Option(None, min=0, help="In-context calibration steps (0: skip)."),
+    rank_steps: int | None = typer.Option(None, min=0, help="Fine-tuning steps per hybrid in the rank-fidelity "
+                                          "check (0: skip the check)."),
     seed: int = typer.Option(0, help="Seed for initialisation, data and sampling."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for training (default: all cores). Two "
+                                       "builds side by side with 1 thread each beat one with 2 on 2 cores."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
 ) -> None:
     """Train the teacher, distil Mamba and EFM surrogates for every slot, and write the zoo."""
@@ -35,7 +39,7 @@ def build(
 
         raise EnsError(f"data directory {data} does not exist")
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
-                     log=log_line)
+                     log=log_line, rank_steps=rank_steps, threads=threads)
     _print_manifest(ZooManifest.read(path), path)
 
 

@@ -24,7 +24,8 @@ import math
 import numpy as np
 from scipy.ndimage import convolve
 
-from ens.degradations import linear_to_srgb, register_degradation, srgb_to_linear
+from ens.degradations.color import linear_to_srgb, srgb_to_linear
+from ens.degradations.registry import register_degradation
 
 GAUSSIAN_SIGMAS = (15, 25, 50)
 

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from scipy.signal import fftconvolve
 
-from ens.degradations import register_degradation
+from ens.degradations.registry import register_degradation
 
 
 def streak_kernel(length: float, angle: float, width: float) -> np.ndarray:

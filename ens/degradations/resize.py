@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ens.degradations import register_degradation
+from ens.degradations.registry import register_degradation
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

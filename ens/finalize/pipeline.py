@@ -217,6 +217,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     from ens.report import load_study
     from ens.tasks import get_task
     from ens.training import atomic_save_tensors, seed_everything
+    from ens.zoo.prebuilt import study_zoo_dir
     from ens.zoo.store import Zoo
     from profilers.base import format_shape
     from profilers.registry import get_profiler
@@ -260,9 +261,10 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     picked: Picked = pick_trial(study, opts.trial, opts.latency_budget, opts.pick)
     log(f"picked trial {picked.number} ({picked.how}): {picked.arch}  {picked.psnr:.2f} dB")
 
-    zoo_dir = Path(opts.zoo) if opts.zoo else Path(str(attrs.get("zoo_dir") or ""))
-    if not str(zoo_dir) or not (zoo_dir / "manifest.json").is_file():
-        raise EnsError(f"the study's zoo {zoo_dir or '(not recorded)'} is not there: pass --zoo ZOO_DIR")
+    zoo_dir = study_zoo_dir(attrs, opts.zoo, log)
+    if zoo_dir is None or not (zoo_dir / "manifest.json").is_file():
+        raise EnsError(f"the study's zoo {zoo_dir or attrs.get('zoo_dir') or '(not recorded)'} is not there: "
+                       "pass --zoo ZOO_DIR")
     zoo = Zoo.load(zoo_dir)
     want = picked.zoo_id or attrs.get("zoo_id")
     if want and zoo.zoo_id != want:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -59,7 +58,8 @@ from ens.finalize.losses import (
     reconstruction_loss,
     weighted_output_kd,
 )
-from ens.training import batch_indices, cosine_lr, progress_bar, require_finite, set_lr, stack_batch
+from ens.train_loop import Loop, Schedule
+from ens.training import batch_indices, stack_batch
 
 KD_MODES = ("latent", "output", "none")
 #: where activations are quantized. ``trt``: conv inputs (TensorRT's placement: it fuses a Q/DQ into the
@@ -321,28 +321,19 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
         return out
     torch.manual_seed(cfg.seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    t0 = time.monotonic()
-    tail: list[float] = []
-    with progress_bar("fine-tune FP32", steps, enabled=show_progress) as advance:
-        for step in range(steps):
-            set_lr(opt, cosine_lr(step, steps, cfg.lr, warmup=min(20, steps // 10)))
-            deg, clean = _batch(train, cfg, 101, step)
-            loss = reconstruction_loss(model(deg), clean, cfg.dct_weight)
-            require_finite(loss, "FP32 fine-tuning")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            v = float(loss.detach())
-            out.first_loss = v if out.first_loss is None else out.first_loss
-            out.last_loss = v
-            if step >= steps - max(1, steps // 10):
-                tail.append(v)
-            advance(info=f"loss {v:.4f}")
-    out.steps, out.seconds = steps, round(time.monotonic() - t0, 1)
-    out.terms = {"rec": sum(tail) / len(tail)}
+    loop = Loop("fine-tune FP32", Schedule(steps, cfg.lr, warmup=min(20, steps // 10)),
+                torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0), grad_clip=cfg.grad_clip or None,
+                show_progress=show_progress, info=lambda ema, terms: f"loss {terms['rec']:.4f}")
+
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        deg, clean = _batch(train, cfg, 101, step)
+        loss = reconstruction_loss(model(deg), clean, cfg.dct_weight)
+        return loss, {"rec": loss}
+
+    res = loop.run(step_fn)
+    out.steps, out.seconds = steps, res.seconds
+    out.first_loss, out.last_loss = res.first_loss, res.last_loss
+    out.terms = {"rec": res.terms["rec"]}
     model.eval()
     return out
 
@@ -391,56 +382,51 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
     obs_until = int(round(cfg.observer_freeze * steps))
     fq_until = int(round(cfg.fakequant_freeze * steps))
     student.train()
-    t0 = time.monotonic()
-    tail: dict[str, list[float]] = {n: [] for n in names}
+    last: dict[str, Any] = {}
+
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sched.observing = step < obs_until
+        deg, clean = _batch(train, cfg, 303, step)
+        with torch.no_grad():
+            t_out, t_lat = teacher(deg, return_latent=True)
+        s_out, s_lat = student(deg, return_latent=True)
+        losses: dict[str, torch.Tensor] = {"rec": reconstruction_loss(s_out, clean, cfg.dct_weight)}
+        if cfg.kd == "latent":
+            losses["kd"] = latent_kd(s_lat, t_lat)
+        elif cfg.kd == "output":
+            losses["kd"] = output_kd(s_out, t_out)
+        if cfg.conf_kd:
+            losses["ckd"] = confidence_kd(s_out, t_out, clean)
+        if spark is not None:
+            losses["spark"] = weighted_output_kd(s_out, t_out, spark.weights(clean, s_out, t_out))
+        if lmr is not None:
+            total = lmr(losses)
+        else:
+            total = losses["rec"] + cfg.kd_weight * sum((v for k, v in losses.items() if k != "rec"), torch.zeros(()))
+        last.update(deg=deg, clean=clean, rec=float(losses["rec"].detach()))
+        return total, losses
+
+    def after_step(step: int) -> None:
+        clip_weights(student, cfg.weight_clip)
+        if step < fq_until:
+            sched.sync_weights()
+        if spark is not None:
+            with torch.no_grad():
+                after = reconstruction_loss(student(last["deg"]), last["clean"], cfg.dct_weight)
+            spark.update(last["rec"] - float(after))
+
+    def info(_ema: float, terms: dict[str, float]) -> str:
+        return f"rec {terms['rec']:.4f}" + (f" kd {terms['kd']:.4f}" if "kd" in terms else "")
+
+    loop = Loop(description, Schedule(steps, cfg.qat_lr), opt, clip_params=groups[0]["params"],
+                grad_clip=cfg.grad_clip or None, after_step=after_step, show_progress=show_progress, info=info)
     try:
-        with progress_bar(description, steps, enabled=show_progress) as advance:
-            for step in range(steps):
-                opt.param_groups[0]["lr"] = cosine_lr(step, steps, cfg.qat_lr)
-                sched.observing = step < obs_until
-                deg, clean = _batch(train, cfg, 303, step)
-                with torch.no_grad():
-                    t_out, t_lat = teacher(deg, return_latent=True)
-                s_out, s_lat = student(deg, return_latent=True)
-                losses: dict[str, torch.Tensor] = {"rec": reconstruction_loss(s_out, clean, cfg.dct_weight)}
-                if cfg.kd == "latent":
-                    losses["kd"] = latent_kd(s_lat, t_lat)
-                elif cfg.kd == "output":
-                    losses["kd"] = output_kd(s_out, t_out)
-                if cfg.conf_kd:
-                    losses["ckd"] = confidence_kd(s_out, t_out, clean)
-                if spark is not None:
-                    losses["spark"] = weighted_output_kd(s_out, t_out, spark.weights(clean, s_out, t_out))
-                if lmr is not None:
-                    total = lmr(losses)
-                else:
-                    total = losses["rec"] + cfg.kd_weight * sum(
-                        (v for k, v in losses.items() if k != "rec"), torch.zeros(()))
-                require_finite(total, "QAT")
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(groups[0]["params"], cfg.grad_clip)
-                opt.step()
-                clip_weights(student, cfg.weight_clip)
-                if step < fq_until:
-                    sched.sync_weights()
-                if spark is not None:
-                    with torch.no_grad():
-                        after = reconstruction_loss(student(deg), clean, cfg.dct_weight)
-                    spark.update(float(losses["rec"].detach()) - float(after))
-                v = float(total.detach())
-                log.first_loss = v if log.first_loss is None else log.first_loss
-                log.last_loss = v
-                if step >= steps - max(1, steps // 10):
-                    for k, t in losses.items():
-                        tail[k].append(float(t.detach()))
-                rec = float(losses["rec"].detach())
-                advance(info=f"rec {rec:.4f}" + (f" kd {float(losses['kd'].detach()):.4f}" if "kd" in losses else ""))
+        res = loop.run(step_fn)
     finally:
         sched.close()
-    log.steps, log.seconds = steps, round(time.monotonic() - t0, 1)
-    log.terms = {k: sum(v) / len(v) for k, v in tail.items() if v}
+    log.steps, log.seconds = steps, res.seconds
+    log.first_loss, log.last_loss = res.first_loss, res.last_loss
+    log.terms = {k: v for k, v in res.terms.items() if k != "loss"}
     log.lmr_weights = lmr.weights() if lmr is not None else None
     log.spark = spark.summary() if spark is not None else None
     log.extra.update(observer_frozen_at_step=obs_until, fakequant_frozen_at_step=fq_until)

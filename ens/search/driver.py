@@ -43,7 +43,8 @@ class SearchOptions:
     finetune_steps: int = 0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    zoo_root: str = "zoo"
+    zoo_root: str | None = None  # None: a local zoo/ if there is one, else the prebuilt zoo, else built in zoo/
+    from_scratch: bool = False  # build a zoo even where a prebuilt one ships
     granularity: str = "stage"
     score_alpha: float = 0.5
     max_retries: int = 1
@@ -87,7 +88,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     from blocks.unet import get_preset
     from ens.data import load_pairs
     from ens.profiling import profile_arch
-    from ens.zoo.build import build_zoo, default_zoo_dir
+    from ens.zoo.build import build_zoo
+    from ens.zoo.prebuilt import announce, resolve_zoo
     from ens.zoo.store import Zoo
     from profilers.base import parse_shape
     from profilers.registry import get_profiler
@@ -103,15 +105,17 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     shape = parse_shape(opts.shape)
     prof = get_profiler(opts.profiler)
     prof.check()  # unreachable device or missing token: a clear error before anything starts
-    zoo_dir = default_zoo_dir(opts.zoo_root, task.name, opts.preset)
+    choice = resolve_zoo(task.name, opts.preset, opts.data, opts.zoo_root, opts.from_scratch)
+    zoo_dir = choice.path
     if opts.data is not None:  # no pairs or too-small images: say so before a database or a zoo is made
         load_pairs(task, opts.data, "val", patch_size=_patch_size(zoo_dir, opts.preset), seed=opts.seed)
     storage = open_storage(opts.storage)  # refuses corrupt or foreign databases before the zoo is built
 
-    if not (zoo_dir / "manifest.json").is_file():
-        log(f"no zoo for ({task.name}, {opts.preset}) in {opts.zoo_root}/: building it first")
-        build_zoo(task, opts.preset, opts.data, opts.zoo_root, opts.seed, log=log)
+    if choice.origin == "build":
+        log(f"no zoo for ({task.name}, {opts.preset}) in {choice.root}/: building it first")
+        build_zoo(task, opts.preset, opts.data, choice.root, opts.seed, log=log)
     zoo = Zoo.load(zoo_dir)
+    announce(choice, zoo.zoo_id, log)
     cfg = zoo.config
     kinds = [k for k in zoo.manifest.kinds if k in block_kinds()]
 
@@ -131,6 +135,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     try:
         study = create_or_load(name, storage, objectives, sampler, attrs={
             "task": task.name, "preset": opts.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(zoo_dir.resolve()),
+            "zoo_origin": choice.origin if choice.origin == "prebuilt" else "local",
             "profiler": opts.profiler, "shape": list(shape), "granularity": opts.granularity,
             "data": opts.data or "embedded:scikit-image", "latency_budget": opts.latency_budget,
         })

@@ -112,17 +112,9 @@ class TrialEvaluator:
 
 
 def _finetune(net: torch.nn.Module, ctx: TrialContext) -> None:
-    from ens.training import batch_indices, charbonnier, stack_batch
+    from ens.finetune import finetune
 
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-4)
-    for step in range(ctx.finetune_steps):
-        deg, clean = stack_batch(ctx.train, batch_indices(len(ctx.train), 8, ctx.seed + 7, step), step)
-        loss = charbonnier(net(deg), clean)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()
+    finetune(net, ctx.train, ctx.finetune_steps, ctx.seed)
 
 
 @torch.no_grad()

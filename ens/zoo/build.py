@@ -7,9 +7,11 @@ into place in one step: a zoo folder is either complete or absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,8 +30,9 @@ from ens.training import atomic_save_tensors, atomic_write_text, checkpoint_step
 from ens.zoo.distill import DistillRecipe, calibrate_in_context, distill_surrogates, relative_errors
 from ens.zoo.manifest import MANIFEST, QUALITY_JSON, QUALITY_MD, WEIGHTS, ZooManifest, slots_of
 from ens.zoo.quality import quality_markdown, quality_report
+from ens.zoo.rank import rank_fidelity
 from ens.zoo.store import file_sha256
-from ens.zoo.teacher import TeacherRecipe, train_teacher
+from ens.zoo.teacher import TeacherRecipe, held_out_curve, train_teacher
 
 SURROGATE_KINDS: tuple[str, ...] = ("M", "E")
 
@@ -42,16 +45,22 @@ class ZooRecipe:
     train_patches: int = 512
     val_patches: int | None = None  # None: the loader's fixed default split
     quality_mixed: int = 8
+    quality_images: int = 8  # whole held-out images the quality report and the curve use (the first N)
+    rank_archs: int = 16  # random hybrids in the rank-fidelity check (0: skip it)
+    rank_finetune_steps: int = 100  # end-to-end fine-tuning steps per hybrid in that check
 
 
 RECIPES: dict[str, ZooRecipe] = {
-    # tiny: sized for 10 minutes on 2 cores. Distillation with the downstream term (ens.zoo.distill) at
-    # 4e-3 and no in-context calibration: on the denoise zoo, all-M / all-E / mixed went from -1.28 /
-    # -1.62 / -1.09 dB (300 feature-loss steps + 350 calibration steps) to -1.07 / -1.19 / -0.72 dB
-    # (400 steps) in the same time; calibration after it (100 steps) made M and mixed worse again.
-    "tiny": ZooRecipe(TeacherRecipe(steps=600, batch_size=8),
-                      DistillRecipe(steps=400, lr=4e-3, calib_steps=0),
-                      patch_size=48, train_patches=1024),
+    # tiny: a long build, run once (the prebuilt zoos; their manifests hold the exact commands). The teacher
+    # draws a fresh pool of patches every 250 steps: on one fixed pool of 1024 deblur patches it over-fitted
+    # (3000 steps ended 1.43 dB below the blurred input). Distillation with the downstream term
+    # (ens.zoo.distill) at 4e-3, no in-context calibration: on denoise, 400 steps gave all-M / all-E / mixed
+    # -1.07 / -1.19 / -0.72 dB of the teacher and 2000 steps -0.77 / -0.70 / -0.49 dB; calibration after the
+    # downstream term made M and mixed worse.
+    "tiny": ZooRecipe(TeacherRecipe(steps=6000, batch_size=8, resample_every=250,
+                                    curve_at=(600, 1500, 3000, 6000, 10000)),
+                      DistillRecipe(steps=2000, lr=4e-3, calib_steps=0, resample_every=250),
+                      patch_size=48, train_patches=512),
     "small": ZooRecipe(TeacherRecipe(steps=6000, batch_size=8), DistillRecipe(steps=2000, calib_steps=1000),
                        patch_size=96, train_patches=4096),
     "paper": ZooRecipe(TeacherRecipe(steps=300000, batch_size=8, lr=3e-4, warmup=1000),
@@ -91,8 +100,10 @@ def versions() -> dict[str, str]:
 
 
 def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | None,
-                calib_steps: int | None) -> ZooRecipe:
+                calib_steps: int | None, rank_steps: int | None = None) -> ZooRecipe:
     t, d = r.teacher, r.distill
+    if rank_steps is not None:
+        r = replace(r, rank_finetune_steps=rank_steps, rank_archs=r.rank_archs if rank_steps else 0)
     if teacher_steps is not None:
         t = replace(t, steps=teacher_steps, warmup=min(t.warmup, max(teacher_steps // 10, 1)))
     if distill_steps is not None:
@@ -131,6 +142,8 @@ def build_zoo(
     force: bool = False,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    rank_steps: int | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset); returns its folder."""
     from ens.data import load_pairs
@@ -141,7 +154,7 @@ def build_zoo(
     except KeyError as exc:
         raise EnsError(str(exc.args[0])) from None
     recipe = recipe or RECIPES.get(preset, RECIPES["tiny"])
-    recipe = _recipe_for(recipe, teacher_steps, distill_steps, calib_steps)
+    recipe = _recipe_for(recipe, teacher_steps, distill_steps, calib_steps, rank_steps)
     out_root = Path(out_root)
     final = default_zoo_dir(out_root, task.name, preset)
     if (final / MANIFEST).is_file() and not force:
@@ -152,51 +165,67 @@ def build_zoo(
     work.mkdir(parents=True, exist_ok=True)
     data_source = str(Path(data_dir).resolve()) if data_dir else "embedded:scikit-image"
     spec = {"task": task.name, "preset": preset, "config": cfg.to_dict(), "seed": seed, "kinds": list(kinds),
-            "data": data_source, "recipe": asdict(recipe)}
+            "data": data_source, "recipe": json.loads(json.dumps(asdict(recipe)))}
     _check_work_spec(work, spec)
     seed_everything(seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
 
     train_set = load_pairs(task, data_dir, "train", patch_size=recipe.patch_size, seed=seed,
                            num_patches=recipe.train_patches)
     val_set = load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed,
                          num_patches=recipe.val_patches)
-    log(f"data: {data_source}: {len(train_set)} training patches, {len(val_set)} held-out validation pairs")
+    val_full = held_out_images(task, data_dir, recipe.quality_images)
+    log(f"data: {data_source}: pools of {len(train_set)} training patches"
+        + (f" (a fresh pool every {recipe.teacher.resample_every} steps)" if recipe.teacher.resample_every else "")
+        + f", {len(val_full)} whole held-out images, {len(val_set)} held-out patches (quick check)")
 
     teacher = HybridUNet(cfg)
-    log(f"[1/4] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
+    log(f"[1/5] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
         f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
     seconds: dict[str, float] = {}
     with _timed(seconds, "teacher"):
         t_stats = train_teacher(teacher, train_set, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
-                                show_progress)
+                                show_progress, curve_val=val_full, task=task)
 
     torch.manual_seed(seed + 1)
     supernet = HybridUNet(cfg, candidates=["T", *kinds])
     supernet.load_state_dict(teacher.state_dict(), strict=False)
-    log(f"[2/4] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
+    log(f"[2/5] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
         f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
         f"{_resuming(work / 'distill.ckpt.safetensors')}")
     with _timed(seconds, "distill"):
         distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
                            show_progress)
     if recipe.distill.calib_steps:
-        log(f"[3/4] in-context calibration, {recipe.distill.calib_steps} steps"
+        log(f"[3/5] in-context calibration, {recipe.distill.calib_steps} steps"
             f"{_resuming(work / 'calib.ckpt.safetensors')}")
     else:
-        log("[3/4] in-context calibration: none (--calib-steps N adds it)")
+        log("[3/5] in-context calibration: none (--calib-steps N adds it)")
     with _timed(seconds, "calibration"):
         calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
                              show_progress)
     for p in supernet.parameters():
         p.requires_grad_(True)
 
-    log("[4/4] quality report on the held-out split")
+    log(f"[4/5] quality report on {len(val_full)} whole held-out images")
     val_inputs = [val_set[i][0].unsqueeze(0) for i in range(min(len(val_set), 16))]
     with _timed(seconds, "quality_report"):
         rel = relative_errors(supernet, kinds, val_inputs)
-        report = quality_report(supernet, kinds, val_set, task, seed, mixed=recipe.quality_mixed)
-
+        report = quality_report(supernet, kinds, val_full, task, seed, mixed=recipe.quality_mixed)
+        report["patch_check"] = quick_check(supernet, val_set, task)
+    if recipe.rank_archs:
+        log(f"[5/5] rank fidelity: {recipe.rank_archs} random hybrids, zero-shot vs "
+            f"{recipe.rank_finetune_steps} fine-tuning steps")
+    else:
+        log("[5/5] rank fidelity: skipped")
+    with _timed(seconds, "rank"):
+        if recipe.rank_archs:
+            report["rank"] = rank_fidelity(supernet, kinds, train_set, val_full, task, recipe.rank_archs,
+                                           recipe.rank_finetune_steps, seed, work / "rank.json", show_progress)
+    supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+    curve = held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"])
+    report["teacher_curve"] = curve
+    wall = round(time.monotonic() - t0, 1)
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
         task=task.name,
@@ -208,20 +237,72 @@ def build_zoo(
         val_patches=recipe.val_patches,
         data_source=data_source,
         seed=seed,
-        teacher={"steps": recipe.teacher.steps, "loss": "charbonnier", **t_stats,
-                 "val": report["teacher"], "input_val": report["input"], "seconds": seconds["teacher"]},
+        teacher={"steps": recipe.teacher.steps, "loss": "charbonnier",
+                 "resample_every": recipe.teacher.resample_every, **t_stats,
+                 "val": report["teacher"], "input_val": report["input"], "held_out": "whole images",
+                 "curve": curve, "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
+                 "resample_every": recipe.distill.resample_every,
                  "relative_error": rel, "seconds": seconds["distill"]},
         calibration={"steps": recipe.distill.calib_steps, "loss": _calib_loss(recipe.distill.calib_clean_weight),
                      "seconds": seconds["calibration"], "quality_report_seconds": seconds["quality_report"]},
+        rank={k: v for k, v in report.get("rank", {}).items() if k != "archs"} | {"seconds": seconds["rank"]},
         versions=versions(),
-        wall_time_s=round(time.monotonic() - t0, 1),
+        wall_time_s=wall,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build={"command": zoo_command(task.name, preset, data_dir, out_root, seed, recipe),
+               "machine": machine(), "wall_time_s": wall, "stage_seconds": seconds},
     )
     _publish(final, supernet, manifest, report, rel)
     shutil.rmtree(work, ignore_errors=True)
     log(f"zoo written to {final} in {manifest.wall_time_s:.0f} s")
     return final
+
+
+def held_out_images(task: Task, data_dir: str | Path | None, limit: int) -> list:
+    """The first ``limit`` whole held-out images as (degraded, clean) pairs (read once, kept in memory)."""
+    from ens.data import load_pairs
+
+    full = load_pairs(task, data_dir, "val", full_images=True)
+    return [full[i] for i in range(min(len(full), max(1, limit)))]
+
+
+def quick_check(supernet: HybridUNet, val_patches, task: Task) -> dict[str, float]:
+    """Input and teacher PSNR on the held-out patches: the fast check the search's trials also use."""
+    from ens.evaluate import evaluate
+
+    supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+    return {"input_psnr": round(evaluate(None, val_patches, task).psnr, 4),
+            "teacher_psnr": round(evaluate(supernet, val_patches, task).psnr, 4), "patches": len(val_patches)}
+
+
+def machine() -> dict[str, object]:
+    """What built it: CPU model and cores, torch threads, and the GPU if one was used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out: dict[str, object] = {"system": platform.system(), "arch": platform.machine(), "cpu": cpu,
+                              "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                              "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:12]}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: Path, seed: int,
+                recipe: ZooRecipe) -> str:
+    """The ``ens zoo build`` command line that rebuilds this zoo (the recipe's step counts spelled out)."""
+    args = ["ens", "zoo", "build", "--task", task, "--preset", preset, "--out", str(out_root), "--seed", str(seed),
+            "--steps", str(recipe.teacher.steps), "--distill-steps", str(recipe.distill.steps),
+            "--calib-steps", str(recipe.distill.calib_steps), "--rank-steps", str(recipe.rank_finetune_steps)]
+    if data_dir is not None:
+        args += ["--data", str(data_dir)]
+    return shlex.join(args)
 
 
 def _publish(final: Path, supernet: HybridUNet, manifest: ZooManifest, report: dict, rel: dict) -> None:

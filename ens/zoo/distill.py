@@ -48,18 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from blocks.unet import FULL_RES_STAGES, HybridUNet
-from ens.training import (
-    PeriodicCheckpoint,
-    batch_indices,
-    channels_last,
-    cosine_lr,
-    load_checkpoint,
-    progress_bar,
-    require_finite,
-    save_checkpoint,
-    set_lr,
-    stack_batch,
-)
+from ens.train_loop import Checkpointing, Loop, LoopResult, Schedule, resampling_hook
+from ens.training import batch_indices, channels_last, stack_batch
 
 
 @dataclass(frozen=True)
@@ -76,6 +66,7 @@ class DistillRecipe:
     calib_lr: float = 5e-4
     calib_clean_weight: float = 0.0  # w in (1 - w) * |net - teacher| + w * |net - clean|
     checkpoint_every_s: float = 120.0
+    resample_every: int = 0  # draw a fresh training pool every N steps (0: one fixed pool)
 
 
 def surrogate_params(supernet: HybridUNet, kinds: Sequence[str]) -> list[torch.nn.Parameter]:
@@ -154,45 +145,39 @@ def distill_surrogates(
     seed: int,
     ckpt_path: Path,
     show_progress: bool = True,
-) -> None:
+) -> LoopResult:
     freeze_all_but(supernet, kinds)
     params = surrogate_params(supernet, kinds)
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    start = 0
-    if ckpt_path.is_file():
-        start = int(load_checkpoint(ckpt_path, {"supernet": supernet}, opt)["step"])
-
-    def save(step: int) -> None:
-        save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
-
-    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s, start)
+    resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
+    loop = Loop(
+        name="distil surrogates",
+        schedule=Schedule(recipe.steps, recipe.lr, warmup=20),
+        optimizer=torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay),
+        clip_params=params,
+        grad_clip=recipe.grad_clip,
+        checkpoint=Checkpointing(ckpt_path, {"supernet": supernet}, recipe.checkpoint_every_s),
+        hooks=[resample] if resample else [],
+        on_resume=resume_pool,
+        show_progress=show_progress,
+        ema=0.95,
+    )
     channels_last(supernet).train()
-    ema = None
-    bar = progress_bar("distil surrogates", recipe.steps, start, show_progress)
-    with periodic.saving_on_interrupt(), bar as advance:
-        for step in range(start, recipe.steps):
-            set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, warmup=20))
-            deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)
-            tp = teacher_pass(supernet, channels_last(deg))
-            n = recipe.downstream_batch or len(deg)
-            loss = torch.zeros(())
-            for stage, i, blk in supernet.slot_blocks():
-                x, y = tp.blocks[(stage, i)]
-                outs = [blk.choices[k](x) for k in kinds]
-                for o in outs:
-                    loss = loss + feature_loss(o, y, x, recipe.cos_weight)
-                if recipe.downstream_weight and stage in FULL_RES_STAGES:
-                    loss = loss + recipe.downstream_weight * downstream_loss(supernet, stage, i, outs, tp, n)
-            require_finite(loss, "distillation")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            opt.step()
-            lv = loss.item()
-            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-            advance(info=f"loss {ema:.4f}")
-            periodic.maybe(step + 1)
-    save(recipe.steps)
+
+    def step_fn(step: int) -> torch.Tensor:
+        deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)
+        tp = teacher_pass(supernet, channels_last(deg))
+        n = recipe.downstream_batch or len(deg)
+        loss = torch.zeros(())
+        for stage, i, blk in supernet.slot_blocks():
+            x, y = tp.blocks[(stage, i)]
+            outs = [blk.choices[k](x) for k in kinds]
+            for o in outs:
+                loss = loss + feature_loss(o, y, x, recipe.cos_weight)
+            if recipe.downstream_weight and stage in FULL_RES_STAGES:
+                loss = loss + recipe.downstream_weight * downstream_loss(supernet, stage, i, outs, tp, n)
+        return loss
+
+    return loop.run(step_fn)
 
 
 @torch.no_grad()
@@ -231,47 +216,41 @@ def calibrate_in_context(
     seed: int,
     ckpt_path: Path,
     show_progress: bool = True,
-) -> None:
+) -> LoopResult | None:
     if recipe.calib_steps <= 0:
-        return
+        return None
     freeze_all_but(supernet, kinds)
     params = surrogate_params(supernet, kinds)
-    opt = torch.optim.AdamW(params, lr=recipe.calib_lr, weight_decay=0.0)
-    start = 0
-    if ckpt_path.is_file():
-        start = int(load_checkpoint(ckpt_path, {"supernet": supernet}, opt)["step"])
-
-    def save(step: int) -> None:
-        save_checkpoint(ckpt_path, {"supernet": supernet}, opt, step)
-
-    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s, start)
+    resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
+    loop = Loop(
+        name="in-context calibration",
+        schedule=Schedule(recipe.calib_steps, recipe.calib_lr, warmup=10),
+        optimizer=torch.optim.AdamW(params, lr=recipe.calib_lr, weight_decay=0.0),
+        clip_params=params,
+        grad_clip=recipe.grad_clip,
+        checkpoint=Checkpointing(ckpt_path, {"supernet": supernet}, recipe.checkpoint_every_s),
+        hooks=[resample] if resample else [],
+        on_resume=resume_pool,
+        show_progress=show_progress,
+        ema=0.95,
+    )
     channels_last(supernet)
-    ema = None
-    bar = progress_bar("in-context calibration", recipe.calib_steps, start, show_progress)
-    with periodic.saving_on_interrupt(), bar as advance:
-        for step in range(start, recipe.calib_steps):
-            set_lr(opt, cosine_lr(step, recipe.calib_steps, recipe.calib_lr, warmup=10))
-            idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
-            deg, clean = stack_batch(train_set, idx, step)
-            deg = channels_last(deg)
-            supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
-            supernet.eval()
-            with torch.no_grad():
-                target = supernet(deg)
-            supernet.set_kinds(random_kinds(supernet, kinds, random.Random(seed * 100003 + step)))
-            supernet.train()
-            out = supernet(deg)
-            w = recipe.calib_clean_weight
-            loss = (1 - w) * (out - target).abs().mean()
-            if w:
-                loss = loss + w * (out - clean).abs().mean()
-            require_finite(loss, "in-context calibration")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            opt.step()
-            lv = loss.item()
-            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-            advance(info=f"loss {ema:.4f}")
-            periodic.maybe(step + 1)
-    save(recipe.calib_steps)
+    w = recipe.calib_clean_weight
+
+    def step_fn(step: int) -> torch.Tensor:
+        idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
+        deg, clean = stack_batch(train_set, idx, step)
+        deg = channels_last(deg)
+        supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+        supernet.eval()
+        with torch.no_grad():
+            target = supernet(deg)
+        supernet.set_kinds(random_kinds(supernet, kinds, random.Random(seed * 100003 + step)))
+        supernet.train()
+        out = supernet(deg)
+        loss = (1 - w) * (out - target).abs().mean()
+        if w:
+            loss = loss + w * (out - clean).abs().mean()
+        return loss
+
+    return loop.run(step_fn)

@@ -35,6 +35,8 @@ class ZooManifest:
     teacher: dict[str, Any] = field(default_factory=dict)  # steps, loss, val psnr/ssim, input psnr/ssim
     distill: dict[str, Any] = field(default_factory=dict)  # steps, loss definition, per slot per kind
     calibration: dict[str, Any] = field(default_factory=dict)
+    rank: dict[str, Any] = field(default_factory=dict)  # rank fidelity: n, finetune_steps, tau
+    build: dict[str, Any] = field(default_factory=dict)  # command, machine, wall time, seconds per stage
     versions: dict[str, str] = field(default_factory=dict)
     wall_time_s: float = 0.0
     created: str = ""

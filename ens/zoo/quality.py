@@ -67,7 +67,7 @@ def quality_report(
 
 
 def quality_markdown(report: dict[str, Any], distill: dict[str, dict[str, float]], kinds: Sequence[str]) -> str:
-    lines = ["# Zoo quality (held-out split)", "", "| network | PSNR (dB) | SSIM | vs teacher (dB) |",
+    lines = ["# Zoo quality (whole held-out images)", "", "| network | PSNR (dB) | SSIM | vs teacher (dB) |",
              "|---|---|---|---|"]
     inp, t = report["input"], report["teacher"]
     lines.append(f"| degraded input | {inp['psnr']:.2f} | {inp['ssim']:.4f} | {inp['psnr'] - t['psnr']:+.2f} |")
@@ -86,4 +86,19 @@ def quality_markdown(report: dict[str, Any], distill: dict[str, dict[str, float]
         for slot, row in report["swap"].items():
             cells = " | ".join(f"{row[k]:+.3f} | {distill.get(slot, {}).get(k, float('nan')):.3f}" for k in kinds)
             lines.append(f"| {slot} | {cells} |")
+    curve = report.get("teacher_curve")
+    if curve:
+        lines += ["", "## Teacher: held-out PSNR against training steps", "",
+                  "| step | PSNR (dB) | gain over input (dB) |", "|---|---|---|"]
+        lines += [f"| {p['step']} | {p['psnr']:.2f} | {p['gain_db']:+.2f} |" for p in curve]
+    rank = report.get("rank")
+    if rank:
+        lines += ["", f"## Rank fidelity: Kendall tau {rank['tau']:+.3f} over {rank['n']} random hybrids",
+                  "", f"zero-shot PSNR against PSNR after {rank['finetune_steps']} steps of end-to-end fine-tuning",
+                  "", "| arch | zero-shot | fine-tuned |", "|---|---|---|"]
+        lines += [f"| `{r['arch']}` | {r['zero_shot_psnr']:.2f} | {r['finetuned_psnr']:.2f} |" for r in rank["archs"]]
+    pc = report.get("patch_check")
+    if pc:
+        lines += ["", f"Quick check on {pc['patches']} held-out patches: input {pc['input_psnr']:.2f} dB, "
+                      f"teacher {pc['teacher_psnr']:.2f} dB."]
     return "\n".join(lines) + "\n"

@@ -37,10 +37,14 @@ class Zoo:
         unknown = set(m.kinds) - set(block_kinds())
         if unknown:
             raise ZooError(f"zoo {m.zoo_id} uses block kinds {sorted(unknown)} that this ens does not have")
+        if Path(m.weights).name != m.weights or m.weights in ("", ".", ".."):
+            raise ZooError(f"zoo {zoo_dir}: the manifest's weights {m.weights!r} must be a file name inside the zoo")
+        if verify_hash and not m.weights_sha256:
+            raise ZooError(f"zoo {zoo_dir}: the manifest has no weights_sha256; rebuild the zoo")
         wpath = zoo_dir / m.weights
         if not wpath.is_file():
             raise ZooError(f"zoo {zoo_dir}: weights file {m.weights} is missing; rebuild the zoo")
-        if verify_hash and m.weights_sha256 and file_sha256(wpath) != m.weights_sha256:
+        if verify_hash and file_sha256(wpath) != m.weights_sha256:
             raise ZooError(f"zoo {zoo_dir}: {m.weights} does not match the manifest's checksum (corrupt?)")
         try:
             state = load_file(str(wpath))

@@ -3,29 +3,24 @@
 Charbonnier loss, AdamW (betas 0.9/0.999, weight decay 1e-4 as Restormer), cosine schedule with a
 short warm-up, gradient-norm clipping at 1.0, seeded batches, channels-last layout (faster on CPU);
 the output convolution starts at zero, so the untrained teacher is the identity.
+
+The training pool is drawn afresh every ``resample_every`` steps (new crops, new degradations): on a
+fixed pool of 1024 deblur patches the tiny teacher over-fitted, and 3000 steps ended 1.43 dB *below*
+the blurred input on the held-out split. ``curve_at`` records the held-out PSNR (whole held-out images,
+as the papers evaluate) at those steps, so that a longer budget can be seen to help.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from blocks.unet import HybridUNet
-from ens.training import (
-    PeriodicCheckpoint,
-    batch_indices,
-    channels_last,
-    charbonnier,
-    cosine_lr,
-    load_checkpoint,
-    progress_bar,
-    require_finite,
-    save_checkpoint,
-    set_lr,
-    stack_batch,
-)
+from ens.train_loop import Checkpointing, Every, Loop, Schedule, resampling_hook
+from ens.training import batch_indices, channels_last, charbonnier, stack_batch
 
 
 @dataclass(frozen=True)
@@ -37,6 +32,8 @@ class TeacherRecipe:
     warmup: int = 50
     grad_clip: float = 1.0
     checkpoint_every_s: float = 120.0
+    resample_every: int = 0  # draw a fresh training pool every N steps (0: one fixed pool)
+    curve_at: tuple[int, ...] = ()  # steps at which the held-out PSNR is recorded
 
 
 def start_at_identity(net: HybridUNet) -> None:
@@ -49,6 +46,11 @@ def start_at_identity(net: HybridUNet) -> None:
             net.output.bias.zero_()
 
 
+def curve_steps(recipe: TeacherRecipe) -> list[int]:
+    """The recipe's curve points that fall within its steps, and always the last step."""
+    return sorted({s for s in recipe.curve_at if 0 < s <= recipe.steps} | {recipe.steps})
+
+
 def train_teacher(
     net: HybridUNet,
     train_set,
@@ -56,35 +58,49 @@ def train_teacher(
     seed: int,
     ckpt_path: Path,
     show_progress: bool = True,
-) -> dict[str, float]:
-    """Trains ``net`` in place; resumes from ``ckpt_path`` if it exists. Returns final train loss."""
+    curve_val=None,
+    task=None,
+) -> dict:
+    """Trains ``net`` in place; resumes from ``ckpt_path`` if it exists. Returns the final train loss and,
+    with ``curve_val`` (held-out pairs) and ``task``, the held-out curve ``[{step, psnr, ssim}, ...]``."""
+    from ens.evaluate import evaluate
+
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, betas=(0.9, 0.999),
                             weight_decay=recipe.weight_decay)
-    start = 0
-    if ckpt_path.is_file():
-        start = int(load_checkpoint(ckpt_path, {"teacher": net}, opt)["step"])
-    else:
-        start_at_identity(net)
+    resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
+    points = set(curve_steps(recipe)) if curve_val is not None else set()
+    loop = Loop(
+        name="teacher",
+        schedule=Schedule(recipe.steps, recipe.lr, recipe.warmup),
+        optimizer=opt,
+        grad_clip=recipe.grad_clip,
+        checkpoint=Checkpointing(ckpt_path, {"teacher": net}, recipe.checkpoint_every_s),
+        init=lambda: start_at_identity(net),
+        on_resume=resume_pool,
+        show_progress=show_progress,
+    )
+    loop.state.setdefault("curve", [])
 
-    def save(step: int) -> None:
-        save_checkpoint(ckpt_path, {"teacher": net}, opt, step)
+    def record(step: int) -> None:
+        if step in points and all(p["step"] != step for p in loop.state["curve"]):
+            q = evaluate(net, curve_val, task, batch_size=1)
+            loop.state["curve"].append({"step": step, "psnr": round(q.psnr, 4), "ssim": round(q.ssim, 4)})
+            net.train()
 
-    periodic = PeriodicCheckpoint(save, recipe.checkpoint_every_s, start)
+    loop.hooks = [h for h in (resample, Every(1, record) if points else None) if h is not None]
     channels_last(net).train()
-    ema = None
-    with periodic.saving_on_interrupt(), progress_bar("teacher", recipe.steps, start, show_progress) as advance:
-        for step in range(start, recipe.steps):
-            set_lr(opt, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup))
-            deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step), step)
-            loss = charbonnier(net(channels_last(deg)), clean)
-            require_finite(loss, "teacher training")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-            opt.step()
-            lv = loss.item()
-            ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-            advance(info=f"loss {ema:.4f}")
-            periodic.maybe(step + 1)
-    save(recipe.steps)
-    return {"train_loss": round(ema, 6) if ema is not None else float("nan")}
+
+    def step_fn(step: int) -> torch.Tensor:
+        deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step), step)
+        return charbonnier(net(channels_last(deg)), clean)
+
+    res = loop.run(step_fn)
+    out: dict = {"train_loss": round(res.ema_loss, 6) if res.ema_loss is not None else float("nan")}
+    if points:
+        out["curve"] = sorted(loop.state["curve"], key=lambda p: p["step"])
+    return out
+
+
+def held_out_curve(curve: Sequence[dict], input_psnr: float) -> list[dict]:
+    """The curve with each point's gain over the degraded input (dB)."""
+    return [{**p, "gain_db": round(p["psnr"] - input_psnr, 4)} for p in curve]
