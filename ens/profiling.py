@@ -7,8 +7,7 @@ into a network (random weights: latency does not depend on them), an annotated O
 
 Public functions:
 
-- :func:`profile_arch` one architecture on one profiler (cache, export, measure or predict);
-- :func:`proxy_estimate` the paper's proxy (transformer count) and MACs straight from the Arch;
+- :func:`profile_arch` one architecture on one profiler (the profiler answers: cache, export, measure or predict);
 - :func:`calibrate` / :func:`verify` the latency table of a device and its prediction error;
 - :func:`random_archs` seeded random architectures of a config.
 """
@@ -30,15 +29,13 @@ import torch
 from blocks import HybridUNet, UNetConfig, get_preset
 from blocks.registry import block_kinds as registered_kinds
 from blocks.registry import build_block
-from blocks.stats import count_macs, count_params
 from ens.errors import EnsError
-from profilers import onnx_info
-from profilers.base import Profiler, format_shape, parse_shape
-from profilers.cache import CachedProfiler, CacheKey, LatencyCache
-from profilers.lut import LatencyTable, LUTProfiler, calibrate_table, statistic_of
-from profilers.onnx_export import export_onnx
+from profilers.base import Profiler, parse_shape
+from profilers.cache import LatencyCache
+from profilers.lut import LatencyTable, calibrate_table, statistic_of
+from profilers.networks import NetworkSpec, export_network
 from profilers.registry import get_profiler
-from profilers.result import PROXY, LatencyResult
+from profilers.result import LatencyResult
 from search_spaces import Arch
 from search_spaces.errors import ArchError
 
@@ -88,6 +85,11 @@ def parse_arch(text: str | Arch, cfg: UNetConfig) -> Arch:
 
 
 # -- networks and files -------------------------------------------------------------------------
+def network_spec(arch: Arch, cfg: UNetConfig, input_shape: Sequence[int]) -> NetworkSpec:
+    """What a profiler needs of ``arch``: its block kinds, the config, the shape; keyed by the arch hash."""
+    return NetworkSpec(arch.block_kinds(cfg), cfg.to_dict(), parse_shape(input_shape), str(arch), arch.hash)
+
+
 def build_network(arch: Arch, cfg: UNetConfig, seed: int = 0) -> HybridUNet:
     """The network of ``arch`` with random weights (latency does not depend on them)."""
     torch.manual_seed(seed)
@@ -103,35 +105,21 @@ def export_arch(
     seed: int = 0,
 ) -> Path:
     """Export ``arch`` to ``path`` at one static shape, with ``ens.*`` metadata; INT8 is Q/DQ."""
-    shape = parse_shape(input_shape)
-    path = Path(path)
-    model = build_network(arch, cfg, seed)
-    if precision == "int8":
-        from profilers.quantize import quantize_int8
-
-        with tempfile.TemporaryDirectory(prefix="ens-export-") as tmp:
-            fp32 = export_onnx(model, shape, Path(tmp) / "fp32.onnx")
-            _annotate(fp32, arch, cfg)
-            quantize_int8(fp32, path, shape)
-        return path
-    export_onnx(model, shape, path)
-    _annotate(path, arch, cfg)
-    return path
-
-
-def _annotate(path: Path, arch: Arch, cfg: UNetConfig) -> None:
-    onnx_info.annotate(
-        path,
-        arch=str(arch),
-        arch_hash=arch.hash,
-        block_kinds=arch.block_kinds(cfg),
-        config=cfg.to_dict(),
-    )
+    return export_network(network_spec(arch, cfg, input_shape), path, precision, seed)
 
 
 # -- profiling ----------------------------------------------------------------------------------
 def as_profiler(profiler: Profiler | str) -> Profiler:
     return get_profiler(profiler) if isinstance(profiler, str) else profiler
+
+
+def measurer_of(profiler: Profiler | str, what: str = "calibrate") -> Profiler:
+    """The profiler that times files for ``profiler`` (a table's own), or a clear error for one that cannot."""
+    prof = as_profiler(profiler)
+    m = prof.measurer
+    if m is None:
+        raise EnsError(f"{what} needs a measured profiler (ort-cpu, trt:..., qaihub:...), not {prof.spec}")
+    return m
 
 
 def profile_arch(
@@ -144,57 +132,11 @@ def profile_arch(
     onnx_path: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> LatencyResult:
-    """Latency of ``arch`` on ``profiler``: from the cache, a latency table, or export + measure.
-
-    ``cache``: True (the default cache), False/None (none), or a LatencyCache/path. A latency
-    table predicts without exporting anything; the cache is consulted before exporting.
-    """
-    prof = as_profiler(profiler)
-    shape = parse_shape(input_shape)
-    prec = prof.resolve_precision(precision)
-    if isinstance(prof, LUTProfiler):
-        return prof.predict_kinds(arch.block_kinds(cfg), cfg.to_dict(), shape, prec, arch=str(arch))
-    cached: CachedProfiler | None = None
-    if cache is not None and cache is not False:
-        cached = CachedProfiler(prof, None if cache is True else cache)
-        hit = cached.lookup(arch.hash, shape, prec)
-        if hit is not None:
-            return hit.replace(details={**hit.details, "cache": "hit"})
-    with tempfile.TemporaryDirectory(prefix="ens-profile-") as tmp:
-        path = Path(onnx_path) if onnx_path else Path(tmp) / f"{arch.hash}.onnx"
-        export_arch(arch, cfg, shape, path, precision=prec if prec == "int8" else "fp32", seed=seed)
-        result = prof.measure(path, shape, prec)
-    if cached is not None:
-        cached.store(CacheKey.make(arch.hash, prof, shape, prec), result)
+    """Latency of ``arch`` on ``profiler``: the profiler answers for the network (cache, export and measure,
+    or a prediction). ``cache``: True (the default cache), False/None (none), or a LatencyCache/path."""
+    result = as_profiler(profiler).profile(network_spec(arch, cfg, input_shape), precision, cache=cache,
+                                           onnx_path=onnx_path, seed=seed)
     return result.replace(details={**result.details, "arch": str(arch), "arch_hash": arch.hash})
-
-
-def proxy_estimate(arch: Arch, cfg: UNetConfig, input_shape: Sequence[int]) -> LatencyResult:
-    """The proxy without exporting: transformer count from the Arch, MACs and params from torch."""
-    shape = parse_shape(input_shape)
-    model = build_network(arch, cfg)
-    n = arch.count(cfg, "T")
-    macs = count_macs(model, shape)
-    return LatencyResult(
-        median_ms=float(n),
-        p90_ms=float(n),
-        runs=0,
-        device="proxy",
-        details={
-            "source": PROXY,
-            "unit": "transformer blocks",
-            "note": "a count, not a time",
-            "transformer_blocks": n,
-            "macs": int(macs),
-            "gmacs": macs / 1e9,
-            "params": count_params(model),
-            "count_from": "Arch",
-            "input_shape": format_shape(shape),
-        },
-        profiler="proxy",
-        input_shape=shape,
-        precision="fp32",
-    )
 
 
 # -- latency tables -----------------------------------------------------------------------------
@@ -231,11 +173,7 @@ def calibrate(
 
     ``check``: call ``profiler.check()`` first (the CLI has already done so).
     """
-    prof = as_profiler(profiler)
-    if isinstance(prof, LUTProfiler):
-        prof = prof.inner
-    if prof.name == "proxy":
-        raise EnsError("calibrate needs a measured profiler (ort-cpu, trt:..., qaihub:...), not the proxy")
+    prof = measurer_of(profiler)
     if check:
         prof.check()
     table = calibrate_table(
@@ -283,9 +221,7 @@ def verify(
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Measure ``n`` seeded random architectures and compare them with the table's predictions."""
-    prof = as_profiler(profiler)
-    if isinstance(prof, LUTProfiler):
-        prof = prof.inner
+    prof = measurer_of(profiler, "verify")
     shape = parse_shape(input_shape)
     prec = (precision or table.precision).lower()
     table.check_compatible(cfg.to_dict(), shape, prec)
@@ -326,8 +262,9 @@ __all__ = [
     "export_arch",
     "parse_arch",
     "parse_kinds",
+    "measurer_of",
+    "network_spec",
     "profile_arch",
-    "proxy_estimate",
     "random_archs",
     "resolve_config",
     "verify",

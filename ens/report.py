@@ -20,7 +20,7 @@ from search_spaces.arch import Arch
 
 ALL_T = str(Arch.uniform("T"))
 COLUMNS = ["number", "arch", "psnr", "ssim", "latency_ms", "speedup", "params", "macs", "transformer_count",
-           "profiler", "feasible"]
+           "profiler", "latency_unit", "feasible"]
 
 
 def load_study(storage: str | Path, study_name: str | None = None) -> optuna.Study:
@@ -56,6 +56,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "macs": a.get("macs"),
             "transformer_count": a.get("transformer_count"),
             "profiler": a.get("latency_profiler"),
+            "latency_unit": a.get("latency_unit", "ms"),
             "feasible": a.get("feasible", True),
             "values": list(t.values),
         })

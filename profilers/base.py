@@ -1,9 +1,20 @@
 """The profiler protocol, modelled on Optuna's samplers: one small base class, one file per device.
 
-Every profiler answers ``measure(onnx_path, input_shape, precision) -> LatencyResult`` for one
-ONNX file at one static input shape, and ``check()`` raises a typed
-:class:`~profilers.errors.ProfilerError` quickly when its device or service cannot be used, so
-that a study fails before it starts, not after an hour.
+Every profiler answers two questions:
+
+- ``measure(onnx_path, input_shape, precision) -> LatencyResult`` for one ONNX file at one static
+  input shape;
+- ``profile(network, precision) -> LatencyResult`` for a network given as block kinds, U-Net config and
+  shape (:class:`~profilers.networks.NetworkSpec`): a measuring profiler exports it and measures the
+  file (through the latency cache); a predicting one (the latency table, the proxy) answers from the
+  spec alone.
+
+It declares what it is, so that callers never ask for its name: ``predicts`` (no device is touched),
+``unit`` (``"ms"``, or ``"count"`` for the proxy's transformer blocks), ``measurer`` (the profiler that
+times files for it: itself, a table's inner profiler, or None for the proxy) and ``float_precision``
+(the precision a float network is deployed in: fp16 for TensorRT). ``check()`` raises a typed
+:class:`~profilers.errors.ProfilerError` quickly when its device or service cannot be used, so that a
+study fails before it starts, not after an hour; ``prepare()`` makes what it needs first (a table).
 """
 
 from __future__ import annotations
@@ -11,11 +22,15 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from profilers.errors import ProfilerError
 from profilers.result import LatencyResult
+
+if TYPE_CHECKING:
+    from profilers.cache import LatencyCache
+    from profilers.networks import NetworkSpec
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -39,6 +54,14 @@ class Profiler(ABC):
     name: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     default_precision: ClassVar[str] = "fp32"
+    predicts: ClassVar[bool] = False  # answers without timing anything on the device
+    unit: ClassVar[str] = "ms"  # "ms", or "count" (not a time: the proxy)
+    float_precision: ClassVar[str] = "fp32"  # the precision a float network runs in on this device
+
+    @property
+    def measurer(self) -> Profiler | None:
+        """The profiler that times files for this one (latency tables are calibrated with it), or None."""
+        return None if self.predicts else self
 
     @property
     def spec(self) -> str:
@@ -60,6 +83,42 @@ class Profiler(ABC):
         precision: str | None = None,
     ) -> LatencyResult:
         """Latency of ``onnx_path`` for inputs of ``input_shape`` at ``precision``."""
+
+    def profile(
+        self,
+        net: NetworkSpec,
+        precision: str | None = None,
+        *,
+        cache: LatencyCache | str | os.PathLike[str] | bool | None = True,
+        onnx_path: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+    ) -> LatencyResult:
+        """Latency of the network ``net``: from the cache, else exported (``onnx_path`` keeps the file) and
+        measured, and the measurement cached. ``cache``: True (the default cache), False/None, or a cache."""
+        import tempfile
+        from pathlib import Path
+
+        from profilers.cache import CachedProfiler
+        from profilers.networks import export_network
+
+        prec = self.resolve_precision(precision)
+        cached = CachedProfiler(self, None if cache is True else cache) if cache not in (None, False) else None
+        if cached is not None:
+            hit = cached.lookup(net.key, net.shape, prec)
+            if hit is not None:
+                return hit.replace(details={**hit.details, "cache": "hit"})
+        with tempfile.TemporaryDirectory(prefix="ens-profile-") as tmp:
+            path = Path(onnx_path) if onnx_path else Path(tmp) / "network.onnx"
+            export_network(net, path, precision=prec if prec == "int8" else "fp32", seed=seed)
+            result = self.measure(path, net.shape, prec)
+        if cached is not None:
+            cached.store_for(net.key, net.shape, prec, result)
+        return result
+
+    def prepare(self, config: dict[str, Any], input_shape: Sequence[int], kinds: Sequence[str],
+                log: Callable[[str], None] = print, preset: str | None = None) -> None:
+        """Make what ``profile`` needs for this network config and shape (a latency table); nothing by default."""
+        return None
 
     def measure_many(
         self,
@@ -85,6 +144,36 @@ class Profiler(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(spec={self.spec!r}, device={self.device!r})"
+
+
+class WrappingProfiler(Profiler):
+    """A profiler in front of another (the cache, the latency table): it answers for the same device."""
+
+    def __init__(self, inner: Profiler) -> None:
+        self.inner = inner
+
+    @property
+    def spec(self) -> str:
+        return self.inner.spec
+
+    @property
+    def device(self) -> str:
+        return self.inner.device
+
+    @property
+    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.precisions
+
+    @property
+    def default_precision(self) -> str:  # type: ignore[override]
+        return self.inner.default_precision
+
+    @property
+    def float_precision(self) -> str:  # type: ignore[override]
+        return self.inner.float_precision
+
+    def check(self) -> None:
+        self.inner.check()
 
 
 _SHAPE = re.compile(r"^\d+(x\d+)*$")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profilers import onnx_info
-from profilers.base import Profiler, format_shape, parse_shape
+from profilers.base import Profiler, WrappingProfiler, format_shape, parse_shape
 from profilers.errors import MeasurementError
 from profilers.result import MEASURED, REPORTED, LatencyResult
 
@@ -128,7 +128,7 @@ def file_key(onnx_path: str | os.PathLike[str]) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-class CachedProfiler(Profiler):
+class CachedProfiler(WrappingProfiler):
     """Wraps a profiler: answers from the cache when it can, measures and stores otherwise.
 
     ``measure(..., arch_hash=...)`` keys by architecture; without it the key is the file's
@@ -136,7 +136,7 @@ class CachedProfiler(Profiler):
     """
 
     def __init__(self, inner: Profiler, cache: LatencyCache | str | os.PathLike[str] | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache if isinstance(cache, LatencyCache) else LatencyCache(cache)
         self.hits = 0
         self.misses = 0
@@ -145,24 +145,8 @@ class CachedProfiler(Profiler):
     def name(self) -> str:  # type: ignore[override]
         return self.inner.name
 
-    @property
-    def spec(self) -> str:
-        return self.inner.spec
-
-    @property
-    def device(self) -> str:
-        return self.inner.device
-
-    @property
-    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.inner.precisions
-
-    @property
-    def default_precision(self) -> str:  # type: ignore[override]
-        return self.inner.default_precision
-
-    def check(self) -> None:
-        self.inner.check()
+    def profile(self, net, precision=None, *, cache=True, onnx_path=None, seed: int = 0) -> LatencyResult:
+        return self.inner.profile(net, precision, cache=self.cache, onnx_path=onnx_path, seed=seed)
 
     def key(self, onnx_path, input_shape, precision: str | None = None, arch_hash: str | None = None) -> CacheKey:
         prec = (precision or self.inner.default_precision).lower()
@@ -186,6 +170,9 @@ class CachedProfiler(Profiler):
         result = self.inner.measure(onnx_path, input_shape, precision)
         self.store(key, result)
         return result
+
+    def store_for(self, arch_hash: str, input_shape, precision: str, result: LatencyResult) -> None:
+        self.store(CacheKey.make(arch_hash, self.inner, input_shape, precision), result)
 
     def store(self, key: CacheKey, result: LatencyResult) -> None:
         if result.source in (MEASURED, REPORTED):

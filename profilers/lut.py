@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from profilers import onnx_info
-from profilers.base import Profiler, format_shape, parse_shape
+from profilers.base import Profiler, WrappingProfiler, format_shape, parse_shape
 from profilers.cache import cache_root
 from profilers.errors import MeasurementError, ProfilerError, TableMismatch, TableNotFound
 from profilers.result import PREDICTED, LatencyResult
@@ -434,10 +434,11 @@ def calibrate_table(
 
 
 # -- the profiler -------------------------------------------------------------------------------
-class LUTProfiler(Profiler):
+class LUTProfiler(WrappingProfiler):
     """Predicts from a latency table calibrated with ``inner``; never touches the device."""
 
     name = "lut"
+    predicts = True
 
     def __init__(
         self,
@@ -445,7 +446,7 @@ class LUTProfiler(Profiler):
         table: LatencyTable | str | os.PathLike[str] | None = None,
         tables_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._table = table if isinstance(table, LatencyTable) else None
         self._table_path = Path(table) if isinstance(table, (str, os.PathLike)) else None
         self.tables_dir = Path(tables_dir) if tables_dir else None
@@ -456,16 +457,30 @@ class LUTProfiler(Profiler):
         return f"lut:{self.inner.spec}"
 
     @property
-    def device(self) -> str:
-        return self.inner.device
+    def measurer(self) -> Profiler | None:
+        return self.inner
 
-    @property
-    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.inner.precisions
+    def profile(self, net, precision: str | None = None, **_: Any) -> LatencyResult:
+        return self.predict_kinds(net.kinds, net.config, net.shape, precision, arch=net.label or None)
 
-    @property
-    def default_precision(self) -> str:  # type: ignore[override]
-        return self.inner.default_precision
+    def prepare(self, config: dict[str, Any], input_shape: Sequence[int], kinds: Sequence[str],
+                log: Callable[[str], None] = print, preset: str | None = None) -> None:
+        """Calibrate and save the table for this config and shape if there is none (each stage and kind once)."""
+        from blocks import UNetConfig
+
+        prec = self.default_precision
+        try:
+            self.table_for(config, input_shape, prec)
+            return
+        except TableNotFound:
+            pass
+        log(f"no latency table for {self.inner.spec} at {format_shape(input_shape)}: calibrating one first "
+            f"(each stage and block kind measured once in context)")
+        self.inner.check()
+        table = calibrate_table(self.inner, UNetConfig.from_dict(dict(config)), input_shape, kinds, precision=prec,
+                                preset=preset)
+        path = table.save(table.default_path(self.tables_dir))
+        log(f"latency table written to {path}")
 
     def check(self) -> None:
         """A table given by path must load; otherwise nothing to reach (tables are found per config)."""

@@ -12,7 +12,7 @@ Both numbers are read from the ONNX file itself, so the proxy keeps the profiler
 - MACs: Conv/ConvTranspose/MatMul/Gemm from ONNX shape inference
   (:func:`profilers.onnx_info.graph_counts`), the convention of ``blocks.stats.count_macs``.
 
-``ens.profiling.proxy_estimate(arch, cfg, shape)`` gives the same numbers from an ``Arch``
+``profile(network)`` gives the same numbers from the network's block kinds (exact) and a torch MAC count,
 without exporting anything.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from profilers import onnx_info
 from profilers.base import Profiler, format_shape, parse_shape
@@ -33,6 +34,8 @@ class ProxyProfiler(Profiler):
     name = "proxy"
     precisions = ("fp32", "fp16", "int8")
     default_precision = "fp32"
+    predicts = True
+    unit = "count"
 
     def __init__(self, kind: str = "T") -> None:
         self.kind = kind
@@ -40,6 +43,31 @@ class ProxyProfiler(Profiler):
     @property
     def device(self) -> str:
         return "proxy"
+
+    def profile(self, net, precision: str | None = None, **_: Any) -> LatencyResult:
+        from blocks.stats import count_macs, count_params
+        from profilers.networks import build_network
+
+        precision = self._precision(precision)
+        model = build_network(net)
+        n = net.count(self.kind)
+        macs = count_macs(model, net.shape)
+        return self._result(n, {"count_from": "block kinds", "macs": int(macs), "gmacs": macs / 1e9,
+                                "params": count_params(model), **({"arch": net.label} if net.label else {})},
+                            net.shape, precision)
+
+    def _result(self, n: int, details: dict[str, Any], shape: tuple[int, ...], precision: str) -> LatencyResult:
+        return LatencyResult(
+            median_ms=float(n),
+            p90_ms=float(n),
+            runs=0,
+            device=self.device,
+            details={"source": PROXY, "unit": UNIT, "note": "a count, not a time", "transformer_blocks": int(n),
+                     **details, "input_shape": format_shape(shape)},
+            profiler=self.spec,
+            input_shape=shape,
+            precision=precision,
+        )
 
     def measure(
         self,
@@ -61,26 +89,7 @@ class ProxyProfiler(Profiler):
         else:
             n = counts["softmax"]
             count_from = "Softmax nodes (one per MDTA attention)"
-        return LatencyResult(
-            median_ms=float(n),
-            p90_ms=float(n),
-            runs=0,
-            device=self.device,
-            details={
-                "source": PROXY,
-                "unit": UNIT,
-                "note": "a count, not a time",
-                "transformer_blocks": int(n),
-                "count_from": count_from,
-                "macs": counts["macs"],
-                "gmacs": counts["macs"] / 1e9,
-                "softmax_nodes": counts["softmax"],
-                "conv_nodes": counts["conv"],
-                "matmul_nodes": counts["matmul"],
-                "unresolved_shapes": counts["unknown_shapes"],
-                "input_shape": format_shape(shape),
-            },
-            profiler=self.spec,
-            input_shape=shape,
-            precision=precision,
-        )
+        return self._result(n, {"count_from": count_from, "macs": counts["macs"], "gmacs": counts["macs"] / 1e9,
+                                "softmax_nodes": counts["softmax"], "conv_nodes": counts["conv"],
+                                "matmul_nodes": counts["matmul"], "unresolved_shapes": counts["unknown_shapes"]},
+                            shape, precision)

@@ -189,11 +189,9 @@ def _lut(arg: str | None, options: dict[str, Any]) -> Profiler:
         raise UnknownProfiler("lut needs the profiler it was calibrated with, e.g. lut:ort-cpu")
     if arg.split(":", 1)[0].strip().lower() == "lut":
         raise UnknownProfiler("a latency table cannot wrap another latency table")
-    inner_kwargs = options.pop("inner_kwargs", {}) or {}
-    inner = get_profiler(arg, **inner_kwargs)
-    if inner.name == "proxy":
-        raise UnknownProfiler("lut wraps a measured profiler (ort-cpu, trt, qaihub), not the proxy")
     table = options.pop("table", None)
     tables_dir = options.pop("tables_dir", None)
-    _no_more("lut", options)
+    inner = get_profiler(arg, **options)  # the other keyword options are the inner profiler's
+    if inner.measurer is not inner:
+        raise UnknownProfiler(f"lut wraps a measured profiler (ort-cpu, trt, qaihub), not {inner.spec}")
     return LUTProfiler(inner, table=table, tables_dir=tables_dir)

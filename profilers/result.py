@@ -85,6 +85,11 @@ class LatencyResult:
         )
 
 
+def is_time(result: Mapping[str, Any]) -> bool:
+    """Whether a result as a dict (``LatencyResult.to_dict()``, or a partial one) holds a time."""
+    return str((result.get("details") or {}).get("source", MEASURED)) != PROXY
+
+
 def summarize_ms(samples_ms: Sequence[float]) -> tuple[float, float]:
     """(median, 90th percentile) of timed runs, in milliseconds."""
     if len(samples_ms) == 0:

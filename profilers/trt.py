@@ -294,6 +294,7 @@ def result_from_trtexec(
 # -- the profiler -------------------------------------------------------------------------------
 class TrtProfiler(Profiler):
     name = "trt"
+    float_precision = "fp16"  # TensorRT builds a float network as an FP16 engine
     precisions = ("fp32", "fp16", "int8")
     default_precision = "fp16"
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import ens.profiling
 import profilers.onnx_export
 from ens.cli import main
 from profilers.registry import profiler_names, register_profiler
@@ -74,7 +73,7 @@ def test_profile_breakdown_and_keep_onnx(capsys, tmp_path):
         (["--preset", "huge"], "unknown preset"),
         (["--profiler", "proxy", "--breakdown"], "ort-cpu"),
         (["--profiler", "lut:ort-cpu"], "ens calibrate"),
-        (["--profiler", "lut:proxy"], "not the proxy"),
+        (["--profiler", "lut:proxy"], "measured profiler (ort-cpu, trt, qaihub), not proxy"),
         (["--profiler", "ort-cpu", "--precision", "fp16"], "does not support precision"),
     ],
 )
@@ -106,7 +105,6 @@ def test_profile_trt_unreachable_host(capsys):
 @pytest.fixture
 def fast_exports(monkeypatch):
     monkeypatch.setattr(profilers.onnx_export, "export_onnx", F.fake_export)
-    monkeypatch.setattr(ens.profiling, "export_onnx", F.fake_export)
 
 
 def test_calibrate_and_verify_json(capsys, fast_exports, tmp_path):
@@ -128,7 +126,7 @@ def test_calibrate_rich_output(capsys, fast_exports):
     assert "latency table" in out and "skeleton" in out and "scale" in out
 
 
-@pytest.mark.parametrize("args,msg", [(["--profiler", "proxy"], "not the proxy"),
+@pytest.mark.parametrize("args,msg", [(["--profiler", "proxy"], "needs a measured profiler"),
                                       (["--kinds", "Q"], "unknown block kind"),
                                       (["--shape", "x"], "bad shape")])
 def test_calibrate_user_errors(capsys, args, msg):
@@ -142,7 +140,7 @@ def test_profile_with_a_calibrated_table_predicts_without_exporting(capsys, fast
     def no_export(*a, **k):
         raise AssertionError("a table prediction must not export")
 
-    monkeypatch.setattr(ens.profiling, "export_onnx", no_export)
+    monkeypatch.setattr(profilers.onnx_export, "export_onnx", no_export)
     out, _ = run_ok(["profile", "--arch", ARCH, "--profiler", "lut:fake-additive", "--json", *SMALL], capsys)
     d = json.loads(out)
     from blocks import get_preset

@@ -16,7 +16,6 @@ from ens.profiling import (
     parse_arch,
     parse_kinds,
     profile_arch,
-    proxy_estimate,
     random_archs,
 )
 from profilers import onnx_info
@@ -152,8 +151,9 @@ def test_proxy_from_metadata_and_from_graph(exported, tmp_path):
     onnx.save(m, str(bare))
     r2 = ProxyProfiler().measure(bare, SHAPE)
     assert r2.median_ms == 4 and r2.details["count_from"].startswith("Softmax")
-    est = proxy_estimate(arch, CFG, SHAPE)
+    est = profile_arch(arch, ProxyProfiler(), CFG, SHAPE)  # from the block kinds, no file
     assert est.median_ms == 4 and est.details["macs"] == torch_macs and est.device == "proxy"
+    assert est.details["count_from"] == "block kinds"
 
 
 def test_profile_arch_uses_cache(tmp_path):

@@ -29,24 +29,19 @@ def _progress() -> Progress:
     )
 
 
-def _ort_kwargs(spec: str, threads: int | None, runs: int | None, breakdown: bool) -> dict[str, Any]:
+def _profiler(spec: str, threads: int | None, runs: int | None, breakdown: bool):
+    """The profiler of ``spec`` with the ort-cpu flags given (a profiler that takes none of them refuses)."""
     from profilers.errors import UnknownProfiler
-    from profilers.registry import split_spec
+    from profilers.registry import get_profiler
 
-    name, arg, _ = split_spec(spec)
-    inner = split_spec(arg)[0] if name == "lut" and arg else name
-    kw: dict[str, Any] = {}
-    if threads is not None:
-        kw["threads"] = threads
-    if runs is not None:
-        kw["runs"] = runs
-    if breakdown:
-        kw["breakdown"] = True
-    if kw and inner != "ort-cpu":
-        raise UnknownProfiler("--threads, --runs and --breakdown apply to the ort-cpu profiler only")
-    if kw and name == "lut":
-        return {"inner_kwargs": kw}
-    return kw
+    kw: dict[str, Any] = {"threads": threads, "runs": runs, "breakdown": True if breakdown else None}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    try:
+        return get_profiler(spec, **kw)
+    except UnknownProfiler as exc:
+        if not kw:
+            raise
+        raise UnknownProfiler(f"--threads, --runs and --breakdown are ort-cpu options ({exc})") from None
 
 
 @app.command("profile")
@@ -69,12 +64,11 @@ def profile(
     """Export one architecture (random weights) and measure or predict its latency."""
     from ens.profiling import parse_arch, profile_arch, resolve_config
     from profilers.base import parse_shape
-    from profilers.registry import get_profiler
 
     cfg = resolve_config(preset)
     dims = parse_shape(shape)
     a = parse_arch(arch, cfg)
-    prof = get_profiler(profiler, **_ort_kwargs(profiler, threads, runs, breakdown))
+    prof = _profiler(profiler, threads, runs, breakdown)
     prof.check()
     if not as_json:
         err_console.print(f"[dim]profiling {a} ({a.hash}) on {prof.spec} at {'x'.join(map(str, dims))}...[/]")
@@ -144,22 +138,17 @@ def calibrate(
     """Build a per-device latency table (skeleton + one cost per stage and block kind) and check it."""
     from ens.errors import EnsError
     from ens.profiling import calibrate as run_calibration
-    from ens.profiling import parse_kinds, resolve_config, verify
+    from ens.profiling import measurer_of, parse_kinds, resolve_config, verify
     from profilers.base import parse_shape
     from profilers.errors import ProfilerError
-    from profilers.lut import LatencyTable, LUTProfiler
-    from profilers.registry import get_profiler
+    from profilers.lut import LatencyTable
 
     cfg = resolve_config(preset)
     dims = parse_shape(shape)
     ks = parse_kinds(kinds)
     if statistic not in ("median", "min"):
         raise EnsError(f"--statistic must be median or min, not {statistic!r}")
-    prof = get_profiler(profiler, **_ort_kwargs(profiler, threads, runs, False))
-    if isinstance(prof, LUTProfiler):
-        prof = prof.inner
-    if prof.name == "proxy":
-        raise EnsError("calibrate needs a measured profiler (ort-cpu, trt..., qaihub:...), not the proxy")
+    prof = measurer_of(_profiler(profiler, threads, runs, False))
     prec = (precision or prof.default_precision).lower()
     prof.check()
 

@@ -146,8 +146,8 @@ def pick_trial(
 
 
 def _unit(front: pd.DataFrame) -> str:
-    prof = str(front["profiler"].iloc[0] or "")
-    return "(proxy count)" if prof == "proxy" else "ms"
+    unit = str(front["latency_unit"].iloc[0] or "ms") if "latency_unit" in front else "ms"
+    return "ms" if unit == "ms" else f"({unit})"
 
 
 def _resolve_duplicate(study: optuna.Study, number: int) -> int:

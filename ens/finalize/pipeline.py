@@ -156,11 +156,14 @@ def _shape(opts: FinalizeOptions, attrs: dict[str, Any]) -> tuple[int, ...]:
 
 def _latency_profiler(opts: FinalizeOptions, study_profiler: str | None) -> tuple[str | None, str]:
     """(measured profiler spec or None, note). ort-cpu is always measured besides it."""
+    from profilers.registry import get_profiler
+
     spec = opts.profiler or study_profiler or "ort-cpu"
-    if spec.startswith("lut:"):
-        return spec[4:], f"The study used {spec}; FP32 and INT8 are measured on the table's profiler {spec[4:]}."
-    if spec == "proxy":
-        return None, "The study used the proxy profiler (a count, not a time): measured on ort-cpu."
+    m = get_profiler(spec).measurer
+    if m is None:
+        return None, f"The study used {spec} (a count, not a time): measured on ort-cpu."
+    if m.spec != spec:
+        return m.spec, f"The study used {spec}; FP32 and INT8 are measured on the table's profiler {m.spec}."
     return spec, ""
 
 
@@ -249,7 +252,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         trt_spec = "trt:" + trt_spec
     lat_spec, lat_note = _latency_profiler(opts, attrs.get("profiler"))
     other_prof = None
-    if lat_spec and lat_spec.split("?")[0] != "ort-cpu":
+    if lat_spec and get_profiler(lat_spec).device != get_profiler("ort-cpu").device:
         from profilers.errors import ProfilerError
 
         try:
@@ -527,7 +530,7 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
     res["ort_cpu"] = entry
     if other_prof is not None:
         d: dict[str, Any] = {"profiler": other_prof.spec, "device": other_prof.device, "shape": format_shape(shape)}
-        float_prec = "fp16" if other_prof.name == "trt" else "fp32"
+        float_prec = other_prof.float_precision
         for key, path, prec in (("fp32", fp32_file, float_prec), ("int8", int8_file, "int8")):
             if path is None:
                 continue

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ens.training import atomic_write_text
+from profilers.result import is_time
 
 REPORT_JSON = "report.json"
 MODEL_CARD = "MODEL_CARD.md"
@@ -65,7 +66,7 @@ def _lat(d: dict[str, Any] | None) -> str:
     if not d:
         return "n/a"
     med = d.get("median_ms")
-    unit = "" if d.get("details", {}).get("source") == "proxy" else " ms"
+    unit = " ms" if is_time(d) else ""
     return _f(med, ".2f", unit)
 
 

@@ -146,7 +146,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             if study.user_attrs.get(key) != getattr(opts, key):
                 raise StudyError(f"study {name!r} was made with --{key} {study.user_attrs.get(key)}; "
                                  f"use that, or another --study-name")
-        _ensure_latency_table(prof, cfg, shape, kinds, opts.preset, log)
+        prof.prepare(cfg.to_dict(), shape, kinds, log, preset=opts.preset)  # a table calibrated if missing
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
@@ -180,20 +180,3 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         if lock is not None:
             lock.__exit__(None, None, None)
     return study, summary
-
-
-def _ensure_latency_table(prof, cfg, shape, kinds, preset: str, log: Callable[[str], None]) -> None:
-    """A ``lut:`` profiler with no table for this network and shape gets one calibrated first."""
-    from ens.profiling import calibrate
-    from profilers.errors import TableNotFound
-    from profilers.lut import LUTProfiler
-
-    if not isinstance(prof, LUTProfiler):
-        return
-    try:
-        prof.table_for(cfg.to_dict(), shape, prof.default_precision)
-    except TableNotFound:
-        log(f"no latency table for {prof.inner.spec} at {'x'.join(map(str, shape))}: calibrating one first "
-            f"(each stage and block kind measured once in context)")
-        _, path = calibrate(prof.inner, cfg, shape, kinds, preset=preset)
-        log(f"latency table written to {path}")

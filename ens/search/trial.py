@@ -62,7 +62,7 @@ class TrialEvaluator:
         return {"ctx": self.ctx, "_zoo": None}
 
     def __call__(self, arch_text: str) -> Outcome:
-        from ens.profiling import profile_arch, proxy_estimate
+        from ens.profiling import profile_arch
 
         ctx = self.ctx
         torch.set_num_threads(max(1, ctx.threads))
@@ -75,12 +75,8 @@ class TrialEvaluator:
             _finetune(net, ctx)
         task = get_task(ctx.task)
         q = evaluate(net, ctx.val, task)
-        if ctx.profiler == "proxy":  # the proxy needs no ONNX file, and it has counted the MACs already
-            lat = proxy_estimate(arch, cfg, ctx.shape)
-            macs = lat.details["macs"]
-        else:
-            lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape)
-            macs = count_macs(net, ctx.shape)
+        lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape)
+        macs = lat.details.get("macs") or count_macs(net, ctx.shape)
         metrics: dict[str, float] = {
             "psnr": q.psnr,
             "ssim": q.ssim,
@@ -102,6 +98,7 @@ class TrialEvaluator:
             "latency_device": lat.device,
             "latency_shape": "x".join(map(str, ctx.shape)),
             "latency_source": lat.source,
+            "latency_unit": "ms" if lat.is_time else str(lat.details.get("unit", "count")),
             "latencies": [{"profiler": ctx.profiler, "shape": list(ctx.shape), **lat.to_dict()}],
             "finetune_steps": ctx.finetune_steps,
             "eval_s": round(time.monotonic() - t0, 3),
