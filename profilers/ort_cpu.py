@@ -183,9 +183,12 @@ class OrtCpuProfiler(Profiler):
         return feed
 
     def _prepare(self, path: str | os.PathLike[str], shape: tuple[int, ...], precision: str | None) -> str:
-        precision = self._precision(precision)
+        """The file's precision, checked against ``precision`` (``"auto"``: whatever the file is)."""
         if not Path(path).is_file():
             raise MeasurementError(f"no ONNX file at {path}")
+        if precision == "auto":
+            precision = onnx_info.graph_precision(path)
+        precision = self._precision(precision)
         try:
             onnx_info.check_input_shape(path, shape)
         except ValueError as exc:

@@ -170,6 +170,24 @@ def scp_command(
     return argv
 
 
+def scp_from_command(
+    target: SshTarget,
+    remote_path: str,
+    local_path: str | os.PathLike[str],
+    connect_timeout: int = 10,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``scp -q -o BatchMode=yes -o ConnectTimeout=N [-P PORT] -- DEST:remote /abs/local`` (copy back)."""
+    if not _SAFE_PATH.match(remote_path):
+        raise ValueError(f"unsafe remote path {remote_path!r}")
+    argv = ["scp", "-q", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}"]
+    for opt in options:
+        argv += ["-o", opt]
+    if target.port:
+        argv += ["-P", str(target.port)]
+    return argv + ["--", f"{target.destination}:{remote_path}", str(Path(local_path).resolve())]
+
+
 def trtexec_command(
     trtexec: str,
     onnx_path: str,
@@ -396,6 +414,64 @@ class TrtProfiler(Profiler):
             ) from None
         self._local_mode = "trtexec"
 
+    # -- building an engine to ship ------------------------------------------------------------
+    def build_engine(self, onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str],
+                     precision: str = "int8", log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+        """Build the engine of ``onnx_path`` where this profiler runs and save it at ``engine_path``: over SSH
+        (copy there, ``trtexec --saveEngine``, copy back; the remote files are removed whatever happens), or
+        here (the Python API with a GPU, else a local trtexec). Returns ``{"method", "command", ...}``;
+        raises :class:`ProfilerError` saying why when it cannot."""
+        path, engine = Path(onnx_path), Path(engine_path)
+        if self.target:
+            return self._build_remote(path, engine, precision, log)
+        if _tensorrt_importable() and _cuda_available():
+            data, version = serialize_engine(path, precision)
+            engine.write_bytes(data)
+            return {"method": "tensorrt-python", "trt_version": version, "engine_bytes": len(data)}
+        try:
+            trtexec = self._find_trtexec()
+        except ProfilerUnavailable:
+            raise ProfilerUnavailable("`import tensorrt` fails or no CUDA GPU, and no trtexec on PATH") from None
+        cmd = trtexec_command(trtexec, str(path.resolve()), str(engine.resolve()), precision)
+        log(f"building the engine with {shlex.join(cmd)}")
+        proc = self._run(cmd, self.build_timeout_s, "trtexec")
+        if proc.returncode != 0 or not engine.is_file():
+            raise MeasurementError(f"local trtexec failed: {_error_tail((proc.stdout or '') + (proc.stderr or ''))}")
+        return {"method": "trtexec", "command": shlex.join(cmd)}
+
+    def _build_remote(self, path: Path, engine: Path, precision: str, log: Callable[[str], None]) -> dict[str, Any]:
+        assert self.target is not None
+        trtexec = self._find_trtexec()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        rdir = self.target.remote_dir
+        r_onnx, r_engine = f"{rdir}/ens-final-{digest}.onnx", f"{rdir}/ens-final-{digest}-{precision}.engine"
+        proc = self._remote(["mkdir", "-p", rdir], self.check_timeout_s, "creating the remote directory")
+        if proc.returncode != 0:
+            raise MeasurementError(f"cannot create {rdir} on {self.target.destination}: {proc.stderr.strip()}")
+        try:
+            proc = self._run(scp_command(self.target, path, r_onnx, self.connect_timeout_s, self.ssh_options),
+                             self.copy_timeout_s, "copying the ONNX file")
+            if proc.returncode != 0:
+                raise MeasurementError(f"scp to {self.target.destination} failed: {proc.stderr.strip()[-300:]}")
+            cmd = trtexec_command(trtexec, r_onnx, r_engine, precision)
+            log(f"building the engine on {self.target.destination}: {shlex.join(cmd)}")
+            proc = self._remote(cmd, self.build_timeout_s, "trtexec")
+            if proc.returncode != 0:
+                raise MeasurementError(f"trtexec failed on {self.target.destination}: "
+                                       f"{_error_tail((proc.stdout or '') + (proc.stderr or ''))}")
+            back = scp_from_command(self.target, r_engine, engine, self.connect_timeout_s, self.ssh_options)
+            proc = self._run(back, self.copy_timeout_s, "copying the engine back")
+            if proc.returncode != 0 or not engine.is_file():
+                raise MeasurementError(f"scp of the engine from {self.target.destination} failed: "
+                                       f"{(proc.stderr or '').strip()}")
+        finally:
+            if not self.keep_remote_files:
+                try:
+                    self._remote(["rm", "-f", r_onnx, r_engine], self.check_timeout_s, "cleaning up")
+                except ProfilerError:
+                    pass
+        return {"method": "trtexec-ssh", "host": self.target.destination, "command": shlex.join(cmd)}
+
     # -- measuring ------------------------------------------------------------------------------
     def measure(
         self,
@@ -501,22 +577,15 @@ def _cuda_available() -> bool:
         return False
 
 
-def build_and_time_engine(
-    onnx_path: str | os.PathLike[str], precision: str, warmup: int = 20, runs: int = 200
-) -> tuple[list[float], dict[str, Any]]:
-    """Build a TensorRT engine from ``onnx_path`` with the Python API and time it with CUDA events.
+def serialize_engine(onnx_path: str | os.PathLike[str], precision: str) -> tuple[bytes, str]:
+    """Build a TensorRT engine from ``onnx_path`` with the Python API; (serialized engine, TensorRT version).
 
-    FP16 sets ``BuilderFlag.FP16``; INT8 (a Q/DQ graph) sets ``INT8`` and ``FP16``. Buffers are
-    torch CUDA tensors (no pycuda needed); inputs are random.
+    FP16 sets ``BuilderFlag.FP16``; INT8 (a Q/DQ graph) sets ``INT8`` and ``FP16``.
     """
     try:
         import tensorrt as trt
     except Exception as exc:
         raise ProfilerUnavailable(f"`import tensorrt` fails here ({exc}); use trt:ssh://user@host") from None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ProfilerUnavailable("TensorRT needs a CUDA GPU and torch sees none")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -535,6 +604,25 @@ def build_and_time_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise MeasurementError(f"TensorRT could not build an engine for {Path(onnx_path).name}")
+    return bytes(serialized), trt.__version__
+
+
+def build_and_time_engine(
+    onnx_path: str | os.PathLike[str], precision: str, warmup: int = 20, runs: int = 200
+) -> tuple[list[float], dict[str, Any]]:
+    """Build a TensorRT engine from ``onnx_path`` with the Python API and time it with CUDA events.
+
+    FP16 sets ``BuilderFlag.FP16``; INT8 (a Q/DQ graph) sets ``INT8`` and ``FP16``. Buffers are
+    torch CUDA tensors (no pycuda needed); inputs are random.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ProfilerUnavailable("TensorRT needs a CUDA GPU and torch sees none")
+    serialized, version = serialize_engine(onnx_path, precision)
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(serialized)
     context = engine.create_execution_context()
@@ -560,5 +648,5 @@ def build_and_time_engine(
         end.record(stream)
         end.synchronize()
         samples.append(float(start.elapsed_time(end)))
-    info = {"gpu": torch.cuda.get_device_name(), "trt_version": trt.__version__, "engine_bytes": serialized.nbytes}
+    info = {"gpu": torch.cuda.get_device_name(), "trt_version": version, "engine_bytes": len(serialized)}
     return samples, info

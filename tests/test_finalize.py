@@ -265,12 +265,12 @@ def test_trt_engine_build_paths(tmp_path, monkeypatch):
         return Proc(0, "/usr/src/tensorrt/bin/trtexec\n" if "command" in argv[-1] else "")
 
     monkeypatch.setattr(trtmod, "_tensorrt_importable", lambda: False)
-    monkeypatch.setattr(ex.shutil, "which", lambda name: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(trtmod.shutil, "which", lambda name: "/opt/trt/bin/trtexec")
     res = ex.build_trt_engine(onnx_file, tmp_path / "model_int8.engine", None, runner=runner)
     assert res.built and res.method == "trtexec"
     assert calls[-1][:4] == ["/opt/trt/bin/trtexec", f"--onnx={onnx_file.resolve()}", "--int8", "--fp16"]
 
-    monkeypatch.setattr(ex.shutil, "which", lambda name: None)
+    monkeypatch.setattr(trtmod.shutil, "which", lambda name: None)
     (tmp_path / "model_int8.engine").unlink()
     calls.clear()
     res = ex.build_trt_engine(onnx_file, tmp_path / "model_int8.engine", "trt:ssh://nvidia@orin.local/tmp/e",

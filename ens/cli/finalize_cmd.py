@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from ens.cli.app import app, console, log_line
+from ens.finalize.targets import target_names
 
-_EXPORTS = "trt_int8, onnx_int8, qnn_int8 or onnx_fp32"
+_EXPORTS = ", ".join(target_names())
 
 
 @app.command()

@@ -44,11 +44,35 @@ def build(
 
 
 @zoo_app.command("show")
-def show(zoo_dir: Path = typer.Argument(..., help="A zoo folder (OUT/TASK-PRESET).")) -> None:
+def show(zoo_dir: Path = typer.Argument(..., help="A zoo folder (OUT/TASK-PRESET), or the name of a prebuilt zoo "
+                                        "(see 'ens zoo list').")) -> None:
     """Print a zoo's manifest and quality report as tables."""
     from ens.zoo.manifest import ZooManifest
+    from ens.zoo.prebuilt import PREBUILT_ROOT, prebuilt_names
 
+    if not zoo_dir.exists() and str(zoo_dir) in prebuilt_names():
+        zoo_dir = PREBUILT_ROOT / str(zoo_dir)
     _print_manifest(ZooManifest.read(zoo_dir), zoo_dir)
+
+
+@zoo_app.command("list")
+def list_zoos() -> None:
+    """The prebuilt zoos that ship with ens, and how each was built."""
+    from ens.zoo.manifest import ZooManifest
+    from ens.zoo.prebuilt import PREBUILT_ROOT, prebuilt_names
+
+    t = Table(title="prebuilt zoos (used by 'ens search' when you pass neither --data nor --zoo)")
+    for c in ("name", "zoo id", "teacher gain", "all-M / all-E / mixed", "rank tau", "built in"):
+        t.add_column(c)
+    for name in prebuilt_names():
+        m = ZooManifest.read(PREBUILT_ROOT / name)
+        q = json.loads((PREBUILT_ROOT / name / "quality.json").read_text())
+        u = q.get("uniform", {})
+        deltas = " / ".join(f"{u[k]['delta_psnr']:+.2f}" for k in m.kinds[1:] if k in u)
+        t.add_row(name, m.zoo_id, f"{q['teacher']['psnr'] - q['input']['psnr']:+.2f} dB",
+                  f"{deltas} / {q.get('mixed_mean_delta_psnr', float('nan')):+.2f} dB",
+                  f"{m.rank.get('tau', float('nan')):+.2f}", f"{m.build.get('wall_time_s', 0) / 60:.0f} min")
+    console.print(t)
 
 
 def _print_manifest(m, path: Path) -> None:
@@ -64,6 +88,18 @@ def _print_manifest(m, path: Path) -> None:
     t.add_row("teacher PSNR / SSIM", f"{tv.get('psnr', float('nan')):.2f} dB / {tv.get('ssim', float('nan')):.4f}")
     t.add_row("input PSNR / SSIM", f"{iv.get('psnr', float('nan')):.2f} dB / {iv.get('ssim', float('nan')):.4f}")
     t.add_row("seed / wall time", f"{m.seed} / {m.wall_time_s:.0f} s")
+    if m.build.get("command"):
+        t.add_row("built with", m.build["command"])
+        mach = m.build.get("machine", {})
+        t.add_row("on", f"{mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('torch_threads', '?')} "
+                  f"torch threads" + (f", {mach['gpu']}" if mach.get("gpu") else ""))
+    if m.teacher.get("curve"):
+        t.add_row("teacher, held-out PSNR by step", ", ".join(
+            f"{p['step']}: {p['psnr']:.2f} ({p.get('gain_db', float('nan')):+.2f})" for p in m.teacher["curve"]))
+    if m.rank:
+        tau = m.rank.get("tau", float("nan"))
+        t.add_row("rank fidelity", f"Kendall tau {tau:+.3f} over {m.rank.get('n')} hybrids, "
+                  f"{m.rank.get('finetune_steps')} fine-tuning steps each")
     stages = [(name, d.get("steps"), d.get("seconds")) for name, d in
               (("teacher", m.teacher), ("distil", m.distill), ("calibration", m.calibration))]
     t.add_row("steps (seconds)", ", ".join(

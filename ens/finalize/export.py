@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,8 +34,6 @@ from profilers.onnx_export import export_onnx
 
 FP32_TOLERANCE = 1e-4
 INT8_TOLERANCE = {"rmse": 2.0 / 255.0, "max_abs": 32.0 / 255.0}
-EXPORT_TARGETS = ("trt_int8", "onnx_int8", "qnn_int8", "onnx_fp32")
-DEFAULT_QNN_DEVICE = "Snapdragon 8 Elite QRD"
 # ops that only move or reshape data: not counted as INT8 or floating-point compute
 _LAYOUT_OPS = {"Constant", "Reshape", "Transpose", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
                "Split", "Expand", "Identity", "Cast", "QuantizeLinear", "DequantizeLinear", "ConstantOfShape",
@@ -142,47 +138,22 @@ class OnnxModel(nn.Module):
 
 def ort_cpu_latency(files: dict[str, Path], shape: Sequence[int], threads: int = 2, rounds: int = 5,
                     runs: int = 10, warmup: int = 2, seed: int = 0, clock: str = "wall") -> dict[str, Any]:
-    """ONNX Runtime CPU latency of several files, interleaved in rounds (shuffled order each round, one
-    untimed run per visit), so that the machine's load drifts hit every file alike.
+    """ONNX Runtime CPU latency of several files, interleaved in rounds by ``OrtCpuProfiler.measure_many``
+    (shuffled order each round), so that the machine's load drifts hit every file alike; ``runs`` timed
+    runs per file and round. ``clock``: ``wall`` (spin-waiting on) or ``cpu`` (CPU time, steady when shared).
 
-    ``clock="wall"``: wall time with spin-waiting on (as ``ort-cpu``); ``"cpu"``: CPU time of the process
-    (of the calling thread with one thread), spinning off, which is stable on a shared machine.
-
-    Returns ``{name: {median_ms, p90_ms, runs, min_ms, cv}, "device": ..., "speedup": fp32/int8}``.
+    Returns ``{name: LatencyResult.to_dict(), "device": ..., "speedup": fp32/int8}``.
     """
-    import random
-    import time as _time
+    from profilers.errors import ProfilerError
+    from profilers.ort_cpu import OrtCpuProfiler
 
-    from profilers.ort_cpu import cpu_model
-
-    if clock not in ("wall", "cpu"):
-        raise ExportError(f"unknown latency clock {clock!r} (wall or cpu)")
-    timer = _time.perf_counter_ns if clock == "wall" else (_time.thread_time_ns if threads == 1
-                                                           else _time.process_time_ns)
-    sessions = {k: session(p, threads, spin=clock == "wall") for k, p in files.items()}
-    x = np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[k])
-    samples: dict[str, list[float]] = {k: [] for k in files}
-    order = list(files)
-    rng = random.Random(seed)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for k in order:
-            s = sessions[k]
-            s.run(None, feeds[k])
-            for _ in range(runs):
-                t0 = timer()
-                s.run(None, feeds[k])
-                samples[k].append((timer() - t0) / 1e6)
-    out: dict[str, Any] = {"device": f"{cpu_model()}, onnxruntime CPU, {threads} threads, {clock} clock"}
-    for k, v in samples.items():
-        a = np.asarray(v)
-        out[k] = {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "runs": len(v),
-                  "min_ms": float(a.min()), "cv": float(a.std() / a.mean()) if a.mean() > 0 else 0.0,
-                  "details": {"source": "measured", "clock": clock, "interleaved_rounds": rounds}}
+    try:
+        prof = OrtCpuProfiler(threads=threads, warmup=warmup, runs=runs * rounds, rounds=rounds, seed=seed, clock=clock)
+    except ProfilerError as exc:
+        raise ExportError(str(exc)) from None
+    results = prof.measure_many(list(files.values()), shape, "auto")
+    out: dict[str, Any] = {"device": f"{prof.device}, onnxruntime CPU, {clock} clock"}
+    out.update({k: r.to_dict() for k, r in zip(files, results, strict=True)})
     if "fp32" in out and "int8" in out:
         out["speedup"] = round(out["fp32"]["median_ms"] / out["int8"]["median_ms"], 3)
     return out
@@ -285,114 +256,42 @@ def trtexec_build_command(onnx_name: str, engine_name: str, trtexec: str = "trte
 
 def build_trt_engine(onnx_path: Path, engine_path: Path, trt_spec: str | None = None,
                      log: Callable[[str], None] = lambda s: None, runner: Any = None) -> EngineResult:
-    """Build an INT8 engine: TensorRT's Python API, else a local trtexec, else trtexec on ``trt:ssh://``.
+    """Build an INT8 engine here (TensorRT's Python API, else a local trtexec), else on the study's TensorRT
+    device (``trt_spec``, such as ``trt:ssh://user@jetson``): ``TrtProfiler.build_engine`` does each.
 
     Never raises for a missing TensorRT: returns ``built=False`` with the command to run elsewhere.
     """
-    from profilers import trt as trtmod
     from profilers.errors import ProfilerError
+    from profilers.trt import TrtProfiler
 
     portable = shlex.join(trtexec_build_command(onnx_path.name, engine_path.name))
     reasons: list[str] = []
-    if trtmod._tensorrt_importable() and trtmod._cuda_available():
+    builders = [TrtProfiler(runner=runner)]
+    remote = _remote_engine_builder(trt_spec, runner)
+    for b in [*builders, *([remote] if remote is not None else [])]:
         try:
-            info = _build_with_python_api(onnx_path, engine_path)
-            return EngineResult(True, "tensorrt-python", portable, details=info)
-        except (EnsError, ProfilerError) as exc:
-            reasons.append(f"TensorRT Python API: {exc}")
-    else:
-        reasons.append("`import tensorrt` fails or no CUDA GPU")
-    local = shutil.which("trtexec")
-    if local:
-        cmd = trtexec_build_command(str(onnx_path.resolve()), str(engine_path.resolve()), local)
-        log(f"building the engine with {shlex.join(cmd)}")
-        try:
-            proc = (runner or trtmod.run_command)(cmd, 3600.0)
-        except subprocess.TimeoutExpired:
-            reasons.append("local trtexec timed out")
-        else:
-            if proc.returncode == 0 and engine_path.is_file():
-                return EngineResult(True, "trtexec", portable, details={"command": shlex.join(cmd)})
-            reasons.append(f"local trtexec failed: {trtmod._error_tail((proc.stdout or '') + (proc.stderr or ''))}")
-    else:
-        reasons.append("no trtexec on PATH")
-    if trt_spec and trt_spec.startswith("trt:ssh://"):
-        try:
-            return _build_over_ssh(onnx_path, engine_path, trt_spec[len("trt:"):], portable, log, runner)
+            info = b.build_engine(onnx_path, engine_path, "int8", log)
+            return EngineResult(True, info.pop("method"), portable, details=info)
         except ProfilerError as exc:
-            reasons.append(f"{trt_spec}: {exc}")
-    else:
+            reasons.append(f"{b.spec}: {exc}")
+    if remote is None:
         reasons.append("no trt:ssh:// host (--trt-host or the study's profiler)")
     return EngineResult(False, "none", portable, message="; ".join(reasons))
 
 
-def _build_with_python_api(onnx_path: Path, engine_path: Path) -> dict[str, Any]:
-    """The builder of ``profilers.trt.build_and_time_engine``, serialising the engine to a file."""
-    import tensorrt as trt
+def _remote_engine_builder(trt_spec: str | None, runner: Any) -> Any:
+    """The profiler of ``trt_spec`` (a table's own) if it builds engines on a remote device, else None."""
+    from profilers.errors import ProfilerError
+    from profilers.registry import get_profiler
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errs}")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    config.set_flag(trt.BuilderFlag.INT8)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT could not build an engine for {onnx_path.name}")
-    engine_path.write_bytes(bytes(serialized))
-    return {"trt_version": trt.__version__, "engine_bytes": engine_path.stat().st_size}
-
-
-def _build_over_ssh(onnx_path: Path, engine_path: Path, url: str, portable: str,
-                    log: Callable[[str], None], runner: Any) -> EngineResult:
-    """scp the ONNX to the host, run trtexec there with --saveEngine, scp the engine back."""
-    import hashlib
-
-    from profilers.errors import MeasurementError
-    from profilers.trt import SshTarget, TrtProfiler, scp_command
-
-    target = SshTarget.parse(url)
-    prof = TrtProfiler(target, runner=runner)
-    trtexec = prof._find_trtexec()
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
-    r_onnx = f"{target.remote_dir}/ens-final-{digest}.onnx"
-    r_engine = f"{target.remote_dir}/ens-final-{digest}-int8.engine"
-    proc = prof._remote(["mkdir", "-p", target.remote_dir], prof.check_timeout_s, "creating the remote directory")
-    if proc.returncode != 0:
-        raise MeasurementError(f"cannot create {target.remote_dir} on {target.destination}: {proc.stderr.strip()}")
-    proc = prof._run(scp_command(target, onnx_path, r_onnx, prof.connect_timeout_s), prof.copy_timeout_s,
-                     "copying the ONNX file")
-    if proc.returncode != 0:
-        raise MeasurementError(f"scp to {target.destination} failed: {proc.stderr.strip()[-300:]}")
-    cmd = trtexec_build_command(r_onnx, r_engine, trtexec)
-    log(f"building the engine on {target.destination}: {shlex.join(cmd)}")
-    proc = prof._remote(cmd, prof.build_timeout_s, "trtexec")
-    if proc.returncode != 0:
-        from profilers.trt import _error_tail
-
-        raise MeasurementError(f"trtexec failed on {target.destination}: "
-                               f"{_error_tail((proc.stdout or '') + (proc.stderr or ''))}")
-    back = scp_back_command(target, r_engine, engine_path, prof.connect_timeout_s)
-    proc = prof._run(back, prof.copy_timeout_s, "copying the engine back")
-    if proc.returncode != 0 or not engine_path.is_file():
-        raise MeasurementError(f"scp of the engine from {target.destination} failed: {(proc.stderr or '').strip()}")
-    prof._remote(["rm", "-f", r_onnx, r_engine], prof.check_timeout_s, "cleaning up")
-    return EngineResult(True, "trtexec-ssh", portable, details={"host": target.destination, "command": shlex.join(cmd)})
-
-
-def scp_back_command(target: Any, remote_path: str, local_path: Path, connect_timeout: int = 10) -> list[str]:
-    """``scp -q -o BatchMode=yes -o ConnectTimeout=N [-P PORT] -- DEST:remote /abs/local``."""
-    argv = ["scp", "-q", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}"]
-    if target.port:
-        argv += ["-P", str(target.port)]
-    return argv + ["--", f"{target.destination}:{remote_path}", str(Path(local_path).resolve())]
+    if not trt_spec:
+        return None
+    try:
+        prof = get_profiler(trt_spec, runner=runner) if runner is not None else get_profiler(trt_spec)
+    except ProfilerError:
+        return None
+    prof = prof.measurer
+    return prof if getattr(prof, "target", None) is not None and hasattr(prof, "build_engine") else None
 
 
 # -- Qualcomm AI Hub ----------------------------------------------------------------------------

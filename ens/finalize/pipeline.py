@@ -37,17 +37,10 @@ import torch
 from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
-from ens.finalize.qat import (
-    ABLATIONS,
-    QDRConfig,
-    finetune_fp32,
-    placement_for,
-    qdr_train,
-    require_modelopt,
-    weight_bits_for,
-)
+from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, qdr_train, require_modelopt
 from ens.finalize.qdq_uint8 import activations_to_uint8
 from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
+from ens.finalize.targets import ExportTarget, get_target
 
 LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
                 "L_kd = |lat_S - lat_T|_1 at the bottleneck (T = the fine-tuned FP32 model)")
@@ -69,12 +62,6 @@ WEIGHT_BITS_NOTE = {
        "full-range weights (--weight-bits 8 for a CPU with VNNI); the PTQ baseline uses quantize_static's "
        "reduce_range for the same reason",
 }
-def int8_fused_in_ort(export: str) -> bool:
-    """Whether INT8 quality is measured with ORT's fused integer kernels: for ``onnx_int8``, as it is deployed;
-    the other targets' files run with every Q/DQ as written, the arithmetic of their engines (``ex.session``)."""
-    return export == "onnx_int8"
-
-
 PLACEMENT_TEXT = {
     "trt": "conv inputs, TensorRT's placement",
     "ort": "conv inputs and outputs except the final conv's, so ONNX Runtime fuses QLinearConv",
@@ -213,211 +200,63 @@ def _commit(tmp: Path, out: Path) -> None:
 
 
 # -- the pipeline -------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What the steps of one finalize share."""
+
+    opts: FinalizeOptions
+    target: ExportTarget
+    needs: dict[str, Any]  # what the target prepared before training (TensorRT host, AI Hub device)
+    study: Any
+    attrs: dict[str, Any]
+    other_prof: Any  # the study's measured profiler when it is not this CPU's ort-cpu
+    lat_note: str
+    picked: Picked | None = None
+    zoo: Any = None
+    zoo_dir: Path | None = None
+    task: Any = None
+    shape: tuple[int, ...] = ()
+    train: Any = None
+    val_pairs: list = field(default_factory=list)
+    val_x: Any = None
+    eval_shape: tuple[int, ...] = ()
+    net: Any = None
+    cfg: QDRConfig | None = None
+
+
 def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> FinalizeResult:
-    from blocks.stats import count_macs, count_params
-    from ens.data import load_pairs
-    from ens.evaluate import evaluate
-    from ens.report import load_study
-    from ens.tasks import get_task
-    from ens.training import atomic_save_tensors, seed_everything
-    from ens.zoo.prebuilt import study_zoo_dir
-    from ens.zoo.store import Zoo
-    from profilers.base import format_shape
-    from profilers.registry import get_profiler
-
-    if opts.export not in ex.EXPORT_TARGETS:
-        raise EnsError(f"unknown --export {opts.export!r} (choose from {', '.join(ex.EXPORT_TARGETS)})")
-    int8 = opts.export != "onnx_fp32"
-    out = Path(opts.out)
-    _check_out(out, opts.force)
-    if opts.train_patches < 1:
-        raise EnsError("--train-patches must be >= 1")
-    if opts.latency_clock not in ("wall", "cpu"):
-        raise EnsError(f"unknown --latency-clock {opts.latency_clock!r} (wall or cpu)")
-    if int8 or opts.ablate:
-        require_modelopt()
-    study = load_study(opts.storage, opts.study_name)
-    attrs = dict(study.user_attrs)
-    qnn_device = opts.qnn_device
-    if opts.export == "qnn_int8":
-        prof_attr = str(attrs.get("profiler") or "")
-        if qnn_device is None and prof_attr.startswith(("qaihub:", "lut:qaihub:")):
-            qnn_device = prof_attr.split("qaihub:", 1)[1].split("?", 1)[0].strip().strip("'\"")
-        qnn_device = qnn_device or ex.DEFAULT_QNN_DEVICE
-        ex.check_qnn(qnn_device)  # no token: a clear error now, not after the training
-    trt_spec = opts.trt_host or attrs.get("profiler")
-    if trt_spec and trt_spec.startswith("lut:"):
-        trt_spec = trt_spec[4:]
-    if trt_spec and trt_spec.startswith("ssh://"):
-        trt_spec = "trt:" + trt_spec
-    lat_spec, lat_note = _latency_profiler(opts, attrs.get("profiler"))
-    other_prof = None
-    if lat_spec and get_profiler(lat_spec).device != get_profiler("ort-cpu").device:
-        from profilers.errors import ProfilerError
-
-        try:
-            other_prof = get_profiler(lat_spec)
-            other_prof.check()
-        except ProfilerError as exc:
-            raise EnsError(f"latency profiler {lat_spec}: {exc} (pass --profiler ort-cpu to measure on this CPU "
-                           "only)") from None
-    picked: Picked = pick_trial(study, opts.trial, opts.latency_budget, opts.pick)
-    log(f"picked trial {picked.number} ({picked.how}): {picked.arch}  {picked.psnr:.2f} dB")
-
-    zoo_dir = study_zoo_dir(attrs, opts.zoo, log)
-    if zoo_dir is None or not (zoo_dir / "manifest.json").is_file():
-        raise EnsError(f"the study's zoo {zoo_dir or attrs.get('zoo_dir') or '(not recorded)'} is not there: "
-                       "pass --zoo ZOO_DIR")
-    zoo = Zoo.load(zoo_dir)
-    want = picked.zoo_id or attrs.get("zoo_id")
-    if want and zoo.zoo_id != want:
-        raise EnsError(f"trial {picked.number} was evaluated with zoo {want}, but {zoo_dir} holds zoo {zoo.zoo_id}")
-    task = get_task(attrs.get("task") or zoo.manifest.task)
-    data = _data_dir(opts, attrs)
-    shape = _shape(opts, attrs)
-    patch = int(zoo.manifest.patch_size)
-    seed = opts.qdr.seed
-    seed_everything(seed)
-    train = load_pairs(task, data, "train", patch_size=patch, seed=seed, num_patches=opts.train_patches)
-    val = load_pairs(task, data, "val", patch_size=patch, seed=seed, num_patches=zoo.manifest.val_patches)
-    val_pairs = [val[i] for i in range(len(val))]
-    val_x = torch.stack([p[0] for p in val_pairs])
-    eval_shape = (1, 3, patch, patch)
-
+    """The steps of the module docstring: checks, the trial fine-tuned in FP32, QAT, exports, report."""
+    run = _preflight(opts)
+    _load_trial(run, log)
     t_start = time.monotonic()
-    net = zoo.build(picked.arch)
-    if opts.init_weights:
-        _load_weights(net, Path(opts.init_weights))
-    cfg = opts.qdr.variant(placement=placement_for(opts.export, opts.qdr.placement))
-    cfg = cfg.variant(weight_bits=weight_bits_for(opts.export, cfg.placement, cfg.weight_bits))
-    # ONNX Runtime takes U8 activations; TensorRT and QNN take the S8 that ModelOpt exports
-    to_u8 = opts.export == "onnx_int8" and cfg.placement == "ort"
-    fuse = int8_fused_in_ort(opts.export)
-    log(f"fine-tuning in FP32 for {cfg.finetune_steps} steps")
-    ft_log = finetune_fp32(net, train, cfg, show_progress=opts.show_progress)
-    net.eval()
-    q_deg = evaluate(None, val_pairs, task)
-    q_fp32 = evaluate(net, val_pairs, task)
-    log(f"FP32: {q_fp32.psnr:.3f} dB / {q_fp32.ssim:.4f} (degraded input {q_deg.psnr:.3f} dB)")
-
+    q_deg, q_fp32, ft_log = _finetune(run, log)
+    out = Path(opts.out)
     out.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.resolve().parent))
-    engine_missing: ex.EngineResult | None = None
     try:
-        report: dict[str, Any] = {
-            "study": study.study_name, "storage": str(opts.storage), "task": task.name,
-            "preset": attrs.get("preset") or zoo.manifest.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(zoo_dir),
-            "trial": picked.to_dict(), "arch": picked.arch, "params": count_params(net),
-            "macs": count_macs(net, shape), "shape": list(shape), "shape_str": format_shape(shape),
-        }
-        # FP32 ONNX: one for evaluation (zoo patch size), one deployed (study shape)
-        fp32_eval = work / "fp32_eval.onnx"
-        err_eval = ex.export_fp32(net, eval_shape, fp32_eval, val_x[:1])
-        fp32_file = tmp / "model_fp32.onnx"
-        if tuple(shape) == eval_shape:
-            shutil.copyfile(fp32_eval, fp32_file)
-            err_dep = err_eval
-        else:
-            err_dep = ex.export_fp32(net, shape, fp32_file, _tile_like(val_x, shape))
-        q_fp32_ort = ex.evaluate_onnx(fp32_eval, val_pairs, task, opts.threads)
-        checks: dict[str, Any] = {"fp32_onnx_max_abs": max(err_eval, err_dep), "fp32_tolerance": ex.FP32_TOLERANCE}
-        quality: dict[str, Any] = {
-            "pairs": len(val_pairs), "patch_size": patch, "metric": task.metric_description,
-            "int8_runtime": INT8_RUNTIME[fuse],
-            "degraded": q_deg.to_dict(), "fp32": _qdict(q_fp32), "fp32_onnx": _qdict(q_fp32_ort),
-        }
-        files = [fp32_file]
-        training: dict[str, Any] = {"finetune": ft_log.to_dict(), "config": cfg.to_dict(),
+        report = _report_head(run, out)
+        fp32_eval, fp32_file, quality, checks = _export_fp32(run, tmp, work, q_deg, q_fp32)
+        training: dict[str, Any] = {"finetune": ft_log.to_dict(), "config": run.cfg.to_dict(),
                                     "loss_formula": LOSS_FORMULA, "lmr_formula": LMR_FORMULA}
-        int8_file = None
-        int8_eval = None
-        student = None
-        if int8:
-            log(f"QAT with distillation for {cfg.qat_steps} steps")
-            student, q_log = qdr_train(net, train, cfg, show_progress=opts.show_progress)
-            training["qat"] = q_log.to_dict()
-            int8_eval = work / "int8_eval.onnx"
-            ex.export_int8(student, eval_shape, int8_eval)
-            if to_u8:
-                activations_to_uint8(int8_eval)
-            checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, val_x[: min(4, len(val_x))], fuse)
-            checks["int8_tolerance"] = ex.INT8_TOLERANCE
-            q_int8 = ex.evaluate_onnx(int8_eval, val_pairs, task, opts.threads, fuse)
-            q_fq = evaluate(student, val_pairs, task)
-            quality["int8_qdr"] = _qdict(q_int8, q_fp32.psnr, q_deg.psnr)
-            quality["int8_fakequant_torch"] = _qdict(q_fq, q_fp32.psnr, q_deg.psnr)
-            log(f"INT8 (QDR, ONNX Runtime): {q_int8.psnr:.3f} dB / {q_int8.ssim:.4f} "
-                f"({quality['int8_qdr']['recovery_pct']}% of FP32)")
-            int8_file = tmp / "model_int8.onnx"
-            if tuple(shape) == eval_shape:
-                shutil.copyfile(int8_eval, int8_file)
-            else:
-                ex.export_int8(student, shape, int8_file)
-                if to_u8:
-                    activations_to_uint8(int8_file)
-                checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(val_x, shape),
-                                                                   fuse)
-            files.append(int8_file)
-            # the baseline: plain post-training quantization of the same FP32 model
-            calib = [train[i % len(train)][0].unsqueeze(0).numpy() for i in range(opts.calib_patches)]
-            seven = cfg.weight_bits == 7
-            ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=seven)
-            q_ptq = ex.evaluate_onnx(ptq_eval, val_pairs, task, opts.threads, fuse)
-            quality["int8_ptq"] = _qdict(q_ptq, q_fp32.psnr, q_deg.psnr)
-            quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
-                                             f"per-channel weights{' (reduce_range: 7-bit)' if seven else ''}, "
-                                             f"{opts.calib_patches} training patches")
-            log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
-            from ens.finalize.qat import quant_summary
-
-            report["quantization"] = {
-                "tool": _modelopt_version(), "scheme": "INT8 symmetric; weights per output channel, activations "
-                f"per tensor ({PLACEMENT_TEXT[cfg.placement]}); max calibration, then QAT",
-                "weight_bits": cfg.weight_bits, "weight_bits_note": WEIGHT_BITS_NOTE[cfg.weight_bits],
-                "placement": cfg.placement,
-                "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
-                **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
-                "ort_cpu_convs": ex.ort_conv_kernels(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
-            }
+        student = int8_eval = int8_file = None
+        if run.target.int8:
+            student, int8_eval, int8_file = _quantize(run, tmp, work, fp32_eval, quality, checks, training, report,
+                                                      q_fp32.psnr, q_deg.psnr, log)
         if opts.ablate:
-            report["ablation"] = _ablate(net, train, cfg, work, eval_shape, val_pairs, task, q_fp32.psnr, q_deg.psnr,
-                                         opts, log, quality.get("int8_qdr"))
-        report["quality"] = quality
-        report["checks"] = checks
-        report["training"] = training
-        report["latency"] = _latencies(fp32_file, int8_file, shape, opts, other_prof, lat_note, log, cfg.placement)
-
-        # the deployed artifacts of the target
-        export_info: dict[str, Any] = {"target": opts.export}
-        if opts.export == "trt_int8":
-            assert int8_file is not None
-            eng = ex.build_trt_engine(int8_file, tmp / "model_int8.engine", trt_spec, log)
-            export_info["engine"] = eng.__dict__
-            if eng.built:
-                files.append(tmp / "model_int8.engine")
-            else:
-                script = tmp / "build_engine.sh"
-                script.write_text("#!/bin/sh\n# Build the TensorRT INT8 engine where TensorRT is installed "
-                                  "(Jetson: /usr/src/tensorrt/bin/trtexec).\n"
-                                  f"cd \"$(dirname \"$0\")\" && {eng.command}\n")
-                script.chmod(0o755)
-                files.append(script)
-                engine_missing = eng
-        elif opts.export == "qnn_int8":
-            assert int8_file is not None and qnn_device is not None
-            qfile = tmp / "model_int8.qnn.bin"
-            export_info["qnn"] = ex.compile_qnn(int8_file, qfile, shape, qnn_device)
-            files.append(qfile)
-        # fine-tuned FP32 weights (safetensors), to rebuild or continue
-        wfile = tmp / "model_fp32.safetensors"
-        atomic_save_tensors(net.state_dict(), wfile, metadata={"arch": picked.arch, "zoo_id": zoo.zoo_id})
-        files.append(wfile)
-        _annotate(files, picked, zoo)
-        export_info["files"] = [ex.file_info(f) for f in files]
-        report["export"] = export_info
+            report["ablation"] = _ablate(run.net, run.train, run.cfg, work, run.eval_shape, run.val_pairs, run.task,
+                                         q_fp32.psnr, q_deg.psnr, opts, log, quality.get("int8_qdr"),
+                                         run.target.fused_in_ort)
+        report.update(quality=quality, checks=checks, training=training)
+        report["latency"] = _latencies(fp32_file, int8_file, run.shape, opts, run.other_prof, run.lat_note, log,
+                                       run.cfg.placement)
+        deployed = run.target.deploy(int8_file, tmp, run.shape, run.needs, log)
+        files = [fp32_file, *([int8_file] if int8_file else []), *deployed.files, _save_weights(run, tmp)]
+        _annotate(files, run.picked, run.zoo)
+        report["export"] = {"target": opts.export, **deployed.info, "files": [ex.file_info(f) for f in files]}
         report["wall_time_s"] = round(time.monotonic() - t_start, 1)
-        samples = _samples(net, int8_eval, val_pairs, opts.samples, opts.threads, fuse) if opts.samples > 0 else None
+        samples = (_samples(run.net, int8_eval, run.val_pairs, opts.samples, opts.threads, run.target.fused_in_ort)
+                   if opts.samples > 0 else None)
         write_report(tmp, _clean(report), samples)
         _commit(tmp, out)
     except BaseException as exc:
@@ -428,11 +267,198 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {out}/ (report.json, MODEL_CARD.md)")
-    if engine_missing is not None:
+    if deployed.engine_missing is not None:
+        eng = deployed.engine_missing
         raise ex.EngineNotBuilt(
-            f"the TensorRT engine was NOT built ({engine_missing.message}); wrote {out}/model_int8.onnx and "
-            f"{out}/build_engine.sh: build it where TensorRT is with: {engine_missing.command}")
-    return FinalizeResult(out, report, {"fp32": net, "int8": student})
+            f"the TensorRT engine was NOT built ({eng.message}); wrote {out}/model_int8.onnx and "
+            f"{out}/build_engine.sh: build it where TensorRT is with: {eng.command}")
+    return FinalizeResult(out, report, {"fp32": run.net, "int8": student})
+
+
+def _preflight(opts: FinalizeOptions) -> _Run:
+    """Every check that can fail before training: target, output folder, options, study, the target's needs
+    (ModelOpt, an AI Hub token), the latency profiler."""
+    from ens.report import load_study
+    from profilers.errors import ProfilerError
+    from profilers.registry import get_profiler
+
+    target = get_target(opts.export)
+    _check_out(Path(opts.out), opts.force)
+    if opts.train_patches < 1:
+        raise EnsError("--train-patches must be >= 1")
+    if opts.latency_clock not in ("wall", "cpu"):
+        raise EnsError(f"unknown --latency-clock {opts.latency_clock!r} (wall or cpu)")
+    if opts.ablate:
+        require_modelopt()
+    study = load_study(opts.storage, opts.study_name)
+    attrs = dict(study.user_attrs)
+    needs = target.prepare(opts, attrs)
+    lat_spec, lat_note = _latency_profiler(opts, attrs.get("profiler"))
+    other_prof = None
+    if lat_spec and get_profiler(lat_spec).device != get_profiler("ort-cpu").device:
+        try:
+            other_prof = get_profiler(lat_spec)
+            other_prof.check()
+        except ProfilerError as exc:
+            raise EnsError(f"latency profiler {lat_spec}: {exc} (pass --profiler ort-cpu to measure on this CPU "
+                           "only)") from None
+    return _Run(opts, target, needs, study, attrs, other_prof, lat_note)
+
+
+def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
+    """The picked trial's network from the study's zoo, the data, the QDR config of the target."""
+    from ens.data import load_pairs
+    from ens.tasks import get_task
+    from ens.training import seed_everything
+    from ens.zoo.prebuilt import study_zoo_dir
+    from ens.zoo.store import Zoo
+
+    opts, attrs = run.opts, run.attrs
+    run.picked = pick_trial(run.study, opts.trial, opts.latency_budget, opts.pick)
+    log(f"picked trial {run.picked.number} ({run.picked.how}): {run.picked.arch}  {run.picked.psnr:.2f} dB")
+    run.zoo_dir = study_zoo_dir(attrs, opts.zoo, log)
+    if run.zoo_dir is None or not (run.zoo_dir / "manifest.json").is_file():
+        raise EnsError(f"the study's zoo {run.zoo_dir or attrs.get('zoo_dir') or '(not recorded)'} is not there: "
+                       "pass --zoo ZOO_DIR")
+    run.zoo = zoo = Zoo.load(run.zoo_dir)
+    want = run.picked.zoo_id or attrs.get("zoo_id")
+    if want and zoo.zoo_id != want:
+        raise EnsError(f"trial {run.picked.number} was evaluated with zoo {want}, but {run.zoo_dir} holds zoo "
+                       f"{zoo.zoo_id}")
+    run.task = get_task(attrs.get("task") or zoo.manifest.task)
+    data = _data_dir(opts, attrs)
+    run.shape = _shape(opts, attrs)
+    patch = int(zoo.manifest.patch_size)
+    seed_everything(opts.qdr.seed)
+    run.train = load_pairs(run.task, data, "train", patch_size=patch, seed=opts.qdr.seed,
+                           num_patches=opts.train_patches)
+    val = load_pairs(run.task, data, "val", patch_size=patch, seed=opts.qdr.seed, num_patches=zoo.manifest.val_patches)
+    run.val_pairs = [val[i] for i in range(len(val))]
+    run.val_x = torch.stack([p[0] for p in run.val_pairs])
+    run.eval_shape = (1, 3, patch, patch)
+    run.net = zoo.build(run.picked.arch)
+    if opts.init_weights:
+        _load_weights(run.net, Path(opts.init_weights))
+    cfg = opts.qdr.variant(placement=run.target.placement_for(opts.qdr.placement))
+    run.cfg = cfg.variant(weight_bits=run.target.weight_bits(cfg.placement, cfg.weight_bits))
+
+
+def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:
+    from ens.evaluate import evaluate
+
+    log(f"fine-tuning in FP32 for {run.cfg.finetune_steps} steps")
+    ft_log = finetune_fp32(run.net, run.train, run.cfg, show_progress=run.opts.show_progress)
+    run.net.eval()
+    q_deg = evaluate(None, run.val_pairs, run.task)
+    q_fp32 = evaluate(run.net, run.val_pairs, run.task)
+    log(f"FP32: {q_fp32.psnr:.3f} dB / {q_fp32.ssim:.4f} (degraded input {q_deg.psnr:.3f} dB)")
+    return q_deg, q_fp32, ft_log
+
+
+def _report_head(run: _Run, out: Path) -> dict[str, Any]:
+    from blocks.stats import count_macs, count_params
+    from profilers.base import format_shape
+
+    return {
+        "study": run.study.study_name, "storage": str(run.opts.storage), "task": run.task.name,
+        "preset": run.attrs.get("preset") or run.zoo.manifest.preset, "zoo_id": run.zoo.zoo_id,
+        "zoo_dir": str(run.zoo_dir), "trial": run.picked.to_dict(), "arch": run.picked.arch,
+        "params": count_params(run.net), "macs": count_macs(run.net, run.shape), "shape": list(run.shape),
+        "shape_str": format_shape(run.shape),
+    }
+
+
+def _export_fp32(run: _Run, tmp: Path, work: Path, q_deg, q_fp32) -> tuple[Path, Path, dict, dict]:
+    """FP32 ONNX twice, each checked against PyTorch: for evaluation (zoo patch size) and deployed (study shape)."""
+    fp32_eval = work / "fp32_eval.onnx"
+    err_eval = ex.export_fp32(run.net, run.eval_shape, fp32_eval, run.val_x[:1])
+    fp32_file = tmp / "model_fp32.onnx"
+    if tuple(run.shape) == run.eval_shape:
+        shutil.copyfile(fp32_eval, fp32_file)
+        err_dep = err_eval
+    else:
+        err_dep = ex.export_fp32(run.net, run.shape, fp32_file, _tile_like(run.val_x, run.shape))
+    q_fp32_ort = ex.evaluate_onnx(fp32_eval, run.val_pairs, run.task, run.opts.threads)
+    checks: dict[str, Any] = {"fp32_onnx_max_abs": max(err_eval, err_dep), "fp32_tolerance": ex.FP32_TOLERANCE}
+    quality: dict[str, Any] = {
+        "pairs": len(run.val_pairs), "patch_size": run.eval_shape[-1], "metric": run.task.metric_description,
+        "int8_runtime": INT8_RUNTIME[run.target.fused_in_ort],
+        "degraded": q_deg.to_dict(), "fp32": _qdict(q_fp32), "fp32_onnx": _qdict(q_fp32_ort),
+    }
+    return fp32_eval, fp32_file, quality, checks
+
+
+def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, checks: dict, training: dict,
+              report: dict, fp32_psnr: float, deg_psnr: float, log: Callable[[str], None]) -> tuple[Any, Path, Path]:
+    """QDR QAT, the Q/DQ INT8 exports (checked against the fake-quant model), and the plain PTQ baseline."""
+    from ens.evaluate import evaluate
+
+    opts, cfg, fuse = run.opts, run.cfg, run.target.fused_in_ort
+    to_u8 = run.target.uint8_activations(cfg.placement)
+    log(f"QAT with distillation for {cfg.qat_steps} steps")
+    student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress)
+    training["qat"] = q_log.to_dict()
+    int8_eval = work / "int8_eval.onnx"
+    ex.export_int8(student, run.eval_shape, int8_eval)
+    if to_u8:
+        activations_to_uint8(int8_eval)
+    checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, run.val_x[: min(4, len(run.val_x))], fuse)
+    checks["int8_tolerance"] = ex.INT8_TOLERANCE
+    q_int8 = ex.evaluate_onnx(int8_eval, run.val_pairs, run.task, opts.threads, fuse)
+    quality["int8_qdr"] = _qdict(q_int8, fp32_psnr, deg_psnr)
+    quality["int8_fakequant_torch"] = _qdict(evaluate(student, run.val_pairs, run.task), fp32_psnr, deg_psnr)
+    log(f"INT8 (QDR, ONNX Runtime): {q_int8.psnr:.3f} dB / {q_int8.ssim:.4f} "
+        f"({quality['int8_qdr']['recovery_pct']}% of FP32)")
+    int8_file = tmp / "model_int8.onnx"
+    if tuple(run.shape) == run.eval_shape:
+        shutil.copyfile(int8_eval, int8_file)
+    else:
+        ex.export_int8(student, run.shape, int8_file)
+        if to_u8:
+            activations_to_uint8(int8_file)
+        checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(run.val_x, run.shape), fuse)
+    _ptq_baseline(run, work, fp32_eval, quality, fp32_psnr, deg_psnr, log)
+    report["quantization"] = _quantization_info(run, student, int8_file, to_u8)
+    return student, int8_eval, int8_file
+
+
+def _ptq_baseline(run: _Run, work: Path, fp32_eval: Path, quality: dict, fp32_psnr: float, deg_psnr: float,
+                  log: Callable[[str], None]) -> None:
+    """Plain post-training quantization of the same FP32 model, the baseline QDR is compared with."""
+    opts = run.opts
+    calib = [run.train[i % len(run.train)][0].unsqueeze(0).numpy() for i in range(opts.calib_patches)]
+    seven = run.cfg.weight_bits == 7
+    ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=seven)
+    q_ptq = ex.evaluate_onnx(ptq_eval, run.val_pairs, run.task, opts.threads, run.target.fused_in_ort)
+    quality["int8_ptq"] = _qdict(q_ptq, fp32_psnr, deg_psnr)
+    quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
+                                     f"per-channel weights{' (reduce_range: 7-bit)' if seven else ''}, "
+                                     f"{opts.calib_patches} training patches")
+    log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
+
+
+def _quantization_info(run: _Run, student: Any, int8_file: Path, to_u8: bool) -> dict[str, Any]:
+    from ens.finalize.qat import quant_summary
+
+    cfg = run.cfg
+    return {
+        "tool": _modelopt_version(), "scheme": "INT8 symmetric; weights per output channel, activations "
+        f"per tensor ({PLACEMENT_TEXT[cfg.placement]}); max calibration, then QAT",
+        "weight_bits": cfg.weight_bits, "weight_bits_note": WEIGHT_BITS_NOTE[cfg.weight_bits],
+        "placement": cfg.placement,
+        "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
+        **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
+        "ort_cpu_convs": ex.ort_conv_kernels(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
+    }
+
+
+def _save_weights(run: _Run, tmp: Path) -> Path:
+    """The fine-tuned FP32 weights (safetensors), to rebuild or continue."""
+    from ens.training import atomic_save_tensors
+
+    wfile = tmp / "model_fp32.safetensors"
+    atomic_save_tensors(run.net.state_dict(), wfile, metadata={"arch": run.picked.arch, "zoo_id": run.zoo.zoo_id})
+    return wfile
 
 
 def _load_weights(net: torch.nn.Module, path: Path) -> None:
@@ -472,7 +498,7 @@ def _annotate(files: list[Path], picked: Picked, zoo: Any) -> None:
 
 
 def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task, fp32_psnr, deg_psnr,
-            opts: FinalizeOptions, log, main: dict[str, Any] | None) -> dict[str, Any]:
+            opts: FinalizeOptions, log, main: dict[str, Any] | None, fuse: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, changes in ABLATIONS.items():
         if name == "qdr" and main is not None and not (cfg.spark or cfg.conf_kd) and cfg.kd == "latent" and cfg.lmr:
@@ -486,7 +512,7 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
         student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}")
         path = work / f"ablate_{name}.onnx"
         ex.export_int8(student, eval_shape, path)
-        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, int8_fused_in_ort(opts.export))
+        q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, fuse)
         out[name] = {**_qdict(q, fp32_psnr, deg_psnr), "description": ABLATION_TEXT[name],
                      "lmr_weights": q_log.lmr_weights, "qat_seconds": q_log.seconds}
         log(f"  {name}: {q.psnr:.3f} dB")

@@ -69,21 +69,19 @@ PLACEMENTS = ("trt", "ort")
 
 
 def placement_for(export: str, requested: str = "auto") -> str:
-    """The placement a ``--export`` target gets: ``ort`` for ``onnx_int8``, else ``trt``; or ``requested``."""
+    """The placement an export target gets (``ens.finalize.targets``); ``trt`` outside finalize; or ``requested``."""
     if requested != "auto":
         return requested
-    return "ort" if export == "onnx_int8" else "trt"
+    from ens.finalize.targets import get_target
+
+    return get_target(export).placement if export else "trt"
 
 
 def weight_bits_for(export: str, placement: str, requested: int | None = None) -> int:
-    """8-bit weights, or 7 (values in [-64, 64]) where the INT8 file is for ONNX Runtime with fused convs
-    (``onnx_int8``, ``ort`` placement) and this CPU's u8 x s8 kernels saturate on full-range weights
-    (:func:`profilers.ort_cpu.int8_pairs_saturate`); or ``requested``."""
-    from profilers.ort_cpu import int8_pairs_saturate
+    """The weight bits of an export target at a placement (``ExportTarget.weight_bits``); or ``requested``."""
+    from ens.finalize.targets import get_target
 
-    if requested is not None:
-        return requested
-    return 7 if export == "onnx_int8" and placement == "ort" and int8_pairs_saturate() else 8
+    return get_target(export).weight_bits(placement, requested)
 
 
 def weight_range_scale(bits: int) -> float:

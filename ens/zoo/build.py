@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -146,15 +147,13 @@ def build_zoo(
     threads: int | None = None,
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset); returns its folder."""
-    from ens.data import load_pairs
-
     task = get_task(task)
     try:
         cfg = config or get_preset(preset)
     except KeyError as exc:
         raise EnsError(str(exc.args[0])) from None
-    recipe = recipe or RECIPES.get(preset, RECIPES["tiny"])
-    recipe = _recipe_for(recipe, teacher_steps, distill_steps, calib_steps, rank_steps)
+    recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
+                         rank_steps)
     out_root = Path(out_root)
     final = default_zoo_dir(out_root, task.name, preset)
     if (final / MANIFEST).is_file() and not force:
@@ -164,83 +163,26 @@ def build_zoo(
     work = out_root / f".{zoo_name(task.name, preset)}.work"
     work.mkdir(parents=True, exist_ok=True)
     data_source = str(Path(data_dir).resolve()) if data_dir else "embedded:scikit-image"
-    spec = {"task": task.name, "preset": preset, "config": cfg.to_dict(), "seed": seed, "kinds": list(kinds),
-            "data": data_source, "recipe": json.loads(json.dumps(asdict(recipe)))}
-    _check_work_spec(work, spec)
+    _check_work_spec(work, {"task": task.name, "preset": preset, "config": cfg.to_dict(), "seed": seed,
+                            "kinds": list(kinds), "data": data_source,
+                            "recipe": json.loads(json.dumps(asdict(recipe)))})
     seed_everything(seed)
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
-
-    train_set = load_pairs(task, data_dir, "train", patch_size=recipe.patch_size, seed=seed,
-                           num_patches=recipe.train_patches)
-    val_set = load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed,
-                         num_patches=recipe.val_patches)
-    val_full = held_out_images(task, data_dir, recipe.quality_images)
-    log(f"data: {data_source}: pools of {len(train_set)} training patches"
-        + (f" (a fresh pool every {recipe.teacher.resample_every} steps)" if recipe.teacher.resample_every else "")
-        + f", {len(val_full)} whole held-out images, {len(val_set)} held-out patches (quick check)")
-
-    teacher = HybridUNet(cfg)
-    log(f"[1/5] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
-        f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
+    data = _load_data(task, data_dir, recipe, seed, data_source, log)
     seconds: dict[str, float] = {}
-    with _timed(seconds, "teacher"):
-        t_stats = train_teacher(teacher, train_set, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
-                                show_progress, curve_val=val_full, task=task)
-
-    torch.manual_seed(seed + 1)
-    supernet = HybridUNet(cfg, candidates=["T", *kinds])
-    supernet.load_state_dict(teacher.state_dict(), strict=False)
-    log(f"[2/5] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
-        f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
-        f"{_resuming(work / 'distill.ckpt.safetensors')}")
-    with _timed(seconds, "distill"):
-        distill_surrogates(supernet, kinds, train_set, recipe.distill, seed, work / "distill.ckpt.safetensors",
-                           show_progress)
-    if recipe.distill.calib_steps:
-        log(f"[3/5] in-context calibration, {recipe.distill.calib_steps} steps"
-            f"{_resuming(work / 'calib.ckpt.safetensors')}")
-    else:
-        log("[3/5] in-context calibration: none (--calib-steps N adds it)")
-    with _timed(seconds, "calibration"):
-        calibrate_in_context(supernet, kinds, train_set, recipe.distill, seed, work / "calib.ckpt.safetensors",
-                             show_progress)
-    for p in supernet.parameters():
-        p.requires_grad_(True)
-
-    log(f"[4/5] quality report on {len(val_full)} whole held-out images")
-    val_inputs = [val_set[i][0].unsqueeze(0) for i in range(min(len(val_set), 16))]
-    with _timed(seconds, "quality_report"):
-        rel = relative_errors(supernet, kinds, val_inputs)
-        report = quality_report(supernet, kinds, val_full, task, seed, mixed=recipe.quality_mixed)
-        report["patch_check"] = quick_check(supernet, val_set, task)
-    if recipe.rank_archs:
-        log(f"[5/5] rank fidelity: {recipe.rank_archs} random hybrids, zero-shot vs "
-            f"{recipe.rank_finetune_steps} fine-tuning steps")
-    else:
-        log("[5/5] rank fidelity: skipped")
-    with _timed(seconds, "rank"):
-        if recipe.rank_archs:
-            report["rank"] = rank_fidelity(supernet, kinds, train_set, val_full, task, recipe.rank_archs,
-                                           recipe.rank_finetune_steps, seed, work / "rank.json", show_progress)
-    supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
-    curve = held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"])
-    report["teacher_curve"] = curve
+    teacher, t_stats = _teacher_stage(cfg, data, recipe, task, seed, work, seconds, show_progress, log)
+    supernet = _surrogate_stages(teacher, cfg, kinds, data, recipe, seed, work, seconds, show_progress, log)
+    report, rel = _report_stages(supernet, kinds, data, recipe, task, seed, work, seconds, show_progress, log)
+    report["teacher_curve"] = held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"])
     wall = round(time.monotonic() - t0, 1)
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
-        task=task.name,
-        preset=preset,
-        config=cfg.to_dict(),
-        kinds=["T", *kinds],
-        slots=slots_of(cfg),
-        patch_size=recipe.patch_size,
-        val_patches=recipe.val_patches,
-        data_source=data_source,
-        seed=seed,
+        task=task.name, preset=preset, config=cfg.to_dict(), kinds=["T", *kinds], slots=slots_of(cfg),
+        patch_size=recipe.patch_size, val_patches=recipe.val_patches, data_source=data_source, seed=seed,
         teacher={"steps": recipe.teacher.steps, "loss": "charbonnier",
                  "resample_every": recipe.teacher.resample_every, **t_stats,
                  "val": report["teacher"], "input_val": report["input"], "held_out": "whole images",
-                 "curve": curve, "seconds": seconds["teacher"]},
+                 "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
                  "resample_every": recipe.distill.resample_every,
                  "relative_error": rel, "seconds": seconds["distill"]},
@@ -257,6 +199,81 @@ def build_zoo(
     shutil.rmtree(work, ignore_errors=True)
     log(f"zoo written to {final} in {manifest.wall_time_s:.0f} s")
     return final
+
+
+@dataclass
+class ZooData:
+    train: Any  # a resampling pool of training patches
+    val_patches: Any  # the held-out patches: the quick check, and the inputs of the relative errors
+    val_full: list  # whole held-out images (the first ``quality_images``): the report and the curve
+
+
+def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, log) -> ZooData:
+    from ens.data import load_pairs
+
+    data = ZooData(
+        load_pairs(task, data_dir, "train", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.train_patches),
+        load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.val_patches),
+        held_out_images(task, data_dir, recipe.quality_images))
+    every = recipe.teacher.resample_every
+    log(f"data: {source}: pools of {len(data.train)} training patches"
+        + (f" (a fresh pool every {every} steps)" if every else "")
+        + f", {len(data.val_full)} whole held-out images, {len(data.val_patches)} held-out patches (quick check)")
+    return data
+
+
+def _teacher_stage(cfg, data: ZooData, recipe: ZooRecipe, task: Task, seed: int, work: Path,
+                   seconds: dict[str, float], show_progress: bool, log) -> tuple[HybridUNet, dict]:
+    teacher = HybridUNet(cfg)
+    log(f"[1/5] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
+        f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
+    with _timed(seconds, "teacher"):
+        stats = train_teacher(teacher, data.train, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
+                              show_progress, curve_val=data.val_full, task=task)
+    return teacher, stats
+
+
+def _surrogate_stages(teacher: HybridUNet, cfg, kinds: Sequence[str], data: ZooData, recipe: ZooRecipe, seed: int,
+                      work: Path, seconds: dict[str, float], show_progress: bool, log) -> HybridUNet:
+    torch.manual_seed(seed + 1)
+    supernet = HybridUNet(cfg, candidates=["T", *kinds])
+    supernet.load_state_dict(teacher.state_dict(), strict=False)
+    log(f"[2/5] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
+        f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
+        f"{_resuming(work / 'distill.ckpt.safetensors')}")
+    with _timed(seconds, "distill"):
+        distill_surrogates(supernet, kinds, data.train, recipe.distill, seed, work / "distill.ckpt.safetensors",
+                           show_progress)
+    if recipe.distill.calib_steps:
+        log(f"[3/5] in-context calibration, {recipe.distill.calib_steps} steps"
+            f"{_resuming(work / 'calib.ckpt.safetensors')}")
+    else:
+        log("[3/5] in-context calibration: none (--calib-steps N adds it)")
+    with _timed(seconds, "calibration"):
+        calibrate_in_context(supernet, kinds, data.train, recipe.distill, seed, work / "calib.ckpt.safetensors",
+                             show_progress)
+    for p in supernet.parameters():
+        p.requires_grad_(True)
+    return supernet
+
+
+def _report_stages(supernet: HybridUNet, kinds: Sequence[str], data: ZooData, recipe: ZooRecipe, task: Task,
+                   seed: int, work: Path, seconds: dict[str, float], show_progress: bool,
+                   log) -> tuple[dict, dict]:
+    log(f"[4/5] quality report on {len(data.val_full)} whole held-out images")
+    val_inputs = [data.val_patches[i][0].unsqueeze(0) for i in range(min(len(data.val_patches), 16))]
+    with _timed(seconds, "quality_report"):
+        rel = relative_errors(supernet, kinds, val_inputs)
+        report = quality_report(supernet, kinds, data.val_full, task, seed, mixed=recipe.quality_mixed)
+        report["patch_check"] = quick_check(supernet, data.val_patches, task)
+    log(f"[5/5] rank fidelity: {recipe.rank_archs} random hybrids, zero-shot vs {recipe.rank_finetune_steps} "
+        "fine-tuning steps" if recipe.rank_archs else "[5/5] rank fidelity: skipped")
+    with _timed(seconds, "rank"):
+        if recipe.rank_archs:
+            report["rank"] = rank_fidelity(supernet, kinds, data.train, data.val_full, task, recipe.rank_archs,
+                                           recipe.rank_finetune_steps, seed, work / "rank.json", show_progress)
+    supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+    return report, rel
 
 
 def held_out_images(task: Task, data_dir: str | Path | None, limit: int) -> list:
