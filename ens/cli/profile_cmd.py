@@ -140,8 +140,7 @@ def calibrate(
     from ens.profiling import calibrate as run_calibration
     from ens.profiling import measurer_of, parse_kinds, resolve_config, verify
     from profilers.base import parse_shape
-    from profilers.errors import ProfilerError
-    from profilers.lut import LatencyTable
+    from profilers.lut import default_table_path
 
     cfg = resolve_config(preset)
     dims = parse_shape(shape)
@@ -152,20 +151,8 @@ def calibrate(
     prec = (precision or prof.default_precision).lower()
     prof.check()
 
-    existing: LatencyTable | None = None
-    path = table
-    if path is None:
-        from profilers.lut import default_table_path
-
-        path = default_table_path(prof.spec, prof.device, dims, prec, cfg.to_dict())
-    if not force and path.is_file():
-        try:
-            existing = LatencyTable.load(path)
-            existing.check_compatible(cfg.to_dict(), dims, prec)
-            if not set(ks) <= set(existing.kinds) or existing.statistic != statistic:
-                existing = None
-        except (ProfilerError, KeyError, TypeError, ValueError):  # incompatible or broken: recalibrate
-            existing = None
+    path = table or default_table_path(prof.spec, prof.device, dims, prec, cfg.to_dict())
+    existing = None if force else _usable_table(path, cfg.to_dict(), dims, prec, ks, statistic)
     summary: dict[str, Any] = {}
     if existing is not None and verify_n > 0:
         tab = existing
@@ -195,17 +182,35 @@ def calibrate(
             rep = verify(tab, prof, cfg, dims, n=verify_n, seed=seed, precision=prec, progress=vstep)
         summary = {**summary, **rep.summary()}
         if not as_json:
-            vt = Table(title=f"prediction error over {verify_n} random architectures (worst first)")
-            for col in ("arch", "measured ms", "predicted ms", "error"):
-                vt.add_column(col, justify="left" if col == "arch" else "right")
-            for row in sorted(rep.rows, key=lambda r: -abs(r["error_pct"]))[:15]:
-                vt.add_row(row["arch"], f"{row['measured_ms']:.2f}", f"{row['predicted_ms']:.2f}",
-                           f"{row['error_pct']:+.1f}%")
-            console.print(vt)
+            _print_verify(rep, verify_n)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         console.print_json(json.dumps(summary))
+
+
+def _usable_table(path: Path, config: dict, dims, prec: str, kinds, statistic: str):
+    """The table at ``path`` if it fits this network, shape, precision, kinds and statistic; else None."""
+    from profilers.errors import ProfilerError
+    from profilers.lut import LatencyTable
+
+    if not path.is_file():
+        return None
+    try:
+        tab = LatencyTable.load(path)
+        tab.check_compatible(config, dims, prec)
+    except (ProfilerError, KeyError, TypeError, ValueError):  # incompatible or broken: recalibrate
+        return None
+    return tab if set(kinds) <= set(tab.kinds) and tab.statistic == statistic else None
+
+
+def _print_verify(rep, n: int) -> None:
+    vt = Table(title=f"prediction error over {n} random architectures (worst first)")
+    for col in ("arch", "measured ms", "predicted ms", "error"):
+        vt.add_column(col, justify="left" if col == "arch" else "right")
+    for row in sorted(rep.rows, key=lambda r: -abs(r["error_pct"]))[:15]:
+        vt.add_row(row["arch"], f"{row['measured_ms']:.2f}", f"{row['predicted_ms']:.2f}", f"{row['error_pct']:+.1f}%")
+    console.print(vt)
 
 
 def _print_table(tab, path: Path) -> None:

@@ -272,42 +272,16 @@ def load_pairs(
             raise DataError(f"--layout {layout} needs --data")
         if full_images:
             return _embedded_full(task)
-        key = ("embedded", task, split, patch, n, seed if split == "train" else VAL_SEED)
-
-        def build(round_: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-            if split == "train":
-                return _cached(
-                    key + (round_,), lambda: _embedded_patches(task, "train", patch, n, seed, round_, workers)
-                )
-            return _cached(key, lambda: _embedded_patches(task, "val", patch, n, VAL_SEED, 0, workers))
-
-        deg, clean = build()
-        info = {
-            "source": "embedded",
-            "images": embedded.train_image_names() if split == "train" else list(embedded.VAL_IMAGES),
-            "scales": list(embedded.TRAIN_SCALES) if split == "train" else [1.0],
-        }
+        build, info = _embedded_source(task, split, patch, n, seed, workers)
     else:
         spec = scan_dataset(data_dir, layout, scale=task.scale)
         check_task_layouts(spec, task.name, task.layouts)
-        pairs = spec.train if split == "train" else spec.val
-        info = {
-            "source": str(spec.root),
-            "layout": spec.layout,
-            "split_source": spec.split_source,
-            "pairs": len(pairs),
-            "skipped": spec.skipped,
-        }
+        info = {"source": str(spec.root), "layout": spec.layout, "split_source": spec.split_source,
+                "pairs": len(spec.train if split == "train" else spec.val), "skipped": spec.skipped}
         if full_images:
             return _folder_full(task, spec, info)
-
-        def build(round_: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-            s = seed if split == "train" else VAL_SEED
-            chosen, per_image = _choose_pairs(pairs, n, s, round_, split)
-            key = ("folder", task, split, patch, n, s, round_, _fingerprint(chosen))
-            return _cached(key, lambda: _folder_patches(task, chosen, per_image, patch, n, s, round_, split, workers))
-
-        deg, clean = build()
+        build = _folder_source(task, spec, split, patch, n, seed, workers)
+    deg, clean = build()
     info.update(
         {
             "task": task.name,
@@ -328,6 +302,38 @@ def load_pairs(
         seed=seed,
         factory=build if split == "train" else None,
     )
+
+
+def _embedded_source(task: Task, split: str, patch: int, n: int, seed: int,
+                     workers: int) -> tuple[Callable[[int], tuple[torch.Tensor, torch.Tensor]], dict]:
+    """The patch factory (``round -> pool``) and the provenance of the embedded data's ``split``."""
+    key = ("embedded", task, split, patch, n, seed if split == "train" else VAL_SEED)
+
+    def build(round_: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return _cached(key + (round_,), lambda: _embedded_patches(task, "train", patch, n, seed, round_, workers))
+        return _cached(key, lambda: _embedded_patches(task, "val", patch, n, VAL_SEED, 0, workers))
+
+    info = {
+        "source": "embedded",
+        "images": embedded.train_image_names() if split == "train" else list(embedded.VAL_IMAGES),
+        "scales": list(embedded.TRAIN_SCALES) if split == "train" else [1.0],
+    }
+    return build, info
+
+
+def _folder_source(task: Task, spec: DatasetSpec, split: str, patch: int, n: int, seed: int,
+                   workers: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """The patch factory (``round -> pool``) of a dataset folder's ``split``."""
+    pairs = spec.train if split == "train" else spec.val
+
+    def build(round_: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        s = seed if split == "train" else VAL_SEED
+        chosen, per_image = _choose_pairs(pairs, n, s, round_, split)
+        key = ("folder", task, split, patch, n, s, round_, _fingerprint(chosen))
+        return _cached(key, lambda: _folder_patches(task, chosen, per_image, patch, n, s, round_, split, workers))
+
+    return build
 
 
 def make_loaders(

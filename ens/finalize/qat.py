@@ -336,12 +336,12 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
     return out
 
 
-def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
-              description: str = "QAT (QDR)") -> tuple[nn.Module, TrainLog]:
-    """Quantize a copy of the FP32 ``teacher`` and train it with QDR; returns (fake-quant student, log)."""
+def quantized_student(teacher: nn.Module, train: Any, cfg: QDRConfig) -> tuple[nn.Module, TrainLog]:
+    """A fake-quant copy of the frozen FP32 ``teacher``: weights clipped, BatchNorm recalibrated, quantizers
+    inserted at the config's placement and calibrated (max) on training batches."""
     require_modelopt()
     torch.manual_seed(cfg.seed)
-    teacher = teacher.eval()
+    teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
@@ -350,32 +350,39 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
     clip_weights(student, cfg.weight_clip)
     calib = [_batch(train, cfg, 202, i)[0] for i in range(cfg.calib_batches)]
     n_bn = recalibrate_batchnorm(student, calib)
-    placement = placement_for("", cfg.placement)
     bits = cfg.weight_bits or 8
-    student = quantize_model(student, calib, cfg.keep_fp, placement, bits)
-    log = TrainLog(extra={"batchnorm_layers_recalibrated": n_bn, "weight_bits": bits, **quant_summary(student)})
-    steps = cfg.qat_steps
-    if steps == 0:
-        return student.eval(), log
+    student = quantize_model(student, calib, cfg.keep_fp, placement_for("", cfg.placement), bits)
+    return student, TrainLog(extra={"batchnorm_layers_recalibrated": n_bn, "weight_bits": bits,
+                                    **quant_summary(student)})
 
-    names = ["rec"]
-    if cfg.kd != "none":
-        names.append("kd")
-    if cfg.conf_kd:
-        names.append("ckd")
-    if cfg.spark:
-        names.append("spark")
+
+def _qat_terms(student: nn.Module, cfg: QDRConfig) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """The loss terms' LMR weights and SPARK policy (each when the config asks for it), and the param groups."""
+    names = ["rec"] + (["kd"] if cfg.kd != "none" else []) + (["ckd"] if cfg.conf_kd else []) + (
+        ["spark"] if cfg.spark else [])
     lmr = MagnitudeReweighting(names) if (cfg.lmr and len(names) > 1) else None
     groups: list[dict[str, Any]] = [{"params": [p for p in student.parameters() if p.requires_grad],
                                      "lr": cfg.qat_lr, "weight_decay": 0.0}]
     if lmr is not None:
         groups.append({"params": list(lmr.parameters()), "lr": cfg.lmr_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups)
     spark = None
     if cfg.spark:
         from ens.finalize.spark import SparkTrainer
 
         spark = SparkTrainer(seed=cfg.seed)
+    return lmr, spark, groups
+
+
+def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
+              description: str = "QAT (QDR)") -> tuple[nn.Module, TrainLog]:
+    """Quantize a copy of the FP32 ``teacher`` and train it with QDR; returns (fake-quant student, log)."""
+    student, log = quantized_student(teacher, train, cfg)
+    steps = cfg.qat_steps
+    if steps == 0:
+        return student.eval(), log
+    bits = log.extra["weight_bits"]
+    lmr, spark, groups = _qat_terms(student, cfg)
+    opt = torch.optim.AdamW(groups)
     sched = RangeSchedule(student, weight_bits=bits)
     obs_until = int(round(cfg.observer_freeze * steps))
     fq_until = int(round(cfg.fakequant_freeze * steps))

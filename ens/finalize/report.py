@@ -83,9 +83,6 @@ def _delta(v: dict[str, Any], fp: dict[str, Any]) -> str:
 
 def model_card(r: dict[str, Any]) -> str:
     """The Markdown model card of a report dict."""
-    q = r.get("quality", {})
-    fp, i8, ptq, deg = q.get("fp32") or {}, q.get("int8_qdr") or {}, q.get("int8_ptq") or {}, q.get("degraded") or {}
-    lat = r.get("latency", {})
     lines = [
         f"# {r['task']} restoration model: {r['arch']}",
         "",
@@ -100,6 +97,16 @@ def model_card(r: dict[str, Any]) -> str:
         f"| parameters | {r['params']:,} |",
         f"| MACs at {r['shape_str']} | {r['macs']:,} |",
         f"| input shape (deployed files) | {r['shape_str']} |",
+    ]
+    for section in (_card_quality, _card_latency, _card_quantization, _card_training, _card_ablation, _card_files):
+        lines += section(r)
+    return "\n".join(lines) + "\n"
+
+
+def _card_quality(r: dict[str, Any]) -> list[str]:
+    q = r.get("quality", {})
+    fp, i8, ptq, deg = q.get("fp32") or {}, q.get("int8_qdr") or {}, q.get("int8_ptq") or {}, q.get("degraded") or {}
+    lines = [
         "",
         f"## Quality on the held-out split ({q.get('pairs', '?')} patches of {q.get('patch_size', '?')} px, "
         f"{q.get('metric', '')})",
@@ -125,10 +132,14 @@ def model_card(r: dict[str, Any]) -> str:
         lines += ["", f"**Warning:** the FP32 model does not improve on the degraded input "
                   f"({fp['psnr'] - deg['psnr']:+.2f} dB): train the zoo or fine-tune longer; recovery figures "
                   "say little here."]
-    lines += ["", "## Latency", "", "| profiler | device | shape | FP32 | INT8 | speed-up |",
-              "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _card_latency(r: dict[str, Any]) -> list[str]:
+    lines = ["", "## Latency", "", "| profiler | device | shape | FP32 | INT8 | speed-up |",
+             "|---|---|---|---|---|---|"]
     notes = []
-    for d in lat.values():
+    for d in r.get("latency", {}).values():
         if not isinstance(d, dict) or "fp32" not in d:
             continue
         sp = d.get("speedup")
@@ -136,41 +147,59 @@ def model_card(r: dict[str, Any]) -> str:
                      f"{_lat(d.get('int8'))} | {_f(sp, '.2f', 'x')} |")
         if d.get("note"):
             notes.append(f"- {d['profiler']}: {d['note']}")
-    lines += ["", *notes] if notes else []
+    return lines + (["", *notes] if notes else [])
+
+
+def _card_quantization(r: dict[str, Any]) -> list[str]:
     qz = r.get("quantization")
-    if qz:
-        lines += ["", "## Quantization", "", f"- tool: {qz.get('tool')}; scheme: {qz.get('scheme')}",
-                  f"- INT8 layers: {qz.get('quantized_layers')}; layers kept in floating point by choice: "
-                  f"{', '.join(qz.get('float_layers') or []) or 'none'}",
-                  f"- INT8 compute ops in the ONNX graph: {_ops(qz.get('ops', {}).get('int8'))}",
-                  f"- floating-point compute ops (higher precision): {_ops(qz.get('ops', {}).get('float'))}",
-                  *_conv_kernels_line(qz),
-                  *([f"- {qz['weight_bits']}-bit weights: {qz.get('weight_bits_note', '')}"] if qz.get("weight_bits")
-                    else []),
-                  f"- {qz.get('higher_precision_note', '')}"]
-        chk = r.get("checks", {})
-        if chk:
-            i8c = chk.get("int8_vs_fakequant", {})
-            lines.append(f"- checks: FP32 ONNX vs PyTorch max abs {_f(chk.get('fp32_onnx_max_abs'), '.2e')}; "
-                         f"INT8 ORT vs fake-quant PyTorch rmse {_f(i8c.get('rmse'), '.2e')}, "
-                         f"max {_f(i8c.get('max_abs'), '.2e')}")
+    if not qz:
+        return []
+    lines = ["", "## Quantization", "", f"- tool: {qz.get('tool')}; scheme: {qz.get('scheme')}",
+             f"- INT8 layers: {qz.get('quantized_layers')}; layers kept in floating point by choice: "
+             f"{', '.join(qz.get('float_layers') or []) or 'none'}",
+             f"- INT8 compute ops in the ONNX graph: {_ops(qz.get('ops', {}).get('int8'))}",
+             f"- floating-point compute ops (higher precision): {_ops(qz.get('ops', {}).get('float'))}",
+             *_conv_kernels_line(qz),
+             *([f"- {qz['weight_bits']}-bit weights: {qz.get('weight_bits_note', '')}"] if qz.get("weight_bits")
+               else []),
+             f"- {qz.get('higher_precision_note', '')}"]
+    chk = r.get("checks", {})
+    if chk:
+        i8c = chk.get("int8_vs_fakequant", {})
+        lines.append(f"- checks: FP32 ONNX vs PyTorch max abs {_f(chk.get('fp32_onnx_max_abs'), '.2e')}; "
+                     f"INT8 ORT vs fake-quant PyTorch rmse {_f(i8c.get('rmse'), '.2e')}, "
+                     f"max {_f(i8c.get('max_abs'), '.2e')}")
+    return lines
+
+
+def _card_training(r: dict[str, Any]) -> list[str]:
     t = r.get("training")
-    if t:
-        lines += ["", "## Training", "",
-                  f"- FP32 fine-tuning: {t['finetune'].get('steps')} steps, {t['finetune'].get('seconds')} s",
-                  f"- QAT: {t.get('qat', {}).get('steps')} steps, {t.get('qat', {}).get('seconds')} s; "
-                  f"loss: {t.get('loss_formula')}",
-                  f"- LMR: {t.get('lmr_formula')}; final multipliers {_weights(t.get('qat', {}).get('lmr_weights'))}",
-                  f"- options: {json.dumps(t.get('config', {}))}"]
+    if not t:
+        return []
+    return ["", "## Training", "",
+            f"- FP32 fine-tuning: {t['finetune'].get('steps')} steps, {t['finetune'].get('seconds')} s",
+            f"- QAT: {t.get('qat', {}).get('steps')} steps, {t.get('qat', {}).get('seconds')} s; "
+            f"loss: {t.get('loss_formula')}",
+            f"- LMR: {t.get('lmr_formula')}; final multipliers {_weights(t.get('qat', {}).get('lmr_weights'))}",
+            f"- options: {json.dumps(t.get('config', {}))}"]
+
+
+def _card_ablation(r: dict[str, Any]) -> list[str]:
     ab = r.get("ablation")
-    if ab:
-        lines += ["", "## Ablation (same QAT step budget; INT8 run by ONNX Runtime)", "",
-                  "| variant | what | INT8 PSNR | INT8 SSIM | vs FP32 (dB) | recovery |", "|---|---|---|---|---|---|"]
-        for name, v in ab.items():
-            lines.append(f"| {name} | {v.get('description', '')} | {_f(v.get('psnr'), '.3f')} | "
-                         f"{_f(v.get('ssim'), '.4f')} | {_delta(v, fp)} | {_f(v.get('recovery_pct'), '.2f', '%')} |")
+    if not ab:
+        return []
+    fp = r.get("quality", {}).get("fp32") or {}
+    lines = ["", "## Ablation (same QAT step budget; INT8 run by ONNX Runtime)", "",
+             "| variant | what | INT8 PSNR | INT8 SSIM | vs FP32 (dB) | recovery |", "|---|---|---|---|---|---|"]
+    for name, v in ab.items():
+        lines.append(f"| {name} | {v.get('description', '')} | {_f(v.get('psnr'), '.3f')} | "
+                     f"{_f(v.get('ssim'), '.4f')} | {_delta(v, fp)} | {_f(v.get('recovery_pct'), '.2f', '%')} |")
+    return lines
+
+
+def _card_files(r: dict[str, Any]) -> list[str]:
     ex = r.get("export", {})
-    lines += ["", "## Files", ""]
+    lines = ["", "## Files", ""]
     for f in ex.get("files", []):
         lines.append(f"- `{f['file']}` ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
     eng = ex.get("engine")
@@ -181,7 +210,7 @@ def model_card(r: dict[str, Any]) -> str:
         lines.append(f"- QNN: {json.dumps(ex['qnn'])}")
     if (r.get("files") or {}).get("samples"):
         lines += ["", "## Samples", "", "degraded | FP32 | INT8 | target", "", f"![samples]({SAMPLES_PNG})"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _weights(w: dict[str, float] | None) -> str:

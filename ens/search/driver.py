@@ -73,6 +73,51 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError("--finetune-steps must be >= 0")
 
 
+def _open_zoo(choice, task, opts: SearchOptions, log: Callable[[str], None]):
+    """The zoo ``resolve_zoo`` chose, built first where there is none; says so when it is the prebuilt one."""
+    from ens.zoo.build import build_zoo
+    from ens.zoo.prebuilt import announce
+    from ens.zoo.store import Zoo
+
+    if choice.origin == "build":
+        log(f"no zoo for ({task.name}, {opts.preset}) in {choice.root}/: building it first")
+        build_zoo(task, opts.preset, opts.data, choice.root, opts.seed, log=log)
+    zoo = Zoo.load(choice.path)
+    announce(choice, zoo.zoo_id, log)
+    return zoo
+
+
+def _trial_data(task, zoo, opts: SearchOptions) -> tuple[list, Any]:
+    """The held-out pairs every trial is scored on, and the training patches when trials fine-tune."""
+    from ens.data import load_pairs
+
+    val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
+                         num_patches=zoo.manifest.val_patches)
+    train = None
+    if opts.finetune_steps:
+        train = load_pairs(task, opts.data, "train", patch_size=zoo.manifest.patch_size, seed=opts.seed)
+    return [val_set[i] for i in range(len(val_set))], train
+
+
+def _study(name: str, storage, objectives, sampler, opts: SearchOptions, task, zoo, choice,
+           shape: tuple[int, ...]) -> optuna.Study:
+    """The study, created with its record (task, zoo, profiler, ...) or loaded and checked against it."""
+    study = create_or_load(name, storage, objectives, sampler, attrs={
+        "task": task.name, "preset": opts.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(choice.path.resolve()),
+        "zoo_origin": choice.origin if choice.origin == "prebuilt" else "local",
+        "profiler": opts.profiler, "shape": list(shape), "granularity": opts.granularity,
+        "data": opts.data or "embedded:scikit-image", "latency_budget": opts.latency_budget,
+    })
+    if study.user_attrs.get("zoo_id") != zoo.zoo_id:
+        raise StudyError(f"study {name!r} was searched with zoo {study.user_attrs.get('zoo_id')}, but the zoo "
+                         f"is now {zoo.zoo_id}: use another --study-name or storage")
+    for key in ("profiler", "granularity"):
+        if study.user_attrs.get(key) != getattr(opts, key):
+            raise StudyError(f"study {name!r} was made with --{key} {study.user_attrs.get(key)}; "
+                             f"use that, or another --study-name")
+    return study
+
+
 def _patch_size(zoo_dir: Path, preset: str) -> int:
     from ens.zoo.build import RECIPES
     from ens.zoo.manifest import ZooManifest
@@ -88,9 +133,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     from blocks.unet import get_preset
     from ens.data import load_pairs
     from ens.profiling import profile_arch
-    from ens.zoo.build import build_zoo
-    from ens.zoo.prebuilt import announce, resolve_zoo
-    from ens.zoo.store import Zoo
+    from ens.zoo.prebuilt import resolve_zoo
     from profilers.base import parse_shape
     from profilers.registry import get_profiler
 
@@ -111,20 +154,10 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         load_pairs(task, opts.data, "val", patch_size=_patch_size(zoo_dir, opts.preset), seed=opts.seed)
     storage = open_storage(opts.storage)  # refuses corrupt or foreign databases before the zoo is built
 
-    if choice.origin == "build":
-        log(f"no zoo for ({task.name}, {opts.preset}) in {choice.root}/: building it first")
-        build_zoo(task, opts.preset, opts.data, choice.root, opts.seed, log=log)
-    zoo = Zoo.load(zoo_dir)
-    announce(choice, zoo.zoo_id, log)
+    zoo = _open_zoo(choice, task, opts, log)
     cfg = zoo.config
     kinds = [k for k in zoo.manifest.kinds if k in block_kinds()]
-
-    val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
-                         num_patches=zoo.manifest.val_patches)
-    val = [val_set[i] for i in range(len(val_set))]
-    train = None
-    if opts.finetune_steps:
-        train = load_pairs(task, opts.data, "train", patch_size=zoo.manifest.patch_size, seed=opts.seed)
+    val, train = _trial_data(task, zoo, opts)
 
     name = opts.study_name or f"{task.name}-{opts.preset}"
     budgets = {"latency": opts.latency_budget} if opts.latency_budget else {}
@@ -133,19 +166,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     if lock is not None:
         lock.__enter__()
     try:
-        study = create_or_load(name, storage, objectives, sampler, attrs={
-            "task": task.name, "preset": opts.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(zoo_dir.resolve()),
-            "zoo_origin": choice.origin if choice.origin == "prebuilt" else "local",
-            "profiler": opts.profiler, "shape": list(shape), "granularity": opts.granularity,
-            "data": opts.data or "embedded:scikit-image", "latency_budget": opts.latency_budget,
-        })
-        if study.user_attrs.get("zoo_id") != zoo.zoo_id:
-            raise StudyError(f"study {name!r} was searched with zoo {study.user_attrs.get('zoo_id')}, but the zoo "
-                             f"is now {zoo.zoo_id}: use another --study-name or storage")
-        for key in ("profiler", "granularity"):
-            if study.user_attrs.get(key) != getattr(opts, key):
-                raise StudyError(f"study {name!r} was made with --{key} {study.user_attrs.get(key)}; "
-                                 f"use that, or another --study-name")
+        study = _study(name, storage, objectives, sampler, opts, task, zoo, choice, shape)
         prof.prepare(cfg.to_dict(), shape, kinds, log, preset=opts.preset)  # a table calibrated if missing
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
