@@ -121,7 +121,8 @@ def measured_speedup(arch: str, ref: str, shape: str, log: list, rounds: int) ->
             cmds[a] = log[-1]["command"]
     med = {a: sorted(v)[len(v) // 2] for a, v in times.items()}
     return {"arch_ms": round(med[arch], 2), "all_t_ms": round(med[ref], 2),
-            "speedup": round(med[ref] / med[arch], 2), "commands": [cmds[ref], cmds[arch]], "rounds": rounds}
+            "speedup": round(med[ref] / med[arch], 2), "commands": [cmds[ref], cmds[arch]], "rounds": rounds,
+            "load_average_after": [round(v, 2) for v in os.getloadavg()]}
 
 
 def search(task: str, out: Path, log: list, trials: int, workers: int, name: str) -> tuple[Path, float]:
@@ -237,7 +238,8 @@ def main() -> None:
     os.environ["ENS_CACHE_DIR"] = str(out / "cache")
     skip = set(filter(None, args.skip.split(",")))
     log: list[dict[str, Any]] = []
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "tasks": {}, "throughput": {}, "log": log}
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "tasks": {}, "throughput": {}, "log": log,
+                           "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     all_t = "enc:T,T,T|lat:T|dec:T,T,T|ref:T"
 
     for i, task in enumerate(filter(None, args.tasks.split(","))):
@@ -297,6 +299,7 @@ def main() -> None:
         outp, _ = run(cmd, log)
         res["lut"] = {**last_json(outp), "command": log[-1]["command"]}
 
+    res["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(res, indent=1, default=str))
     if args.readme:
         write_readme(ROOT / args.readme, res)

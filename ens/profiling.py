@@ -84,6 +84,25 @@ def parse_arch(text: str | Arch, cfg: UNetConfig) -> Arch:
     return arch
 
 
+# -- shapes -------------------------------------------------------------------------------------
+MAX_BATCH = 64
+MAX_PIXELS = 4096 * 4096  # per image: 16.8 Mpx (a 4K frame is 8.3 Mpx)
+
+
+def image_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """An input shape for a restoration network: ``NxCxHxW`` with C = 3, sides of at least 8 px, and a size a
+    CPU can hold (at most 64 images of 4096x4096 px); a clear error otherwise."""
+    dims = parse_shape(text)
+    if len(dims) != 4 or dims[1] != 3:
+        raise EnsError(f"bad shape {text!r}: write it as NxCxHxW with C = 3 (RGB), e.g. 1x3x256x256")
+    n, _, h, w = dims
+    if min(h, w) < 8:
+        raise EnsError(f"bad shape {text!r}: height and width must be at least 8 px")
+    if n > MAX_BATCH or h * w > MAX_PIXELS:
+        raise EnsError(f"shape {text!r} is too large: at most {MAX_BATCH} images of 4096x4096 px")
+    return dims
+
+
 # -- networks and files -------------------------------------------------------------------------
 def network_spec(arch: Arch, cfg: UNetConfig, input_shape: Sequence[int]) -> NetworkSpec:
     """What a profiler needs of ``arch``: its block kinds, the config, the shape; keyed by the arch hash."""

@@ -61,3 +61,27 @@ def test_finalize_on_a_study_without_a_completed_trial(tmp_path, capsys):
     assert code == 2 and "no completed trial" in err, err
     assert _one_line(err)
     assert not (tmp_path / "final").exists()
+
+
+def test_error_text_is_printed_as_written_not_as_markup(capsys):
+    """A message holding ``[/...]`` (a path, a spec) once crashed rich's markup parser and lost the error."""
+    code, err = _run(["profile", "--arch", "enc:T,T,T|lat:T|dec:T,T,T|ref:T", "--shape", "[/x]"], capsys)
+    assert code == 2 and "[/x]" in err and "bad shape" in err, err
+    assert _one_line(err)
+
+
+@pytest.mark.parametrize("shape, needle", [
+    ("1x3", "NxCxHxW with C = 3"),
+    ("1x1x64x64", "NxCxHxW with C = 3"),
+    ("1x3x4x4", "at least 8 px"),
+    ("1x3x100000x100000", "too large"),
+    ("128x3x64x64", "too large"),
+])
+def test_profile_and_search_bound_the_input_shape(shape, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv in (["profile", "--arch", "enc:T,T,T|lat:T|dec:T,T,T|ref:T", "--shape", shape],
+                 ["search", "--profiler", "proxy", "--shape", shape]):
+        code, err = _run(argv, capsys)
+        assert code == 2 and needle in err, (argv, err)
+        assert _one_line(err)
+    assert not list(tmp_path.iterdir()), "nothing created"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="ens",
@@ -18,4 +19,4 @@ err_console = Console(stderr=True)
 
 def log_line(text: str) -> None:
     """A progress message: unwrapped, so a path or command in it survives a redirect to a file intact."""
-    console.print(text, highlight=False, soft_wrap=True)
+    console.print(escape(text), highlight=False, soft_wrap=True)

@@ -62,11 +62,10 @@ def profile(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
 ) -> None:
     """Export one architecture (random weights) and measure or predict its latency."""
-    from ens.profiling import parse_arch, profile_arch, resolve_config
-    from profilers.base import parse_shape
+    from ens.profiling import image_shape, parse_arch, profile_arch, resolve_config
 
     cfg = resolve_config(preset)
-    dims = parse_shape(shape)
+    dims = image_shape(shape)
     a = parse_arch(arch, cfg)
     prof = _profiler(profiler, threads, runs, breakdown)
     prof.check()
@@ -138,12 +137,11 @@ def calibrate(
     """Build a per-device latency table (skeleton + one cost per stage and block kind) and check it."""
     from ens.errors import EnsError
     from ens.profiling import calibrate as run_calibration
-    from ens.profiling import measurer_of, parse_kinds, resolve_config, verify
-    from profilers.base import parse_shape
+    from ens.profiling import image_shape, measurer_of, parse_kinds, resolve_config, verify
     from profilers.lut import default_table_path
 
     cfg = resolve_config(preset)
-    dims = parse_shape(shape)
+    dims = image_shape(shape)
     ks = parse_kinds(kinds)
     if statistic not in ("median", "min"):
         raise EnsError(f"--statistic must be median or min, not {statistic!r}")

@@ -133,12 +133,12 @@ def _data_dir(opts: FinalizeOptions, attrs: dict[str, Any]) -> str | None:
 
 
 def _shape(opts: FinalizeOptions, attrs: dict[str, Any]) -> tuple[int, ...]:
-    from profilers.base import parse_shape
+    from ens.profiling import image_shape
 
     if opts.shape:
-        return parse_shape(opts.shape)
+        return image_shape(opts.shape)
     s = attrs.get("shape")
-    return parse_shape(s) if s else (1, 3, 256, 256)
+    return image_shape(s) if s else (1, 3, 256, 256)
 
 
 def _latency_profiler(opts: FinalizeOptions, study_profiler: str | None) -> tuple[str | None, str]:

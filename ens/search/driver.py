@@ -132,9 +132,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
                on_done: Callable[[Any, RunSummary], None] | None = None) -> tuple[optuna.Study, RunSummary]:
     from blocks.unet import get_preset
     from ens.data import load_pairs
-    from ens.profiling import profile_arch
+    from ens.profiling import image_shape, profile_arch
     from ens.zoo.prebuilt import resolve_zoo
-    from profilers.base import parse_shape
     from profilers.registry import get_profiler
 
     _validate(opts)
@@ -145,7 +144,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         get_preset(opts.preset)
     except KeyError as exc:
         raise EnsError(str(exc.args[0])) from None
-    shape = parse_shape(opts.shape)
+    shape = image_shape(opts.shape)
     prof = get_profiler(opts.profiler)
     prof.check()  # unreachable device or missing token: a clear error before anything starts
     choice = resolve_zoo(task.name, opts.preset, opts.data, opts.zoo_root, opts.from_scratch)
