@@ -120,12 +120,20 @@ def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> 
 
 def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out``."""
-    from ens.training import atomic_write_text
 
     df = trials_frame(study)
     if df.empty:
         raise EnsError(f"study {study.study_name!r} has no completed trial to report")
     front = pareto_frame(study, df)
+    try:
+        return _write_report_files(study, df, front, out)
+    except OSError as exc:
+        raise EnsError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
+
+
+def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFrame, out: Path) -> dict[str, Any]:
+    from ens.training import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
     cols = [c for c in COLUMNS if c in df.columns]
     atomic_write_text(out / "trials.csv", df[cols].to_csv(index=False))

@@ -85,3 +85,13 @@ def test_profile_and_search_bound_the_input_shape(shape, needle, tmp_path, capsy
         assert code == 2 and needle in err, (argv, err)
         assert _one_line(err)
     assert not list(tmp_path.iterdir()), "nothing created"
+
+
+def test_report_into_an_unwritable_place_is_one_line(tmp_path, capsys):
+    db = tmp_path / "s.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[30.0, 10.0], user_attrs={
+        "arch": "enc:T,T,T|lat:T|dec:T,T,T|ref:T", "psnr": 30.0, "latency": 10.0}))
+    code, err = _run(["report", str(db), "--out", "/dev/null/report"], capsys)
+    assert code == 2 and "cannot write the report into /dev/null/report" in err, err
+    assert _one_line(err)
