@@ -47,7 +47,11 @@ def test_dashboard_binds_to_loopback_with_the_artifact_store(searched, monkeypat
     assert done.value.code in (0, None)
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["artifact_store"] is not None and artifact_dir(str(searched), None).is_dir()
-    assert "http://127.0.0.1:8123/" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "http://127.0.0.1:8123/" in cap.out and "warning" not in cap.err
+    with pytest.raises(SystemExit):
+        main(["dashboard", str(searched), "--host", "0.0.0.0"])
+    assert seen["host"] == "0.0.0.0" and "no authentication" in capsys.readouterr().err
 
 
 def test_dashboard_serves_every_trial_with_its_attrs(searched):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ens.cli.app import app, console, log_line
+from ens.cli.app import app, console, err_console, log_line
 
 
 @app.command()
@@ -110,8 +111,23 @@ def dashboard(
         import optuna
 
         store = optuna.artifacts.FileSystemArtifactStore(str(art))
-    console.print(f"optuna-dashboard for {redact(storage_url(storage))} on http://{host}:{port}/ (Ctrl-C to stop)")
+    if not _loopback(host):
+        err_console.print(f"[yellow]warning:[/] optuna-dashboard has no authentication: anyone who reaches "
+                          f"{escape(host)}:{port} can read and edit this study", highlight=False, soft_wrap=True)
+    console.print(f"optuna-dashboard for {escape(redact(storage_url(storage)))} on http://{escape(host)}:{port}/ "
+                  "(Ctrl-C to stop)", highlight=False, soft_wrap=True)
     run_server(st, host=host, port=port, artifact_store=store)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()
