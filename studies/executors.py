@@ -65,12 +65,16 @@ class RayExecutor:
             if address:
                 kw["address"] = address
             else:
+                check_local_capacity(workers, cpus_per_trial)
                 kw["num_cpus"] = max(1, int(workers * cpus_per_trial + 0.999))
                 kw["num_gpus"] = int(workers * gpus_per_trial + 0.999) if gpus_per_trial else 0
+                kw["_node_ip_address"] = "127.0.0.1"  # a local cluster listens on loopback only
             try:
                 ray.init(**kw)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise StudyError(f"cannot start or join Ray ({address or 'local'}): {exc}") from None
+        if address:
+            check_cluster_capacity(ray.cluster_resources(), workers, cpus_per_trial, gpus_per_trial)
         self._task = ray.remote(_call).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
                                                max_retries=0)
         self._fn_refs: dict[int, Any] = {}
@@ -112,6 +116,24 @@ class RayExecutor:
     def shutdown(self) -> None:
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def check_local_capacity(workers: int, cpus_per_trial: float, cpus: int | None = None) -> None:
+    """A local cluster is this machine: ``workers * cpus_per_trial`` must fit its cores."""
+    cpus = cpus or os.cpu_count() or 1
+    if workers * cpus_per_trial > cpus:
+        raise StudyError(f"--workers {workers} with {cpus_per_trial:g} CPU(s) per trial needs "
+                         f"{workers * cpus_per_trial:g} CPUs, and this machine has {cpus}: use at most "
+                         f"{max(1, int(cpus // cpus_per_trial))} workers here, or --ray-address for a cluster")
+
+
+def check_cluster_capacity(resources: dict[str, float], workers: int, cpus_per_trial: float,
+                           gpus_per_trial: float) -> None:
+    """Workers the cluster could never run at once are refused, not left waiting for resources forever."""
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if workers * cpus_per_trial > cpus or workers * gpus_per_trial > gpus:
+        raise StudyError(f"--workers {workers} needs {workers * cpus_per_trial:g} CPUs and "
+                         f"{workers * gpus_per_trial:g} GPUs; the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs")
 
 
 def _call(fn: Callable[[Any], Any], payload: Any) -> Any:

@@ -42,7 +42,7 @@ def micro_recipe():
 
     return ZooRecipe(TeacherRecipe(steps=4, batch_size=2, warmup=1), DistillRecipe(steps=3, batch_size=2,
                      calib_steps=2), patch_size=32, train_patches=16, val_patches=4, quality_mixed=2,
-                     quality_images=1, rank_archs=3, rank_finetune_steps=1)
+                     quality_images=1, quality_crop=64, rank_archs=3, rank_finetune_steps=1)
 
 
 @pytest.fixture(scope="session")

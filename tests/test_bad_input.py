@@ -95,3 +95,10 @@ def test_report_into_an_unwritable_place_is_one_line(tmp_path, capsys):
     code, err = _run(["report", str(db), "--out", "/dev/null/report"], capsys)
     assert code == 2 and "cannot write the report into /dev/null/report" in err, err
     assert _one_line(err)
+
+
+def test_more_workers_than_cores_is_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(["search", "--profiler", "proxy", "--workers", "1000"], capsys)
+    assert code == 2 and "--workers 1000" in err and "use at most" in err, err
+    assert _one_line(err) and not list(tmp_path.iterdir())

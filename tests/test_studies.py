@@ -158,3 +158,16 @@ def test_a_budget_set_on_trials_steers_tpe():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tpe, rnd = share_feasible("tpe"), share_feasible("random")
     assert tpe >= 0.6 and tpe > rnd + 0.2, (tpe, rnd)
+
+
+def test_workers_beyond_the_machine_or_cluster_are_refused():
+    from studies.executors import check_cluster_capacity, check_local_capacity
+
+    check_local_capacity(2, 1.0, cpus=2)
+    with pytest.raises(StudyError, match="--workers 1000 .* this machine has 2: use at most 2 workers"):
+        check_local_capacity(1000, 1.0, cpus=2)
+    with pytest.raises(StudyError, match="use at most 1 workers"):
+        check_local_capacity(2, 2.0, cpus=2)
+    check_cluster_capacity({"CPU": 64.0, "GPU": 8.0}, 8, 4.0, 1.0)
+    with pytest.raises(StudyError, match="needs 16 CPUs and 16 GPUs; the Ray cluster has 64 CPUs and 8 GPUs"):
+        check_cluster_capacity({"CPU": 64.0, "GPU": 8.0}, 16, 1.0, 1.0)

@@ -71,6 +71,10 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError(f"data directory {opts.data} does not exist")
     if opts.finetune_steps < 0:
         raise EnsError("--finetune-steps must be >= 0")
+    if opts.workers and not opts.ray_address:  # a local Ray cluster is this machine
+        from studies.executors import check_local_capacity
+
+        check_local_capacity(opts.workers, opts.cpus_per_trial)
 
 
 def _open_zoo(choice, task, opts: SearchOptions, log: Callable[[str], None]):

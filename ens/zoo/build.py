@@ -47,6 +47,7 @@ class ZooRecipe:
     val_patches: int | None = None  # None: the loader's fixed default split
     quality_mixed: int = 8
     quality_images: int = 8  # whole held-out images the quality report and the curve use (the first N)
+    quality_crop: int | None = None  # centre-crop them to at most this many px a side (None: whole; tests only)
     rank_archs: int = 16  # random hybrids in the rank-fidelity check (0: skip it)
     rank_finetune_steps: int = 100  # end-to-end fine-tuning steps per hybrid in that check
 
@@ -214,7 +215,7 @@ def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, 
     data = ZooData(
         load_pairs(task, data_dir, "train", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.train_patches),
         load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.val_patches),
-        held_out_images(task, data_dir, recipe.quality_images))
+        held_out_images(task, data_dir, recipe.quality_images, recipe.quality_crop))
     every = recipe.teacher.resample_every
     log(f"data: {source}: pools of {len(data.train)} training patches"
         + (f" (a fresh pool every {every} steps)" if every else "")
@@ -276,12 +277,23 @@ def _report_stages(supernet: HybridUNet, kinds: Sequence[str], data: ZooData, re
     return report, rel
 
 
-def held_out_images(task: Task, data_dir: str | Path | None, limit: int) -> list:
-    """The first ``limit`` whole held-out images as (degraded, clean) pairs (read once, kept in memory)."""
+def held_out_images(task: Task, data_dir: str | Path | None, limit: int, crop: int | None = None) -> list:
+    """The first ``limit`` whole held-out images as (degraded, clean) pairs (read once, kept in memory);
+    ``crop``: their centres, at most ``crop`` px a side (a multiple of 8), for quick builds."""
     from ens.data import load_pairs
 
     full = load_pairs(task, data_dir, "val", full_images=True)
-    return [full[i] for i in range(min(len(full), max(1, limit)))]
+    pairs = [full[i] for i in range(min(len(full), max(1, limit)))]
+    if crop:
+        c = max(8, crop - crop % 8)
+        pairs = [tuple(_centre(t, c) for t in p) for p in pairs]
+    return pairs
+
+
+def _centre(t: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = t.shape[-2:]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return t[..., y : y + size, x : x + size].contiguous()
 
 
 def quick_check(supernet: HybridUNet, val_patches, task: Task) -> dict[str, float]:
