@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("zoos", nargs="*", type=Path)
     ap.add_argument("--unseen", action="store_true", help="the deblur zoo on photographs outside the embedded set")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--markdown", action="store_true", help="print the README's tables instead of JSON")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     zoos = a.zoos or [PREBUILT_ROOT / n for n in prebuilt_names()]
@@ -102,7 +103,30 @@ def main() -> None:
         if deblur:
             out["unseen_deblur"] = unseen(deblur[0])
     out["load_average"] = os.getloadavg()
-    print(json.dumps(out, indent=1))
+    print(markdown(out) if a.markdown else json.dumps(out, indent=1))
+
+
+def markdown(out: dict) -> str:
+    rows = ["| zoo | build (2 cores) | input → teacher, whole held-out images | teacher by step (dB over input) | "
+            "all-M / all-E / mixed (dB of teacher) | worst single swap | rank tau |", "|---|---|---|---|---|---|---|"]
+    for name, z in out["zoos"].items():
+        curve = ", ".join(f"{p['step']}: {p['gain_db']:+.2f}" for p in z["teacher_curve"] or [])
+        u = z["uniform_delta_db"]
+        rows.append(f"| {name} | {z['wall_time_s'] / 60:.0f} min | {z['input_psnr']:.2f} → {z['teacher_psnr']:.2f} "
+                    f"({z['teacher_gain_db']:+.2f}) | {curve} | {u.get('M', float('nan')):+.2f} / "
+                    f"{u.get('E', float('nan')):+.2f} / {z['mixed_mean_delta_db']:+.2f} | "
+                    f"{z['worst_single_swap_db']:+.2f} ({z['swaps_within_0.15_db']} within 0.15) | "
+                    f"{z['rank_tau']:+.2f} ({z['rank_n']} archs, {z['rank_finetune_steps']} steps) |")
+    u = out.get("unseen_deblur")
+    if u:
+        rows += ["", f"Deblur zoo on photographs it never saw ({u['blur']}, seed {u['seed']}), PSNR in dB:", "",
+                 "| image | size | blurred input | all-T teacher | all-M | all-E |", "|---|---|---|---|---|---|"]
+        for img, r in u["images"].items():
+            rows.append(f"| {img} | {r['size']} | {r['input']:.2f} | {r['all_T']:.2f} | {r['all_M']:.2f} | "
+                        f"{r['all_E']:.2f} |")
+        m = u["mean"]
+        rows.append(f"| mean | | {m['input']:.2f} | {m['all_T']:.2f} | {m['all_M']:.2f} | {m['all_E']:.2f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
