@@ -106,3 +106,28 @@ def test_resampling_hook_draws_the_round_of_the_step():
     resume(12)
     assert pool.rounds[-1] == 2
     assert resampling_hook(pool, 0) [0] is None
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
+    import os
+    import stat
+
+    from ens.training import atomic_save_tensors, atomic_write_text
+
+    target = tmp_path / "report.json"
+    atomic_write_text(target, "old")
+    mode = stat.S_IMODE(os.stat(target).st_mode)
+    assert mode & 0o044, "readable by others as any file the user writes (umask permitting)"
+
+    def failing(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    from ens.training import _atomic
+
+    with pytest.raises(OSError, match="disk full"):
+        _atomic(target, failing)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    atomic_save_tensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
