@@ -94,7 +94,7 @@ def _print_manifest(m, path: Path) -> None:
         t.add_row("on", f"{mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('torch_threads', '?')} "
                   f"torch threads" + (f", {mach['gpu']}" if mach.get("gpu") else ""))
     if m.teacher.get("curve"):
-        t.add_row("teacher, held-out PSNR by step", ", ".join(
+        t.add_row("teacher curve", ", ".join(
             f"{p['step']}: {p['psnr']:.2f} ({p.get('gain_db', float('nan')):+.2f})" for p in m.teacher["curve"]))
     if m.rank:
         tau = m.rank.get("tau", float("nan"))
