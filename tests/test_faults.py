@@ -72,7 +72,8 @@ def test_sigint_during_the_zoo_build_keeps_the_steps_done_and_resumes(tmp_path):
     """Ctrl-C mid-teacher: exit 130, no zoo folder, a checkpoint at the last finished step (not the last
     periodic one); the same command then resumes from it and publishes the zoo."""
     cmd = [sys.executable, "-m", "ens.cli", "zoo", "build", "--task", "denoise", "--preset", "tiny", "--steps", "40",
-           "--distill-steps", "2", "--calib-steps", "0", "--rank-steps", "0", "--out", str(tmp_path / "zoo")]
+           "--distill-steps", "2", "--calib-steps", "0", "--rank-steps", "0", "--quality-crop", "64",
+           "--out", str(tmp_path / "zoo")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:

@@ -146,6 +146,7 @@ def build_zoo(
     log: Callable[[str], None] = print,
     rank_steps: int | None = None,
     threads: int | None = None,
+    quality_crop: int | None = None,
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset); returns its folder."""
     task = get_task(task)
@@ -155,6 +156,8 @@ def build_zoo(
         raise EnsError(str(exc.args[0])) from None
     recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
                          rank_steps)
+    if quality_crop is not None:
+        recipe = replace(recipe, quality_crop=quality_crop)
     out_root = Path(out_root)
     final = default_zoo_dir(out_root, task.name, preset)
     if (final / MANIFEST).is_file() and not force:
@@ -329,6 +332,8 @@ def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: P
     args = ["ens", "zoo", "build", "--task", task, "--preset", preset, "--out", str(out_root), "--seed", str(seed),
             "--steps", str(recipe.teacher.steps), "--distill-steps", str(recipe.distill.steps),
             "--calib-steps", str(recipe.distill.calib_steps), "--rank-steps", str(recipe.rank_finetune_steps)]
+    if recipe.quality_crop:
+        args += ["--quality-crop", str(recipe.quality_crop)]
     if data_dir is not None:
         args += ["--data", str(data_dir)]
     return shlex.join(args)
