@@ -158,16 +158,19 @@ def scp_command(
     options: Sequence[str] = (),
 ) -> list[str]:
     """``scp -q -o BatchMode=yes -o ConnectTimeout=N [-P PORT] -- /abs/local DEST:remote``."""
+    # absolute: a relative local name with a ':' would read as a remote one
+    return _scp(target, remote_path, connect_timeout, options) + [
+        "--", str(Path(local_path).resolve()), f"{target.destination}:{remote_path}"]
+
+
+def _scp(target: SshTarget, remote_path: str, connect_timeout: int, options: Sequence[str]) -> list[str]:
+    """``scp -q -o BatchMode=yes -o ConnectTimeout=N [-o OPT...] [-P PORT]``, once the remote path is checked."""
     if not _SAFE_PATH.match(remote_path):
         raise ValueError(f"unsafe remote path {remote_path!r}")
     argv = ["scp", "-q", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}"]
     for opt in options:
         argv += ["-o", opt]
-    if target.port:
-        argv += ["-P", str(target.port)]
-    # absolute: a relative local name with a ':' would read as a remote one
-    argv += ["--", str(Path(local_path).resolve()), f"{target.destination}:{remote_path}"]
-    return argv
+    return argv + (["-P", str(target.port)] if target.port else [])
 
 
 def scp_from_command(
@@ -178,14 +181,8 @@ def scp_from_command(
     options: Sequence[str] = (),
 ) -> list[str]:
     """``scp -q -o BatchMode=yes -o ConnectTimeout=N [-P PORT] -- DEST:remote /abs/local`` (copy back)."""
-    if not _SAFE_PATH.match(remote_path):
-        raise ValueError(f"unsafe remote path {remote_path!r}")
-    argv = ["scp", "-q", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}"]
-    for opt in options:
-        argv += ["-o", opt]
-    if target.port:
-        argv += ["-P", str(target.port)]
-    return argv + ["--", f"{target.destination}:{remote_path}", str(Path(local_path).resolve())]
+    return _scp(target, remote_path, connect_timeout, options) + [
+        "--", f"{target.destination}:{remote_path}", str(Path(local_path).resolve())]
 
 
 def trtexec_command(
