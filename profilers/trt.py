@@ -462,12 +462,16 @@ class TrtProfiler(Profiler):
                 raise MeasurementError(f"scp of the engine from {self.target.destination} failed: "
                                        f"{(proc.stderr or '').strip()}")
         finally:
-            if not self.keep_remote_files:
-                try:
-                    self._remote(["rm", "-f", r_onnx, r_engine], self.check_timeout_s, "cleaning up")
-                except ProfilerError:
-                    pass
+            self._clean_remote(r_onnx, r_engine)
         return {"method": "trtexec-ssh", "host": self.target.destination, "command": shlex.join(cmd)}
+
+    def _clean_remote(self, *paths: str) -> None:
+        """Remove this run's files on the device (unless kept); a failure to clean never hides the real error."""
+        if not self.keep_remote_files:
+            try:
+                self._remote(["rm", "-f", *paths], self.check_timeout_s, "cleaning up")
+            except ProfilerError:
+                pass
 
     # -- measuring ------------------------------------------------------------------------------
     def measure(
@@ -515,11 +519,7 @@ class TrtProfiler(Profiler):
         try:
             proc = self._remote(cmd, self.build_timeout_s, "trtexec")
         finally:
-            if not self.keep_remote_files:
-                try:
-                    self._remote(["rm", "-f", r_onnx, r_engine], self.check_timeout_s, "cleaning up")
-                except ProfilerError:
-                    pass
+            self._clean_remote(r_onnx, r_engine)
         return self._parse(proc, shape, precision, {"command": shlex.join(cmd)})
 
     def _measure_local_trtexec(self, path: Path, shape: tuple[int, ...], precision: str) -> LatencyResult:
