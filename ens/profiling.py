@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from blocks import HybridUNet, UNetConfig, get_preset
 from blocks.registry import block_kinds as registered_kinds
@@ -34,6 +33,7 @@ from profilers.base import Profiler, parse_shape
 from profilers.cache import LatencyCache
 from profilers.lut import LatencyTable, calibrate_table, statistic_of
 from profilers.networks import NetworkSpec, export_network
+from profilers.networks import build_network as profiler_network
 from profilers.registry import get_profiler
 from profilers.result import LatencyResult
 from search_spaces import Arch
@@ -111,8 +111,7 @@ def network_spec(arch: Arch, cfg: UNetConfig, input_shape: Sequence[int]) -> Net
 
 def build_network(arch: Arch, cfg: UNetConfig, seed: int = 0) -> HybridUNet:
     """The network of ``arch`` with random weights (latency does not depend on them)."""
-    torch.manual_seed(seed)
-    return HybridUNet(cfg, arch.block_kinds(cfg)).eval()
+    return profiler_network(network_spec(arch, cfg, (1, 3, 8, 8)), seed)
 
 
 def export_arch(

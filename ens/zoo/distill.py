@@ -137,6 +137,19 @@ def downstream_loss(supernet: HybridUNet, stage: str, index: int, outs: Sequence
     return k * (supernet.tail(stage, index, h, up) - tp.residual[:n].repeat(k, 1, 1, 1)).abs().mean()
 
 
+def _surrogate_loop(name: str, supernet: HybridUNet, kinds: Sequence[str], train_set, recipe: DistillRecipe,
+                    schedule: Schedule, weight_decay: float, ckpt_path: Path, show_progress: bool) -> Loop:
+    """The loop that trains the surrogates alone (teacher frozen), on fresh pools, resumable from ``ckpt_path``."""
+    freeze_all_but(supernet, kinds)
+    params = surrogate_params(supernet, kinds)
+    resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
+    return Loop(name=name, schedule=schedule,
+                optimizer=torch.optim.AdamW(params, lr=schedule.lr, weight_decay=weight_decay),
+                clip_params=params, grad_clip=recipe.grad_clip,
+                checkpoint=Checkpointing(ckpt_path, {"supernet": supernet}, recipe.checkpoint_every_s),
+                hooks=[resample] if resample else [], on_resume=resume_pool, show_progress=show_progress, ema=0.95)
+
+
 def distill_surrogates(
     supernet: HybridUNet,
     kinds: Sequence[str],
@@ -146,21 +159,8 @@ def distill_surrogates(
     ckpt_path: Path,
     show_progress: bool = True,
 ) -> LoopResult:
-    freeze_all_but(supernet, kinds)
-    params = surrogate_params(supernet, kinds)
-    resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
-    loop = Loop(
-        name="distil surrogates",
-        schedule=Schedule(recipe.steps, recipe.lr, warmup=20),
-        optimizer=torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay),
-        clip_params=params,
-        grad_clip=recipe.grad_clip,
-        checkpoint=Checkpointing(ckpt_path, {"supernet": supernet}, recipe.checkpoint_every_s),
-        hooks=[resample] if resample else [],
-        on_resume=resume_pool,
-        show_progress=show_progress,
-        ema=0.95,
-    )
+    loop = _surrogate_loop("distil surrogates", supernet, kinds, train_set, recipe,
+                           Schedule(recipe.steps, recipe.lr, warmup=20), recipe.weight_decay, ckpt_path, show_progress)
     channels_last(supernet).train()
 
     def step_fn(step: int) -> torch.Tensor:
@@ -219,21 +219,8 @@ def calibrate_in_context(
 ) -> LoopResult | None:
     if recipe.calib_steps <= 0:
         return None
-    freeze_all_but(supernet, kinds)
-    params = surrogate_params(supernet, kinds)
-    resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
-    loop = Loop(
-        name="in-context calibration",
-        schedule=Schedule(recipe.calib_steps, recipe.calib_lr, warmup=10),
-        optimizer=torch.optim.AdamW(params, lr=recipe.calib_lr, weight_decay=0.0),
-        clip_params=params,
-        grad_clip=recipe.grad_clip,
-        checkpoint=Checkpointing(ckpt_path, {"supernet": supernet}, recipe.checkpoint_every_s),
-        hooks=[resample] if resample else [],
-        on_resume=resume_pool,
-        show_progress=show_progress,
-        ema=0.95,
-    )
+    loop = _surrogate_loop("in-context calibration", supernet, kinds, train_set, recipe,
+                           Schedule(recipe.calib_steps, recipe.calib_lr, warmup=10), 0.0, ckpt_path, show_progress)
     channels_last(supernet)
     w = recipe.calib_clean_weight
 
