@@ -12,7 +12,10 @@ The driver is the only process that writes the study. A trial's life:
 A dead worker fails the trial with its reason and re-enqueues the same parameters (up to
 ``max_retries``); an exception inside the evaluation fails it without retry. Ctrl-C fails the
 in-flight trials with reason ``interrupted`` and re-enqueues them, so re-running the same command
-resumes where it stopped; RUNNING trials left by a driver that died are treated the same way.
+resumes where it stopped. RUNNING trials left by a driver that died are failed and re-enqueued too: all
+of them at start when this driver is the study's only writer (a SQLite study under its lock), and
+otherwise only those whose heartbeat stopped (:mod:`studies.heartbeat`), checked at start and then
+every heartbeat interval, so that parallel drivers on one server study never fail each other's trials.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ from optuna.trial import TrialState
 
 from studies.errors import StudyError
 from studies.executors import WorkerLost, make_executor
+from studies.heartbeat import Heartbeat, fail_stale, heartbeat_enabled
 
 DIRECTIONS = {"maximize", "minimize"}
 
@@ -59,6 +64,7 @@ class RunConfig:
     budgets: Mapping[str, float] = field(default_factory=dict)  # metric -> upper bound
     max_duplicates: int = 200
     max_consecutive_failures: int = 10
+    exclusive: bool = True  # the only driver of this study: every RUNNING trial at start is stale
 
 
 @dataclass
@@ -116,16 +122,29 @@ def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial
     return True
 
 
+STALE_REASON = "stale: the search process running it stopped"
+
+
 def recover_stale(study: optuna.Study, max_retries: int) -> int:
-    """Fail RUNNING trials left by a driver that stopped, and re-enqueue them. Returns their count."""
+    """Fail every RUNNING trial (left by a driver that stopped) and re-enqueue it. Only for a driver
+    that is the study's one writer. Returns their count."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # no live Trial exists for another process's trial, and a finished one takes no attrs: the reason
         # goes with its retry (``retry_of`` names the failed trial)
         study.tell(t.number, state=TrialState.FAIL)
-        _requeue(study, t, "stale: the search process running it stopped", max_retries + 1)
+        _requeue(study, t, STALE_REASON, max_retries + 1)
         n += 1
     return n
+
+
+def stale_requeuer(max_retries: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """The storage's stale-trial callback: re-enqueue a dead driver's trial (see ``open_storage``)."""
+
+    def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        _requeue(study, trial, STALE_REASON, max_retries + 1)
+
+    return requeue
 
 
 def run_study(
@@ -136,13 +155,30 @@ def run_study(
     cfg: RunConfig,
     artifact_store: Any = None,
     on_done: Callable[[optuna.trial.FrozenTrial | None, RunSummary], None] | None = None,
+    storage: Any = None,
 ) -> RunSummary:
-    """Run until the study holds ``cfg.n_trials`` complete evaluated trials (not counting duplicates)."""
+    """Run until the study holds ``cfg.n_trials`` complete evaluated trials (not counting duplicates).
+
+    ``storage`` is the one the study was opened on; when it has heartbeats on, this driver beats for its
+    trials and fails only the trials of drivers that stopped beating."""
     if cfg.n_trials < 1:
         raise StudyError("--trials must be at least 1")
+    beating = storage is not None and heartbeat_enabled(storage)
+    if cfg.exclusive or not beating:
+        recover_stale(study, cfg.max_retries)
+    if not beating:
+        return _run(study, objectives, space, evaluate, cfg, artifact_store, on_done, None)
+    with Heartbeat(study, storage, storage.get_heartbeat_interval()) as heart, warnings.catch_warnings():
+        # this driver beats for the trials it asks for itself: Optuna's hint to use optimize() is moot
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        return _run(study, objectives, space, evaluate, cfg, artifact_store, on_done, heart)
+
+
+def _run(study, objectives, space, evaluate, cfg: RunConfig, artifact_store, on_done,
+         heart: Heartbeat | None) -> RunSummary:
     t0 = time.monotonic()
     summary = RunSummary()
-    recover_stale(study, cfg.max_retries)
+    last_check = -float("inf")
     done = _complete_by_key(study)
     summary.completed = len(done)
     if summary.completed >= cfg.n_trials:
@@ -155,6 +191,11 @@ def run_study(
     dup_streak = fail_streak = 0
     try:
         while (summary.completed < cfg.n_trials or in_flight) and not stop.requested:
+            if heart is not None and time.monotonic() - last_check >= heart.interval_s:
+                last_check = time.monotonic()
+                fail_stale(study)  # other drivers' dead trials; their completed ones count and dedupe
+                done.update({k: t for k, t in _complete_by_key(study).items() if k not in done})
+                summary.completed = len(done)
             while (len(in_flight) < slots and summary.completed + len(in_flight) < cfg.n_trials
                    and not summary.exhausted and not stop.requested):
                 trial = study.ask()
@@ -175,6 +216,8 @@ def run_study(
                     continue
                 dup_streak = 0
                 in_flight[trial.number] = (trial, key)
+                if heart is not None:
+                    heart.add(trial.number)
                 executor.submit(trial.number, evaluate, payload)
             if not in_flight:
                 break
@@ -183,6 +226,8 @@ def run_study(
                 continue
             number, result = got
             trial, key = in_flight.pop(number)
+            if heart is not None:
+                heart.discard(number)
             if isinstance(result, BaseException):
                 reason = f"{result.__class__.__name__}: {result}".strip()[:500]
                 _fail(study, trial, reason)

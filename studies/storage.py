@@ -8,12 +8,18 @@ clusters use.
 from __future__ import annotations
 
 import sqlite3
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 from optuna.storages import RDBStorage
-from sqlalchemy.exc import SQLAlchemyError
+from optuna.trial import FrozenTrial
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from studies.errors import StudyError
+from studies.heartbeat import HeartbeatConfig
 
 
 def storage_url(storage: str | Path) -> str:
@@ -59,17 +65,44 @@ def sqlite_path(storage: str | Path) -> Path | None:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
-def open_storage(storage: str | Path, must_exist: bool = False) -> RDBStorage:
+def open_storage(storage: str | Path, must_exist: bool = False, heartbeat: HeartbeatConfig | None = None,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> RDBStorage:
+    """The storage; with ``heartbeat``, drivers beat for their running trials and ``on_stale`` gets each
+    trial of a driver that stopped beating (see :mod:`studies.heartbeat`)."""
     url = storage_url(storage)
     path = sqlite_path(url)
     if path is not None:
         _check_sqlite_file(path, must_exist)
     engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise StudyError(f"cannot open storage {redact(url)}: {msg}") from None
+    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat.interval_s,
+                                         "grace_period": heartbeat.grace_s,
+                                         "heartbeat_stale_trial_callback": on_stale}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # Optuna marks the heartbeat arguments experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except IntegrityError:  # two drivers creating the tables of a new server database at once
+            if attempt == 2:
+                raise StudyError(f"cannot create the study tables in {redact(url)}") from None
+            time.sleep(0.5 + attempt)
+        except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise StudyError(f"cannot open storage {redact(url)}: {scrub(msg, url)}") from None
+    raise AssertionError("unreachable")
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) replaced, wherever it appears."""
+    password = _password(url)
+    return text.replace(password, "***") if password else text
+
+
+def _password(url: str) -> str | None:
+    if "://" not in url or "@" not in url:
+        return None
+    cred = url.split("://", 1)[1].rsplit("@", 1)[0]
+    return cred.split(":", 1)[1] if ":" in cred else None
 
 
 def redact(url: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ from ens.tasks import get_task
 from search_spaces.arch import Arch
 from search_spaces.sampling import GRANULARITIES, arch_to_params, sample_arch
 from studies.errors import StudyError
+from studies.heartbeat import HeartbeatConfig
 from studies.lock import StudyLock
-from studies.runner import RunConfig, RunSummary, create_or_load, run_study
+from studies.runner import RunConfig, RunSummary, create_or_load, run_study, stale_requeuer
 from studies.samplers import make_sampler
 from studies.storage import open_storage, redact, sqlite_path, storage_url
 
@@ -49,6 +50,7 @@ class SearchOptions:
     score_alpha: float = 0.5
     max_retries: int = 1
     artifacts: str | None = None
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
 def artifact_dir(storage: str, explicit: str | None) -> Path:
@@ -155,7 +157,9 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     zoo_dir = choice.path
     if opts.data is not None:  # no pairs or too-small images: say so before a database or a zoo is made
         load_pairs(task, opts.data, "val", patch_size=_patch_size(zoo_dir, opts.preset), seed=opts.seed)
-    storage = open_storage(opts.storage)  # refuses corrupt or foreign databases before the zoo is built
+    db = sqlite_path(storage_url(opts.storage))  # SQLite: one driver, under a lock; a server: heartbeats
+    storage = open_storage(opts.storage, heartbeat=None if db is not None else opts.heartbeat,
+                           on_stale=stale_requeuer(opts.max_retries))  # refuses corrupt or foreign databases
 
     zoo = _open_zoo(choice, task, opts, log)
     cfg = zoo.config
@@ -164,7 +168,6 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
 
     name = opts.study_name or f"{task.name}-{opts.preset}"
     budgets = {"latency": opts.latency_budget} if opts.latency_budget else {}
-    db = sqlite_path(storage_url(opts.storage))
     lock = StudyLock(db) if db is not None else None
     if lock is not None:
         lock.__enter__()
@@ -199,7 +202,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         summary = run_study(study, objectives, space, evaluator, RunConfig(
             n_trials=opts.trials, workers=opts.workers, ray_address=opts.ray_address,
             cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=opts.gpus_per_trial,
-            max_retries=opts.max_retries, budgets=budgets), artifact_store=store, on_done=on_done)
+            max_retries=opts.max_retries, budgets=budgets, exclusive=db is not None), artifact_store=store,
+            on_done=on_done, storage=storage)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
