@@ -24,18 +24,19 @@ COLUMNS = ["number", "arch", "psnr", "ssim", "latency_ms", "speedup", "params", 
 
 
 def load_study(storage: str | Path, study_name: str | None = None) -> optuna.Study:
-    from studies.storage import open_storage
+    from studies.storage import open_storage, redact
 
     st = open_storage(storage, must_exist=True)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    shown = redact(str(storage))
     if not names:
-        raise EnsError(f"{storage} holds no study")
+        raise EnsError(f"{shown} holds no study")
     if study_name is None:
         if len(names) > 1:
-            raise EnsError(f"{storage} holds several studies ({', '.join(names)}): pass --study-name")
+            raise EnsError(f"{shown} holds several studies ({', '.join(names)}): pass --study-name")
         study_name = names[0]
     elif study_name not in names:
-        raise EnsError(f"no study {study_name!r} in {storage} (it has: {', '.join(names)})")
+        raise EnsError(f"no study {study_name!r} in {shown} (it has: {', '.join(names)})")
     return optuna.load_study(study_name=study_name, storage=st)
 
 

@@ -3,7 +3,10 @@
 Key: (arch hash, profiler spec, device, input shape, precision). Store: one SQLite file,
 ``$ENS_CACHE_DIR/latency/latency.sqlite`` (default ``~/.cache/ens/latency/latency.sqlite``), or
 any directory or file given as ``path``. Every write is one SQLite transaction, so a crash never
-leaves a half-written entry, and several processes may share the file (SQLite locks it).
+leaves a half-written entry, and several processes may share the file (SQLite locks it). A file
+that is not a readable SQLite database (garbage, truncated) is moved aside to
+``latency.sqlite.corrupt-<timestamp>`` with a :class:`RuntimeWarning` naming both paths, and a
+fresh cache takes its place: measuring goes on, only the cached results are lost.
 
 Only measured or reported results are cached: predictions and proxy counts are instant and a
 recalibrated table must not be shadowed by old predictions.
@@ -16,10 +19,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from profilers import onnx_info
 from profilers.base import Profiler, WrappingProfiler, format_shape, parse_shape
@@ -28,6 +33,9 @@ from profilers.result import MEASURED, REPORTED, LatencyResult
 
 CACHE_ENV = "ENS_CACHE_DIR"
 FILENAME = "latency.sqlite"
+_SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's companions of a database file
+
+T = TypeVar("T")
 
 
 def cache_root() -> Path:
@@ -63,13 +71,37 @@ class LatencyCache:
         p = Path(path) if path is not None else default_cache_dir()
         self.path = p / FILENAME if (p.is_dir() or not p.suffix) else p
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._run(lambda db: None)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(db)`` in one transaction on a cache with its table; a corrupt file is set aside once, first."""
+        try:
+            with self._connect() as db:
+                _create_table(db)
+                return fn(db)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self._set_aside(exc)
         with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS results ("
-                " arch_hash TEXT NOT NULL, profiler TEXT NOT NULL, device TEXT NOT NULL,"
-                " shape TEXT NOT NULL, precision TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,"
-                " PRIMARY KEY (arch_hash, profiler, device, shape, precision))"
-            )
+            _create_table(db)
+            return fn(db)
+
+    def _set_aside(self, exc: sqlite3.DatabaseError) -> None:
+        """Move the corrupt file (and its journal) to ``<name>.corrupt-<timestamp>`` and warn, in one line."""
+        if _readable(self.path):  # another process has set it aside and started a new one already
+            return
+        aside = _aside_path(self.path)
+        try:
+            self.path.rename(aside)
+        except FileNotFoundError:
+            return
+        for suffix in _SIDE_FILES:  # a hot journal must not be replayed into the new database
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(aside.with_name(aside.name + suffix))
+        warnings.warn(f"latency cache {self.path} is not a readable SQLite database ({exc}); "
+                      f"moved it to {aside} and started an empty cache", RuntimeWarning, stacklevel=4)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -81,39 +113,68 @@ class LatencyCache:
             db.close()
 
     def get(self, key: CacheKey) -> LatencyResult | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT result FROM results WHERE arch_hash=? AND profiler=? AND device=? AND shape=? AND precision=?",
-                (key.arch_hash, key.profiler, key.device, key.shape, key.precision),
-            ).fetchone()
+        row = self._run(lambda db: db.execute(
+            "SELECT result FROM results WHERE arch_hash=? AND profiler=? AND device=? AND shape=? AND precision=?",
+            (key.arch_hash, key.profiler, key.device, key.shape, key.precision),
+        ).fetchone())
         return LatencyResult.from_dict(json.loads(row[0])) if row else None
 
     def put(self, key: CacheKey, result: LatencyResult) -> None:
-        with self._connect() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.arch_hash,
-                    key.profiler,
-                    key.device,
-                    key.shape,
-                    key.precision,
-                    json.dumps(result.to_dict(), sort_keys=True),
-                    time.time(),
-                ),
-            )
+        row = (key.arch_hash, key.profiler, key.device, key.shape, key.precision,
+               json.dumps(result.to_dict(), sort_keys=True), time.time())
+        self._run(lambda db: db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", row))
 
     def __contains__(self, key: CacheKey) -> bool:
         return self.get(key) is not None
 
     def __len__(self) -> int:
-        with self._connect() as db:
-            return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        return int(self._run(lambda db: db.execute("SELECT COUNT(*) FROM results").fetchone()[0]))
 
     def keys(self) -> list[CacheKey]:
-        with self._connect() as db:
-            rows = db.execute("SELECT arch_hash, profiler, device, shape, precision FROM results").fetchall()
+        rows = self._run(lambda db: db.execute("SELECT arch_hash, profiler, device, shape, precision FROM results")
+                         .fetchall())
         return [CacheKey(*r) for r in rows]
+
+
+def _create_table(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS results ("
+        " arch_hash TEXT NOT NULL, profiler TEXT NOT NULL, device TEXT NOT NULL,"
+        " shape TEXT NOT NULL, precision TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,"
+        " PRIMARY KEY (arch_hash, profiler, device, shape, precision))"
+    )
+
+
+def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """True for "not a database" and "malformed" (SQLITE_NOTADB, SQLITE_CORRUPT*), not for a locked or
+    unopenable file (an OperationalError): only those files are set aside."""
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+
+    if name is not None:
+        return name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT")
+    msg = str(exc).lower()
+    return type(exc) is sqlite3.DatabaseError and ("not a database" in msg or "malformed" in msg)
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` (now) is a sound SQLite database; a missing file counts, SQLite creates it."""
+    try:
+        db = sqlite3.connect(path, timeout=30.0)
+        try:
+            return db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        return not is_corrupt(exc)
+
+
+def _aside_path(path: Path) -> Path:
+    """``latency.sqlite.corrupt-20250101-120000`` (``-2``, ``-3``... when that name is taken)."""
+    base = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside, n = base, 1
+    while aside.exists():
+        n += 1
+        aside = base.with_name(f"{base.name}-{n}")
+    return aside
 
 
 def file_key(onnx_path: str | os.PathLike[str]) -> str:

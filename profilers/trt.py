@@ -10,6 +10,16 @@ Specs::
                                           ``trtexec --onnx=... --fp16|--int8 --saveEngine=...``
                                           runs there and its summary is parsed
 
+Spec options (see :mod:`profilers.registry`): ``warmup`` (milliseconds of warm-up, trtexec's
+``--warmUp`` unit; default 200) and ``runs`` (timed inferences, default 200) become ``--warmUp=MS
+--iterations=N --avgRuns=N --duration=0`` (trtexec stops when both the iteration count and the
+duration in seconds are reached, so ``--duration=0`` leaves the count in charge);
+``use_cuda_graph=1`` and ``no_data_transfers=1`` add ``--useCudaGraph`` and ``--noDataTransfers``.
+The Python API path warms up for the same time and times ``runs`` inferences; it moves no data and
+builds no CUDA graph. Locally, the device (part of every cache key) is the GPU's name and the
+TensorRT version, e.g. ``NVIDIA H200|trt-10.3.0``; what cannot be read is ``local-gpu`` /
+``trt-unknown``.
+
 Reported time: trtexec's **GPU Compute Time** (median and 90th percentile over its timed
 queries), i.e. kernels only, as NVIDIA's benchmarking guide recommends for comparing engines;
 ``Latency`` (with H2D/D2H copies) and throughput go to ``details``. Precision ``fp16`` (the
@@ -40,6 +50,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +210,18 @@ def trtexec_command(
     return [trtexec, f"--onnx={onnx_path}", *flags[precision], f"--saveEngine={engine_path}", *extra]
 
 
+def trtexec_timing_args(
+    warmup_ms: int, runs: int, use_cuda_graph: bool = False, no_data_transfers: bool = False
+) -> list[str]:
+    """``--warmUp=MS --iterations=N --avgRuns=N --duration=0 [--useCudaGraph] [--noDataTransfers]``."""
+    argv = [f"--warmUp={int(warmup_ms)}", f"--iterations={int(runs)}", f"--avgRuns={int(runs)}", "--duration=0"]
+    if use_cuda_graph:
+        argv.append("--useCudaGraph")
+    if no_data_transfers:
+        argv.append("--noDataTransfers")
+    return argv
+
+
 # -- trtexec output -----------------------------------------------------------------------------
 _PREFIX = r"^(?:\[[^\]\n]*\]\s*)*"  # "[07/25/2022-19:02:56] [I] "
 _STAT = re.compile(r"(min|max|mean|median|percentile\(\s*([0-9.]+)\s*%\s*\))\s*=\s*([-+0-9.eE]+)\s*ms")
@@ -250,18 +273,20 @@ def parse_trtexec_output(text: str) -> dict[str, Any]:
     }
     m = re.search(r"Timing trace has (\d+) queries", text)
     out["queries"] = int(m.group(1)) if m else None
-    m = _TRT_VERSION.search(text)
-    if m:
-        v = int(m.group(1))  # 8401 -> 8.4.1, 100300 -> 10.3.0
-        out["trt_version"] = f"{v // 1000}.{v // 100 % 10}.{v % 100}" if v < 10000 else (
-            f"{v // 10000}.{v // 100 % 100}.{v % 100}"
-        )
-    else:
-        m = _TRT_VERSION_TXT.search(text)
-        out["trt_version"] = m.group(1) if m else None
+    out["trt_version"] = parse_trtexec_output_version(text)
     m = re.search(_PREFIX + r"Selected Device:\s*(.+?)\s*$", text, flags=re.MULTILINE)
     out["gpu"] = m.group(1) if m else None
     return out
+
+
+def parse_trtexec_output_version(text: str) -> str | None:
+    """The TensorRT version trtexec's banner (or its ``TensorRT version:`` line) names, e.g. ``"10.3.0"``."""
+    m = _TRT_VERSION.search(text)
+    if m:
+        v = int(m.group(1))  # 8401 -> 8.4.1, 100300 -> 10.3.0
+        return f"{v // 1000}.{v // 100 % 10}.{v % 100}" if v < 10000 else f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    m = _TRT_VERSION_TXT.search(text)
+    return m.group(1) if m else None
 
 
 def _error_tail(text: str, lines: int = 3) -> str:
@@ -317,40 +342,51 @@ class TrtProfiler(Profiler):
         self,
         target: SshTarget | str | None = None,
         runner: Runner | None = None,
-        connect_timeout_s: int = 10,
+        connect_timeout_s: float = 10,
         check_timeout_s: float = 30.0,
         copy_timeout_s: float = 300.0,
         build_timeout_s: float = 1800.0,
         trtexec_args: Sequence[str] = (),
         ssh_options: Sequence[str] = (),
-        warmup: int = 20,
+        warmup: int = 200,
         runs: int = 200,
         keep_remote_files: bool = False,
+        use_cuda_graph: bool = False,
+        no_data_transfers: bool = False,
     ) -> None:
+        if int(warmup) < 0 or int(runs) < 1:
+            raise UnknownProfiler(f"trt: warmup must be >= 0 ms and runs >= 1 (got {warmup}, {runs})")
         self.target = SshTarget.parse(target) if isinstance(target, str) else target
         self.runner = runner or run_command
-        self.connect_timeout_s = int(connect_timeout_s)
+        self.connect_timeout_s = max(1, math.ceil(connect_timeout_s))  # ssh: whole seconds, 0 would mean none
         self.check_timeout_s = float(check_timeout_s)
         self.copy_timeout_s = float(copy_timeout_s)
         self.build_timeout_s = float(build_timeout_s)
         self.trtexec_args = tuple(trtexec_args)
         self.ssh_options = tuple(ssh_options)
-        self.warmup = int(warmup)
+        self.warmup = int(warmup)  # milliseconds
         self.runs = int(runs)
         self.keep_remote_files = keep_remote_files
+        self.use_cuda_graph = bool(use_cuda_graph)
+        self.no_data_transfers = bool(no_data_transfers)
         self._trtexec: str | None = None  # resolved by check() / first use
         self._local_mode: str | None = None  # "python" | "trtexec" once checked
+        self._local_device: str | None = None  # read once: the key must not change between lookup and store
 
     @property
     def spec(self) -> str:
-        return f"trt:{self.target.url}" if self.target else "trt"
+        base = f"trt:{self.target.url}" if self.target else "trt"
+        flags = [f"{k}=1" for k in ("use_cuda_graph", "no_data_transfers") if getattr(self, k)]
+        return (base + ("&" if "?" in base else "?") + "&".join(flags)) if flags else base
 
     @property
     def device(self) -> str:
         if self.target:
             port = f":{self.target.port}" if self.target.port else ""
             return f"ssh:{self.target.destination}{port}"
-        return "local-gpu"
+        if self._local_device is None:
+            self._local_device = local_device_key(local_gpu_name(self.runner), local_trt_version(self.runner))
+        return self._local_device
 
     # -- running commands -----------------------------------------------------------------------
     def _run(self, argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
@@ -531,7 +567,9 @@ class TrtProfiler(Profiler):
         return self._parse(proc, shape, precision, {"command": shlex.join(cmd)})
 
     def _timing_args(self) -> list[str]:
-        return list(self.trtexec_args)
+        """The timing flags of every measuring trtexec run, then the caller's ``trtexec_args``."""
+        timing = trtexec_timing_args(self.warmup, self.runs, self.use_cuda_graph, self.no_data_transfers)
+        return timing + list(self.trtexec_args)
 
     def _parse(
         self, proc: subprocess.CompletedProcess[str], shape: tuple[int, ...], precision: str, extra: dict
@@ -542,19 +580,80 @@ class TrtProfiler(Profiler):
         return result_from_trtexec(text, self.device, self.spec, shape, precision, extra)
 
     def _measure_python(self, path: Path, shape: tuple[int, ...], precision: str) -> LatencyResult:
-        samples, info = build_and_time_engine(path, precision, warmup=self.warmup, runs=self.runs)
+        samples, info = build_and_time_engine(path, precision, warmup_ms=self.warmup, runs=self.runs)
         med, p90 = summarize_ms(samples)
         return LatencyResult(
             median_ms=med,
             p90_ms=p90,
             runs=len(samples),
-            device=f"local-gpu ({info.get('gpu', '?')})",
+            device=self.device,
             details={"source": MEASURED, "tool": "tensorrt-python", "metric": "CUDA events around execute_async_v3",
                      "input_shape": format_shape(shape), **info},
             profiler=self.spec,
             input_shape=shape,
             precision=precision,
         )
+
+
+# -- the local device ---------------------------------------------------------------------------
+def local_device_key(gpu: str | None, trt_version: str | None) -> str:
+    """``"NVIDIA H200|trt-10.3.0"``; ``local-gpu`` / ``trt-unknown`` for what could not be read."""
+    return f"{gpu or 'local-gpu'}|trt-{trt_version or 'unknown'}"
+
+
+def local_gpu_name(runner: Runner = run_command) -> str | None:
+    """The name of the GPU TensorRT runs on (CUDA device 0): nvidia-smi, else torch, else None."""
+    return _nvidia_smi_gpu_name(runner) or _torch_gpu_name()
+
+
+def _nvidia_smi_gpu_name(runner: Runner) -> str | None:
+    # nvidia-smi ignores CUDA_VISIBLE_DEVICES, so ask for its first entry; asking nvidia-smi (not torch)
+    # first keeps this process free of a CUDA context (a forked worker could not use CUDA after one)
+    exe = shutil.which("nvidia-smi")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    first = (visible or "0").split(",")[0].strip()
+    if exe is None or not first:
+        return None
+    try:
+        proc = runner([exe, "--query-gpu=name", "--format=csv,noheader", "-i", first], 15.0)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (proc.stdout or "").strip().splitlines() if proc.returncode == 0 else []
+    return (lines[0].strip() or None) if lines else None
+
+
+def _torch_gpu_name() -> str | None:
+    try:
+        import torch
+
+        return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+def local_trt_version(runner: Runner = run_command) -> str | None:
+    """TensorRT's version here: the Python package's, else the banner of the trtexec on PATH, else None."""
+    return _tensorrt_version() or _trtexec_version(runner)
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except Exception:
+        return None
+    return str(getattr(tensorrt, "__version__", "")) or None
+
+
+def _trtexec_version(runner: Runner) -> str | None:
+    exe = shutil.which("trtexec") or shutil.which(JETPACK_TRTEXEC)
+    if exe is None:
+        return None
+    try:  # trtexec prints "&&&& RUNNING TensorRT.trtexec [TensorRT v100300]" before anything else
+        proc = runner([exe, "--help"], 30.0)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (proc.stdout or "") + (proc.stderr or "")
+    return parse_trtexec_output_version(text)
 
 
 def _tensorrt_importable() -> bool:
@@ -605,12 +704,13 @@ def serialize_engine(onnx_path: str | os.PathLike[str], precision: str) -> tuple
 
 
 def build_and_time_engine(
-    onnx_path: str | os.PathLike[str], precision: str, warmup: int = 20, runs: int = 200
+    onnx_path: str | os.PathLike[str], precision: str, warmup_ms: float = 200.0, runs: int = 200
 ) -> tuple[list[float], dict[str, Any]]:
     """Build a TensorRT engine from ``onnx_path`` with the Python API and time it with CUDA events.
 
     FP16 sets ``BuilderFlag.FP16``; INT8 (a Q/DQ graph) sets ``INT8`` and ``FP16``. Buffers are
-    torch CUDA tensors (no pycuda needed); inputs are random.
+    torch CUDA tensors (no pycuda needed); inputs are random. Warm-up: at least one inference, then
+    until ``warmup_ms`` have passed; then ``runs`` timed inferences.
     """
     import torch
 
@@ -634,9 +734,12 @@ def build_and_time_engine(
         buffers.append(t)
         context.set_tensor_address(name, t.data_ptr())
     stream = torch.cuda.Stream()
-    for _ in range(warmup):
+    warm_until = time.perf_counter() + warmup_ms / 1000.0
+    while True:  # at least one inference, then until warmup_ms have passed (trtexec's --warmUp)
         context.execute_async_v3(stream.cuda_stream)
-    stream.synchronize()
+        stream.synchronize()
+        if time.perf_counter() >= warm_until:
+            break
     samples = []
     for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

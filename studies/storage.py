@@ -7,6 +7,7 @@ clusters use.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 import warnings
@@ -105,11 +106,9 @@ def _password(url: str) -> str | None:
     return cred.split(":", 1)[1] if ":" in cred else None
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    cred, host = rest.rsplit("@", 1)
-    user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in cred else url
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` (a storage URL, or any message holding one) with every URL password replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\1***@", str(text))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import sqlite3
+import warnings
 
 import numpy as np
 import onnx
@@ -12,7 +15,7 @@ from onnx import TensorProto, helper
 
 from profilers import onnx_info
 from profilers.base import InvalidShape, Profiler, format_shape, parse_shape
-from profilers.cache import CachedProfiler, CacheKey, LatencyCache, default_cache_dir, file_key
+from profilers.cache import FILENAME, CachedProfiler, CacheKey, LatencyCache, default_cache_dir, file_key, is_corrupt
 from profilers.errors import ProfilerError, UnknownProfiler
 from profilers.registry import get_profiler, profiler_names, split_spec
 from profilers.result import MEASURED, PREDICTED, LatencyResult, summarize_ms
@@ -189,3 +192,67 @@ def test_cached_profiler_does_not_cache_predictions(tmp_path):
 
 def test_conftest_isolates_cache():
     assert "ens-cache" in os.environ["ENS_CACHE_DIR"]
+
+
+def corrupt_files(directory):
+    return sorted(directory.glob(f"{FILENAME}.corrupt-*"))
+
+
+def test_garbage_cache_file_is_set_aside_and_rebuilt(tmp_path):
+    path = default_cache_dir() / FILENAME  # $ENS_CACHE_DIR/latency/latency.sqlite
+    path.parent.mkdir(parents=True, exist_ok=True)
+    garbage = random.Random(0).randbytes(4096)
+    path.write_bytes(garbage)
+    inner = CountingProfiler()
+    with pytest.warns(RuntimeWarning, match="not a readable SQLite database") as caught:
+        cp = CachedProfiler(inner)
+    onnx_path = tiny_onnx(tmp_path / "m.onnx", meta={"arch_hash": "archA"})
+    assert cp.measure(onnx_path, (1, 3, 8, 8)).median_ms == 1.0
+    assert cp.measure(onnx_path, (1, 3, 8, 8)).details["cache"] == "hit" and inner.calls == 1
+    [aside] = corrupt_files(path.parent)
+    assert aside.read_bytes() == garbage
+    [warning] = [str(w.message) for w in caught]
+    assert str(path) in warning and str(aside) in warning and "\n" not in warning
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM results").fetchone() == (1,)
+
+
+def test_cache_file_truncated_while_in_use_is_set_aside(tmp_path):
+    cache = LatencyCache(tmp_path)
+    big = LatencyResult(2.0, 3.0, 5, "cpu", {"source": MEASURED, "pad": "x" * 3000}, "ort-cpu", (1, 3, 8, 8))
+    keys = [CacheKey.make(f"h{i}", "ort-cpu", "1x3x8x8", "fp32", device="cpu") for i in range(200)]
+    for key in keys:
+        cache.put(key, big)
+    with open(cache.path, "r+b") as f:
+        f.truncate(cache.path.stat().st_size // 3)
+    with pytest.warns(RuntimeWarning, match="malformed"):
+        assert cache.get(keys[-1]) is None
+    assert len(corrupt_files(tmp_path)) == 1 and len(cache) == 0
+    cache.put(keys[0], big)
+    assert LatencyCache(tmp_path).get(keys[0]) == big
+
+
+def test_only_corrupt_files_are_set_aside(tmp_path):
+    db = sqlite3.connect(tmp_path / "ok.sqlite")
+    with pytest.raises(sqlite3.DatabaseError) as no_table:
+        db.execute("SELECT * FROM missing")
+    assert not is_corrupt(no_table.value)  # an OperationalError, like "database is locked"
+    (tmp_path / "bad.sqlite").write_bytes(b"\x00" * 100 + b"not sqlite" * 100)
+    with pytest.raises(sqlite3.DatabaseError) as not_db:
+        sqlite3.connect(tmp_path / "bad.sqlite").execute("SELECT 1 FROM sqlite_master")
+    assert is_corrupt(not_db.value)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / FILENAME).mkdir()  # cannot be opened at all: an error, not a file to move
+    with pytest.raises(sqlite3.OperationalError):
+        LatencyCache(tmp_path / "dir")
+    assert corrupt_files(tmp_path / "dir") == []
+
+
+def test_a_sound_cache_file_is_never_set_aside(tmp_path):
+    """Another process may have replaced the corrupt file already: then there is nothing to move."""
+    cache = LatencyCache(tmp_path)
+    cache.put(CacheKey.make("h", "ort-cpu", "1x3x8x8", "fp32", device="cpu"),
+              LatencyResult(2.0, 3.0, 5, "cpu", {"source": MEASURED}, "ort-cpu", (1, 3, 8, 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache._set_aside(sqlite3.DatabaseError("file is not a database"))
+    assert corrupt_files(tmp_path) == [] and len(cache) == 1

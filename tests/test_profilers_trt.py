@@ -6,13 +6,16 @@ import math
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from profilers.cache import CacheKey
 from profilers.errors import (
     DeviceUnreachable,
     MeasurementError,
@@ -29,6 +32,7 @@ from profilers.trt import (
     scp_command,
     ssh_command,
     trtexec_command,
+    trtexec_timing_args,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
@@ -272,11 +276,98 @@ def test_local_trtexec_on_path(monkeypatch, tmp_path):
     import profilers.trt as trt_mod
 
     monkeypatch.setattr(trt_mod, "_tensorrt_importable", lambda: False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails
+    monkeypatch.setattr(trt_mod, "_torch_gpu_name", lambda: None)
     monkeypatch.setattr(trt_mod.shutil, "which", lambda name: "/opt/trt/bin/trtexec" if name == "trtexec" else None)
     runner = FakeRunner({"/opt/trt/bin/trtexec": (0, fixture("orin_trt10_fp16.txt"), "")})
     prof = TrtProfiler(runner=runner)
     prof.check()
     r = prof.measure(tiny_onnx(tmp_path / "m.onnx"), (1, 3, 8, 8))
-    assert r.median_ms == pytest.approx(3.09082) and r.device == "local-gpu"
+    # no GPU name could be read; the version is the banner of the trtexec that measures
+    assert r.median_ms == pytest.approx(3.09082) and r.device == "local-gpu|trt-10.3.0"
     argv = runner.calls[0][0]
     assert argv[0] == "/opt/trt/bin/trtexec" and argv[1] == f"--onnx={(tmp_path / 'm.onnx').resolve()}"
+    assert runner.calls[1][0] == ["/opt/trt/bin/trtexec", "--help"]
+
+
+# -- trtexec timing flags -----------------------------------------------------------------------------
+def test_remote_trtexec_gets_warmup_runs_and_cuda_graph_from_the_spec(tmp_path):
+    runner = FakeRunner(answers_ok())
+    prof = get_profiler("trt:ssh://u@h?warmup=5&runs=50&use_cuda_graph=1", runner=runner)
+    prof.measure(tiny_onnx(tmp_path / "m.onnx"), (1, 3, 8, 8))
+    remote = [shlex.split(a[-1]) for a, _ in runner.calls if a[0] == "ssh"]
+    trtexec_argv = next(r for r in remote if r[0] == JETPACK_TRTEXEC)
+    for flag in ("--warmUp=5", "--iterations=50", "--avgRuns=50", "--duration=0", "--useCudaGraph"):
+        assert flag in trtexec_argv
+    assert "--noDataTransfers" not in trtexec_argv
+
+
+def test_local_trtexec_gets_the_timing_flags_then_the_callers_args(monkeypatch, tmp_path):
+    import profilers.trt as trt_mod
+
+    monkeypatch.setattr(trt_mod, "_tensorrt_importable", lambda: False)
+    monkeypatch.setattr(trt_mod.shutil, "which", lambda name: "/opt/trt/bin/trtexec" if name == "trtexec" else None)
+    runner = FakeRunner({"/opt/trt/bin/trtexec": (0, fixture("orin_trt10_fp16.txt"), "")})
+    prof = get_profiler("trt?no_data_transfers=yes", runner=runner, trtexec_args=["--useSpinWait"])
+    prof.measure(tiny_onnx(tmp_path / "m.onnx"), (1, 3, 8, 8))
+    argv = runner.calls[0][0]
+    tail = ["--warmUp=200", "--iterations=200", "--avgRuns=200", "--duration=0", "--noDataTransfers", "--useSpinWait"]
+    assert argv[-len(tail):] == tail and "--useCudaGraph" not in argv
+
+
+def test_trtexec_timing_args():
+    assert trtexec_timing_args(0, 1) == ["--warmUp=0", "--iterations=1", "--avgRuns=1", "--duration=0"]
+    assert trtexec_timing_args(10, 5, True, True)[-2:] == ["--useCudaGraph", "--noDataTransfers"]
+
+
+def test_trt_spec_keeps_the_measurement_flags():
+    for spec in ("trt?use_cuda_graph=1", "trt:ssh://u@h?trtexec=/opt/trtexec&no_data_transfers=1",
+                 "trt:ssh://u@h?use_cuda_graph=1&no_data_transfers=1"):
+        p = get_profiler(spec)
+        assert p.spec == spec and get_profiler(p.spec).spec == spec
+    assert get_profiler("trt?use_cuda_graph=yes&warmup=5&runs=9").spec == "trt?use_cuda_graph=1"
+
+
+# -- the local device: GPU name and TensorRT version ----------------------------------------------------
+def fake_local(monkeypatch, gpu=None, trt_version=None, torch_gpu=None, trtexec_banner=None):
+    """A machine whose nvidia-smi names ``gpu``, torch ``torch_gpu``, and tensorrt / trtexec are that version."""
+    import profilers.trt as trt_mod
+
+    tools = {"nvidia-smi": "/usr/bin/nvidia-smi" if gpu else None,
+             "trtexec": "/usr/bin/trtexec" if trtexec_banner else None}
+    monkeypatch.setattr(trt_mod.shutil, "which", lambda name: tools.get(name))
+    monkeypatch.setattr(trt_mod, "_torch_gpu_name", lambda: torch_gpu)
+    module = SimpleNamespace(__version__=trt_version) if trt_version else None
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    return FakeRunner({"/usr/bin/nvidia-smi": (0, f"{gpu}\n", ""), "/usr/bin/trtexec": (0, trtexec_banner, "")})
+
+
+def test_local_device_names_the_gpu_and_the_tensorrt_version(monkeypatch):
+    h200 = TrtProfiler(runner=fake_local(monkeypatch, gpu="NVIDIA H200", trt_version="10.3.0"))
+    assert h200.device == "NVIDIA H200|trt-10.3.0"
+    runner = fake_local(monkeypatch, gpu="NVIDIA A100-SXM4-80GB", trt_version="10.3.0")
+    a100 = TrtProfiler(runner=runner)
+    assert a100.device == "NVIDIA A100-SXM4-80GB|trt-10.3.0"
+    assert CacheKey.make("arch", h200, "1x3x8x8", "fp16") != CacheKey.make("arch", a100, "1x3x8x8", "fp16")
+    assert h200.device == "NVIDIA H200|trt-10.3.0"  # read once: lookup and store use the same key
+    assert runner.calls[0][0] == ["/usr/bin/nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"]
+    newer = TrtProfiler(runner=fake_local(monkeypatch, gpu="NVIDIA H200", trt_version="10.8.0"))
+    assert newer.device == "NVIDIA H200|trt-10.8.0"
+
+
+def test_local_device_follows_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    runner = fake_local(monkeypatch, gpu="NVIDIA H200", trt_version="10.3.0")
+    assert TrtProfiler(runner=runner).device == "NVIDIA H200|trt-10.3.0"
+    assert runner.calls[0][0][-2:] == ["-i", "3"]
+
+
+def test_local_device_fallbacks(monkeypatch):
+    banner = "&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec --help\n"
+    assert TrtProfiler(runner=fake_local(monkeypatch, torch_gpu="Orin", trtexec_banner=banner)).device == (
+        "Orin|trt-8.6.1")
+    assert TrtProfiler(runner=fake_local(monkeypatch)).device == "local-gpu|trt-unknown"
+    failing = fake_local(monkeypatch, gpu="NVIDIA H200")
+    failing.answers["/usr/bin/nvidia-smi"] = (9, "", "NVIDIA-SMI has failed")
+    assert TrtProfiler(runner=failing).device == "local-gpu|trt-unknown"
+    assert TrtProfiler("ssh://u@orin:2222", runner=fake_local(monkeypatch, gpu="X")).device == "ssh:u@orin:2222"

@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from studies.storage import redact
+
 app = typer.Typer(
     name="ens",
     help="Hardware-aware neural architecture search for image restoration.",
@@ -19,4 +21,4 @@ err_console = Console(stderr=True)
 
 def log_line(text: str) -> None:
     """A progress message: unwrapped, so a path or command in it survives a redirect to a file intact."""
-    console.print(escape(text), highlight=False, soft_wrap=True)
+    console.print(escape(redact(text)), highlight=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ens.cli.app import app, console, err_console, log_line
+from studies.storage import redact
 
 
 @app.command()
@@ -82,8 +83,9 @@ def search(
     note = " (interrupted: re-run the same command to resume)" if summary.interrupted else ""
     console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "
                   f"in {summary.wall_s:.0f} s{note}")
-    console.print(f"study: {study.study_name} in {storage}\nnext:\n  ens dashboard {storage}\n"
-                  f"  ens report {storage} --out report/\n  ens finalize {storage} --export onnx_int8")
+    shown = escape(redact(storage))  # a server URL's password is never printed
+    console.print(f"study: {escape(study.study_name)} in {shown}\nnext:\n  ens dashboard {shown}\n"
+                  f"  ens report {shown} --out report/\n  ens finalize {shown} --export onnx_int8")
     if summary.interrupted:
         raise typer.Exit(130)
 
@@ -98,7 +100,7 @@ def dashboard(
     """Open the study in optuna-dashboard (every trial's arch, latencies and sample image)."""
     from ens.errors import EnsError
     from ens.search.driver import artifact_dir
-    from studies.storage import open_storage, redact, storage_url
+    from studies.storage import open_storage, storage_url
 
     try:
         from optuna_dashboard import run_server

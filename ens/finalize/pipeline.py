@@ -358,9 +358,10 @@ def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:
 def _report_head(run: _Run, out: Path) -> dict[str, Any]:
     from blocks.stats import count_macs, count_params
     from profilers.base import format_shape
+    from studies.storage import redact
 
     return {
-        "study": run.study.study_name, "storage": str(run.opts.storage), "task": run.task.name,
+        "study": run.study.study_name, "storage": redact(str(run.opts.storage)), "task": run.task.name,
         "preset": run.attrs.get("preset") or run.zoo.manifest.preset, "zoo_id": run.zoo.zoo_id,
         "zoo_dir": str(run.zoo_dir), "trial": run.picked.to_dict(), "arch": run.picked.arch,
         "params": count_params(run.net), "macs": count_macs(run.net, run.shape), "shape": list(run.shape),
