@@ -8,6 +8,7 @@ executors never do, so SQLite sees one writer.
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,22 @@ def check_local_capacity(workers: int, cpus_per_trial: float, cpus: int | None =
         raise StudyError(f"--workers {workers} with {cpus_per_trial:g} CPU(s) per trial needs "
                          f"{workers * cpus_per_trial:g} CPUs, and this machine has {cpus}: use at most "
                          f"{max(1, int(cpus // cpus_per_trial))} workers here, or --ray-address for a cluster")
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address that nothing answers is refused at once (``ray.init`` would wait minutes).
+
+    ``auto`` is left to Ray; ``host:port`` (the GCS) and ``ray://host:port`` (Ray Client) are tried over TCP."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StudyError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StudyError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def check_cluster_capacity(resources: dict[str, float], workers: int, cpus_per_trial: float,

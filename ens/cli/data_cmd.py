@@ -98,32 +98,24 @@ def check(
     """Detect a folder's layout and splits, then read every pair and check it (sizes, formats)."""
     from rich.progress import Progress
 
-    from ens.data.datasets import read_pair
-    from ens.data.layouts import check_task_layouts, scan_dataset
-    from ens.tasks import get_task
+    from ens.data.check import check_dataset
 
-    t = get_task(task)
-    spec = scan_dataset(data, layout, scale=t.scale)
-    check_task_layouts(spec, t.name, t.layouts)
-    sizes: dict[str, tuple[int, int, int]] = {}
     with Progress(console=console, transient=True) as progress:
-        for split, pairs in (("train", spec.train), ("val", spec.val)):
-            pairs = pairs[:limit] if limit else pairs
-            bar = progress.add_task(f"reading {split}", total=len(pairs))
-            lo, hi = None, None
-            for p in pairs:
-                _, clean = read_pair(p, t, min_size=t.patch_size)
-                hw = clean.shape[:2]
-                lo = hw if lo is None or hw[0] * hw[1] < lo[0] * lo[1] else lo
-                hi = hw if hi is None or hw[0] * hw[1] > hi[0] * hi[1] else hi
-                progress.advance(bar)
-            sizes[split] = (len(pairs), *(lo or (0, 0))), hi
+        bars: dict[str, object] = {}
+
+        def advance(split: str, done: int, total: int) -> None:
+            if split not in bars:
+                bars[split] = progress.add_task(f"reading {split}", total=total)
+            progress.update(bars[split], completed=done)
+
+        result = check_dataset(task, data, layout, limit=limit, on_pair=advance)
+    spec = result.spec
     table = Table(title=f"{data}", show_header=False)
     table.add_row("layout", spec.layout)
     table.add_row("split", spec.split_source)
-    for split, pairs in (("train", spec.train), ("val", spec.val)):
-        (count, h0, w0), hi = sizes[split]
-        table.add_row(split, f"{len(pairs)} pairs ({count} read), {w0}x{h0} to {hi[1]}x{hi[0]} px")
+    for split, c in result.splits.items():
+        table.add_row(split, f"{c.pairs} pairs ({c.read} read), {c.smallest[1]}x{c.smallest[0]} to "
+                             f"{c.largest[1]}x{c.largest[0]} px")
     if spec.skipped:
         table.add_row("skipped", ", ".join(spec.skipped))
     console.print(table)

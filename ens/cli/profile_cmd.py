@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,7 +45,14 @@ def _profiler(spec: str, threads: int | None, runs: int | None, breakdown: bool)
         raise UnknownProfiler(f"--threads, --runs and --breakdown are ort-cpu options ({exc})") from None
 
 
-@app.command("profile")
+def _profiler_epilog() -> str:
+    from profilers.registry import profiler_help
+
+    return "Profilers and the options their spec strings take (NAME[:ARG]?key=value&...):\n\n" + "\n\n".join(
+        escape(f"{name}: {text}") for name, text in profiler_help().items())
+
+
+@app.command("profile", epilog=_profiler_epilog())
 def profile(
     arch: str = typer.Option(..., "--arch", help="Architecture, e.g. 'enc:T,M,E|lat:M|dec:E,M,T|ref:E'."),
     profiler: str = typer.Option(
@@ -69,6 +77,7 @@ def profile(
     a = parse_arch(arch, cfg)
     prof = _profiler(profiler, threads, runs, breakdown)
     prof.check()
+    prof.resolve_precision(precision)  # an unsupported precision: the error, before any progress line
     if not as_json:
         err_console.print(f"[dim]profiling {a} ({a.hash}) on {prof.spec} at {'x'.join(map(str, dims))}...[/]")
     result = profile_arch(

@@ -12,10 +12,14 @@ Conversions (anything else raises :class:`ImageReadError` naming the file):
 - CMYK / YCbCr / LAB JPEGs: converted to RGB by Pillow.
 - EXIF orientation is applied (as image viewers show the photo).
 - multi-frame files (animated GIF, multi-page TIFF) and empty images are refused.
+- an image of more than :func:`max_pixels` pixels (default 2**26, about 8192 x 8192; the environment
+  variable ``ENS_MAX_IMAGE_PIXELS`` changes it) is refused from its header, before any pixel is decoded,
+  as Pillow's decompression-bomb check does for its formats (which stays on), and for TIFF too.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from ens.data.errors import DataError, ImageReadError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
+MAX_PIXELS_ENV = "ENS_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 2**26
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow rawmodes for 16-bit colour PNGs, and the unpacker that yields their low bytes instead.
 _LOW_BYTE_RAWMODE = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
@@ -34,11 +40,24 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def max_pixels() -> int:
+    """The largest image (height x width) read: ``$ENS_MAX_IMAGE_PIXELS``, or 2**26."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "")
+    try:
+        return int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels") from None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as float32 ``[H, W, 3]`` in [0, 1] (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"cannot read image {path}: no such file")
+    h, w = image_size(path)
+    if h * w > max_pixels():
+        raise ImageReadError(f"cannot use image {path}: {w}x{h} is {h * w:,} pixels, more than the limit of "
+                             f"{max_pixels():,} (set {MAX_PIXELS_ENV} to allow larger images)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             arr, scale = _read_tiff(path)
@@ -67,12 +86,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
             return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
         from PIL import Image
 
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # Pillow's own bomb check (at twice its 89M-pixel limit) stays on
             w, h = im.size
             if _exif_orientation(im) in (5, 6, 7, 8):
                 w, h = h, w
             return h, w
+    except DataError:
+        raise
     except Exception as exc:
+        if type(exc).__name__ == "DecompressionBombError":
+            raise ImageReadError(f"cannot use image {path}: more pixels than Pillow will open ({exc})") from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"cannot read image {path}: {reason}") from None
 

@@ -69,13 +69,21 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError(f"unknown granularity {opts.granularity!r} (choose from {', '.join(GRANULARITIES)})")
     if opts.latency_budget is not None and opts.latency_budget <= 0:
         raise EnsError("--latency-budget must be positive (milliseconds)")
-    if opts.data is not None and not Path(opts.data).is_dir():
+    if opts.data is not None and not Path(opts.data).exists():
         raise EnsError(f"data directory {opts.data} does not exist")
+    if opts.data is not None and not Path(opts.data).is_dir():
+        raise EnsError(f"--data {opts.data} is not a folder")
     if opts.finetune_steps < 0:
         raise EnsError("--finetune-steps must be >= 0")
-    if opts.workers and not opts.ray_address:  # a local Ray cluster is this machine
-        from studies.executors import check_local_capacity
+    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
+        raise EnsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if opts.score_alpha < 0:
+        raise EnsError("--score-alpha must be >= 0 (dB per halving of latency)")
+    from studies.executors import check_local_capacity, check_ray_address
 
+    if opts.ray_address:
+        check_ray_address(opts.ray_address)
+    elif opts.workers:  # a local Ray cluster is this machine
         check_local_capacity(opts.workers, opts.cpus_per_trial)
 
 
@@ -137,7 +145,7 @@ def _patch_size(zoo_dir: Path, preset: str) -> int:
 def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
                on_done: Callable[[Any, RunSummary], None] | None = None) -> tuple[optuna.Study, RunSummary]:
     from blocks.unet import get_preset
-    from ens.data import load_pairs
+    from ens.data.check import check_dataset_once
     from ens.profiling import image_shape, profile_arch
     from ens.zoo.prebuilt import resolve_zoo
     from profilers.registry import get_profiler
@@ -155,8 +163,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     prof.check()  # unreachable device or missing token: a clear error before anything starts
     choice = resolve_zoo(task.name, opts.preset, opts.data, opts.zoo_root, opts.from_scratch)
     zoo_dir = choice.path
-    if opts.data is not None:  # no pairs or too-small images: say so before a database or a zoo is made
-        load_pairs(task, opts.data, "val", patch_size=_patch_size(zoo_dir, opts.preset), seed=opts.seed)
+    if opts.data is not None:  # a bad file in either split: say so before a database or a zoo is made
+        check_dataset_once(task, opts.data, _patch_size(zoo_dir, opts.preset), log)
     db = sqlite_path(storage_url(opts.storage))  # SQLite: one driver, under a lock; a server: heartbeats
     storage = open_storage(opts.storage, heartbeat=None if db is not None else opts.heartbeat,
                            on_stale=stale_requeuer(opts.max_retries))  # refuses corrupt or foreign databases

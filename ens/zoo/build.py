@@ -25,6 +25,7 @@ import torch
 
 import ens
 from blocks.unet import HybridUNet, UNetConfig, get_preset
+from ens.data.check import check_dataset_once
 from ens.errors import EnsError
 from ens.tasks import Task, get_task
 from ens.training import atomic_save_tensors, atomic_write_text, checkpoint_step, seed_everything
@@ -34,6 +35,7 @@ from ens.zoo.quality import quality_markdown, quality_report
 from ens.zoo.rank import rank_fidelity
 from ens.zoo.store import file_sha256
 from ens.zoo.teacher import TeacherRecipe, held_out_curve, train_teacher
+from studies.lock import WaitingLock
 
 SURROGATE_KINDS: tuple[str, ...] = ("M", "E")
 
@@ -163,6 +165,20 @@ def build_zoo(
     if (final / MANIFEST).is_file() and not force:
         log(f"zoo {final} already exists (use --force to rebuild)")
         return final
+    if data_dir is not None:  # a bad file in either split: an error before the work folder exists
+        check_dataset_once(task, data_dir, recipe.patch_size, log)
+    out_root.mkdir(parents=True, exist_ok=True)
+    # two processes (say, two first searches) building the same zoo: the second waits, then uses it
+    with WaitingLock(out_root / f".{zoo_name(task.name, preset)}.lock", f"zoo {final}", log):
+        if (final / MANIFEST).is_file() and not force:
+            log(f"zoo {final} was built meanwhile by another process")
+            return final
+        return _build(task, preset, cfg, recipe, data_dir, out_root, final, seed, kinds, show_progress, log, threads)
+
+
+def _build(task: Task, preset: str, cfg: UNetConfig, recipe: ZooRecipe, data_dir, out_root: Path, final: Path,
+           seed: int, kinds: Sequence[str], show_progress: bool, log: Callable[[str], None],
+           threads: int | None) -> Path:
     t0 = time.monotonic()
     work = out_root / f".{zoo_name(task.name, preset)}.work"
     work.mkdir(parents=True, exist_ok=True)
