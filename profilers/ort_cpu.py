@@ -22,7 +22,9 @@ a 256x256 U-Net holds ~300 MB of arena); beyond that a file's session is recreat
 up again, at each visit. The latency table is calibrated through it.
 
 ``breakdown=True`` adds, after timing, a separate profiled pass with ONNX Runtime's own profiler
-(``SessionOptions.enable_profiling``): per operator type and per node, milliseconds per run.
+(``SessionOptions.enable_profiling``): per operator type, per node and per module scope (the exporter's
+``/enc1/enc1.0/T/...`` node names; the nodes ORT's optimizer makes, such as NCHWc layout reorders and fused
+activations, count under the named node they serve, read off the optimized graph), milliseconds per run.
 Profiling perturbs timings, so the headline numbers never come from that pass.
 
 FP32 and INT8 (Q/DQ) graphs are both run as they are; ``precision`` must match the graph
@@ -154,7 +156,9 @@ class OrtCpuProfiler(Profiler):
         _ort()
 
     # -- sessions -------------------------------------------------------------------------------
-    def _session(self, path: str | os.PathLike[str], profile_prefix: str | None = None):
+    def _session(
+        self, path: str | os.PathLike[str], profile_prefix: str | None = None, optimized_path: str | None = None
+    ):
         ort = _ort()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -166,6 +170,8 @@ class OrtCpuProfiler(Profiler):
         if profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
+        if optimized_path is not None:  # the graph as optimized, whose node names the profile events carry
+            so.optimized_model_filepath = optimized_path
         try:
             return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -299,10 +305,11 @@ class OrtCpuProfiler(Profiler):
 
     # -- per-operator breakdown -----------------------------------------------------------------
     def profile_ops(self, onnx_path: str | os.PathLike[str], input_shape: Sequence[int], top: int = 15):
-        """Per-operator times from ONNX Runtime's profiler: ms per run by op type and top nodes."""
+        """Per-operator times from ONNX Runtime's profiler: ms per run by op type, by module scope, and top nodes."""
         shape = parse_shape(input_shape)
         with tempfile.TemporaryDirectory(prefix="ens-ortprof-") as tmp:
-            sess = self._session(onnx_path, profile_prefix=str(Path(tmp) / "ort"))
+            optimized = str(Path(tmp) / "optimized.onnx")
+            sess = self._session(onnx_path, profile_prefix=str(Path(tmp) / "ort"), optimized_path=optimized)
             feed = self._feed(sess, shape)
             sess.run(None, feed)
             for _ in range(self.breakdown_runs):
@@ -310,20 +317,82 @@ class OrtCpuProfiler(Profiler):
             trace = sess.end_profiling()
             with open(trace, encoding="utf-8") as f:
                 events = json.load(f)
-        return parse_ort_profile(events, runs=self.breakdown_runs + 1, top=top)
+            owners = optimized_node_owners(optimized)
+        return parse_ort_profile(events, runs=self.breakdown_runs + 1, top=top, owners=owners)
 
 
+def scope_of(node_name: str, depth: int = 3) -> str:
+    """The first ``depth`` levels of the module path in a node name of torch's exporter (``dynamo=False``).
+
+    ``/enc1/enc1.0/T/attn/qkv/Conv`` -> ``/enc1/enc1.0/T``; a top-level op (``/Concat``) -> ``/``; a name
+    without a path (``Identity_3``, a node ORT made) -> ``""``. The last part of a name is the op, except
+    after ORT's fusions, which append their own (``/a/b/Mul/QuickGeluFusion/``): ``depth`` levels are kept
+    either way for the paths of a U-Net slot (stage/slot/kind).
+    """
+    if not node_name.startswith("/"):
+        return ""
+    parts = node_name.strip("/").split("/")[:-1]
+    return "/" + "/".join(parts[:depth])
 
 
-def parse_ort_profile(events: list[dict[str, Any]], runs: int, top: int = 15) -> dict[str, Any]:
+def optimized_node_owners(path: str | os.PathLike[str], hops: int = 8) -> dict[str, str]:
+    """For each node of ORT's optimized graph at ``path`` whose name has no module path (a layout reorder, a
+    fused activation, a transpose the optimizer moved): the nearest node with one, whose time it counts under.
+
+    A ``ReorderInput`` works for the node it feeds (an NCHWc convolution), so its consumers come first; every
+    other node looks at its producers first. ``{}`` when the file is missing or unreadable.
+    """
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # no optimized graph: unnamed nodes stay unassigned
+        return {}
+    producer = {o: n for n in graph.node for o in n.output if o}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def ups(n) -> list[Any]:
+        return [producer[i] for i in n.input if i in producer]
+
+    def downs(n) -> list[Any]:
+        return [c for o in n.output for c in consumers.get(o, ())]
+
+    owners: dict[str, str] = {}
+    for node in graph.node:
+        if node.name.startswith("/"):
+            continue
+        for step in ((downs, ups) if node.op_type == "ReorderInput" else (ups, downs)):
+            frontier, seen, found = [node], {node.name}, None
+            for _ in range(hops):
+                frontier = [m for n in frontier for m in step(n) if m.name not in seen]
+                seen.update(m.name for m in frontier)
+                found = next((m.name for m in frontier if m.name.startswith("/")), None)
+                if found or not frontier:
+                    break
+            if found:
+                owners[node.name] = found
+                break
+    return owners
+
+
+def parse_ort_profile(
+    events: list[dict[str, Any]], runs: int, top: int = 15, owners: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Aggregate ONNX Runtime profiler events (Chrome trace JSON) into ms per run.
 
     Node events have ``cat == "Node"``, a name ending in ``_kernel_time``, ``dur`` in
-    microseconds and ``args.op_name``.
+    microseconds and ``args.op_name``. ``by_scope`` sums them by :func:`scope_of` the node's name, or the
+    name of its owner in ``owners`` (:func:`optimized_node_owners`) for a node ORT made.
     """
+    owners = owners or {}
     by_op: dict[str, float] = defaultdict(float)
     count_op: dict[str, int] = defaultdict(int)
     by_node: dict[str, tuple[str, float]] = {}
+    by_scope: dict[str, float] = defaultdict(float)
+    count_scope: dict[str, int] = defaultdict(int)
     total_runs = 0
     model_run_us = 0.0
     for ev in events:
@@ -339,6 +408,9 @@ def parse_ort_profile(events: list[dict[str, Any]], runs: int, top: int = 15) ->
         node = str(ev["name"])[: -len("_kernel_time")]
         prev = by_node.get(node, (op, 0.0))
         by_node[node] = (op, prev[1] + dur)
+        scope = scope_of(owners.get(node, node))
+        by_scope[scope] += dur
+        count_scope[scope] += 1
     n = total_runs or max(1, runs)
     ops = sorted(by_op.items(), key=lambda kv: -kv[1])
     total_us = sum(by_op.values())
@@ -358,5 +430,9 @@ def parse_ort_profile(events: list[dict[str, Any]], runs: int, top: int = 15) ->
         "top_nodes": [
             {"node": name, "op": op, "ms": us / n / 1e3}
             for name, (op, us) in sorted(by_node.items(), key=lambda kv: -kv[1][1])[:top]
+        ],
+        "by_scope": [
+            {"scope": scope, "ms": us / n / 1e3, "nodes": count_scope[scope] // n if n else count_scope[scope]}
+            for scope, us in sorted(by_scope.items(), key=lambda kv: -kv[1])
         ],
     }

@@ -61,6 +61,21 @@ def test_profile_breakdown_and_keep_onnx(capsys, tmp_path):
     out, _ = run_ok(["profile", "--arch", ARCH, "--runs", "2", "--breakdown", "--onnx", str(tmp_path / "m.onnx"),
                      *SMALL], capsys)
     assert "per operator" in out and "Conv" in out and (tmp_path / "m.onnx").is_file()
+    assert "by slot" in out and "enc1[0] T" in out and "dec1[0] E" in out and "down1_2" in out
+
+
+def test_profile_breakdown_json_has_one_row_per_slot(capsys):
+    out, _ = run_ok(["profile", "--arch", ARCH, "--runs", "2", "--breakdown", "--json", *SMALL], capsys)
+    bd = json.loads(out)["details"]["breakdown"]
+    rows = bd["stages"]
+    slots = [r["stage"] for r in rows if r["part"] == "slot"]
+    assert slots == ["enc1[0] T", "enc2[0] E", "enc3[0] T", "lat[0] E", "dec3[0] T", "dec2[0] E", "dec1[0] E",
+                     "ref[0] T"]  # ARCH, in the order data flows
+    assert [r["stage"] for r in rows if r["part"] != "slot"] == [
+        "stem", "down1_2", "down2_3", "down3_4", "up4_3", "up3_2", "up2_1", "output", "other"]
+    assert 100 * sum(r["share"] for r in rows) == pytest.approx(100, abs=0.5)
+    assert sum(r["ms"] for r in rows) == pytest.approx(bd["total_kernel_ms"], rel=1e-6)
+    assert all(r["nodes"] > 0 for r in rows) and "" not in {s["scope"] for s in bd["by_scope"]}
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,10 @@ class CrashOnce:
         if payload == "a" and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
-        return Outcome({"score": float("abcdef".index(payload))}, attrs={"pid": os.getpid()})
+        import ray
+
+        return Outcome({"score": float("abcdef".index(payload))},
+                       attrs={"pid": os.getpid(), "node_ip": ray.util.get_node_ip_address()})
 
 
 def test_ray_workers_and_a_killed_worker(tmp_path):
@@ -48,6 +51,8 @@ def test_ray_workers_and_a_killed_worker(tmp_path):
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
     assert retry and retry[0].state == TrialState.COMPLETE and retry[0].params == {"a": "a"}
     assert all(t.user_attrs["pid"] != os.getpid() for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    # a local Ray cluster listens on loopback only
+    assert {t.user_attrs["node_ip"] for t in study.get_trials(states=(TrialState.COMPLETE,))} == {"127.0.0.1"}
 
 
 def test_search_on_postgresql(postgres_url, micro_zoo, tmp_path):

@@ -253,3 +253,31 @@ def test_downstream_term_lowers_the_swap_error_at_full_resolution(micro_cfg):
 
     with_term, without = swap_errors(20.0, "with"), swap_errors(0.0, "without")
     assert with_term < 0.6 * without
+
+
+def test_a_zoo_extended_with_new_kinds_keeps_its_teacher_and_old_surrogates(tmp_path, micro_cfg, micro_recipe):
+    """``--from-zoo``: only the kinds the base lacks are distilled; T, M and E weights are the base's."""
+    from dataclasses import replace
+
+    import torch
+
+    from ens.zoo.build import build_zoo
+    from ens.zoo.manifest import ZooManifest
+    from ens.zoo.store import Zoo
+
+    quick = replace(micro_recipe, rank_archs=0, quality_mixed=1)
+    kw = dict(config=micro_cfg, recipe=quick, show_progress=False, log=lambda m: None)
+    base = build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("M", "E"), **kw)
+    logs: list[str] = []
+    ext = build_zoo("denoise", "tiny", out_root=tmp_path / "b", kinds=("M", "S", "I"), base=base,
+                    **{**kw, "log": logs.append})
+    m = ZooManifest.read(ext)
+    assert m.kinds == ["T", "M", "E", "S", "I"] and m.distill["kinds"] == ["S", "I"]
+    assert m.build["extended"][0]["from"] == ZooManifest.read(base).zoo_id
+    assert "--from-zoo" in m.build["extended"][0]["command"] and "--kinds M,E,S,I" in m.build["extended"][0]["command"]
+    old, new = Zoo.load(base).state, Zoo.load(ext).state
+    assert all(torch.equal(old[k], new[k]) for k in old)  # nothing of the base was retrained
+    assert any(".choices.S." in k for k in new) and not any(".choices.I." in k for k in new)  # the skip has no weights
+    assert set(m.distill["relative_error"]["enc1.0"]) == {"M", "E", "S", "I"}
+    assert abs(m.distill["relative_error"]["enc1.0"]["I"] - 1.0) < 1e-6  # skipping is no better than skipping
+    assert any("teacher and M, E from zoo" in x for x in logs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ens.cli.app import app, console, err_console
+
+if TYPE_CHECKING:
+    from profilers.result import LatencyResult
 
 
 def _fmt_ms(v: float) -> str:
@@ -84,10 +87,40 @@ def profile(
         a, prof, cfg, dims, precision=precision, cache=not (no_cache or breakdown or onnx is not None),
         onnx_path=onnx,
     )
+    result = _with_stages(result, a.block_kinds(cfg))
     if as_json:
         typer.echo(json.dumps({"arch": str(a), "arch_hash": a.hash, "preset": preset, **result.to_dict()}))
         return
     _print_result(str(a), a.hash, result)
+
+
+def _with_stages(result: LatencyResult, kinds: dict[str, list[str]]) -> LatencyResult:
+    """``result`` with its breakdown's time per slot, sampler, stem and output (``breakdown["stages"]``)."""
+    from profilers.stages import stage_summary
+
+    bd = result.details.get("breakdown")
+    if not bd:
+        return result
+    stages = [row.to_dict() for row in stage_summary(bd, kinds)]
+    return result.replace(details={**result.details, "breakdown": {**bd, "stages": stages}})
+
+
+def _print_stages(bd: dict[str, Any]) -> None:
+    """Where the time goes: one row per slot, sampler, stem, output conv and other, in data-flow order."""
+    rows = bd.get("stages") or []
+    if not rows:
+        return
+    top = sorted(r["share"] for r in rows)[-3:]
+    t = Table(title="where the time goes, by slot (ms per run)",
+              caption=f"ONNX Runtime profiler; {bd['total_kernel_ms']:.2f} ms of kernels = 100%")
+    for col in ("stage", "ms", "share"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    t.add_column("", min_width=20)
+    for r in rows:
+        style = "bold" if r["share"] in top and r["share"] > 0 else ("dim" if r["part"] != "slot" else "")
+        t.add_row(r["stage"], f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%", "█" * round(40 * r["share"]),
+                  style=style or None)
+    console.print(t)
 
 
 def _print_result(arch: str, arch_hash: str, r) -> None:
@@ -110,10 +143,12 @@ def _print_result(arch: str, arch_hash: str, r) -> None:
     console.print(t)
     bd = d.get("breakdown")
     if bd:
-        ops = Table(title=f"per operator (ONNX Runtime profiler, ms per run; kernels {bd['total_kernel_ms']:.2f} ms)")
+        _print_stages(bd)
+        n_ops = len(bd["by_op_type"])
+        ops = Table(title="per operator (ms per run)", caption=f"top 15 of {n_ops} op types" if n_ops > 15 else None)
         for col in ("op", "nodes", "ms", "share"):
             ops.add_column(col, justify="left" if col == "op" else "right")
-        for row in bd["by_op_type"]:
+        for row in bd["by_op_type"][:15]:
             ops.add_row(row["op"], str(row["nodes"]), f"{row['ms']:.3f}", f"{100 * row['share']:.1f}%")
         console.print(ops)
     if d.get("breakdown_ms"):

@@ -30,6 +30,10 @@ def build(
                                             "side for a quick quality report (default: whole images)."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for training (default: all cores). Two "
                                        "builds side by side with 1 thread each beat one with 2 on 2 cores."),
+    kinds: str = typer.Option("M,E,S,L,I", "--kinds", help="Surrogate kinds to distil for every slot (see "
+                              "'ens zoo kinds')."),
+    from_zoo: Path | None = typer.Option(None, "--from-zoo", help="Keep this zoo's teacher and surrogates and "
+                                         "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
 ) -> None:
     """Train the teacher, distil Mamba and EFM surrogates for every slot, and write the zoo."""
@@ -41,8 +45,30 @@ def build(
 
         raise EnsError(f"data directory {data} does not exist")
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
-                     log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop)
+                     log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
+                     kinds=tuple(k.strip().upper() for k in kinds.split(",") if k.strip()),
+                     base=_zoo_path(from_zoo) if from_zoo is not None else None)
     _print_manifest(ZooManifest.read(path), path)
+
+
+def _zoo_path(zoo: Path) -> Path:
+    """A zoo folder, or the folder of the prebuilt zoo of that name."""
+    from ens.zoo.prebuilt import PREBUILT_ROOT, prebuilt_names
+
+    return PREBUILT_ROOT / str(zoo) if not zoo.exists() and str(zoo) in prebuilt_names() else zoo
+
+
+@zoo_app.command("kinds")
+def kinds_table() -> None:
+    """The block kinds a slot can take: the teacher's (T) and the surrogates the zoo distils."""
+    from blocks.registry import block_kinds
+
+    t = Table(title="block kinds (one letter each in an arch string)")
+    for c in ("letter", "name", "what it is"):
+        t.add_column(c)
+    for k in block_kinds().values():
+        t.add_row(k.letter, k.name, k.description)
+    console.print(t)
 
 
 @zoo_app.command("show")
@@ -50,10 +76,8 @@ def show(zoo_dir: Path = typer.Argument(..., help="A zoo folder (OUT/TASK-PRESET
                                         "(see 'ens zoo list').")) -> None:
     """Print a zoo's manifest and quality report as tables."""
     from ens.zoo.manifest import ZooManifest
-    from ens.zoo.prebuilt import PREBUILT_ROOT, prebuilt_names
 
-    if not zoo_dir.exists() and str(zoo_dir) in prebuilt_names():
-        zoo_dir = PREBUILT_ROOT / str(zoo_dir)
+    zoo_dir = _zoo_path(zoo_dir)
     _print_manifest(ZooManifest.read(zoo_dir), zoo_dir)
 
 

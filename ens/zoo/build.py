@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 import ens
+from blocks.registry import block_kinds
 from blocks.unet import HybridUNet, UNetConfig, get_preset
 from ens.data.check import check_dataset_once
 from ens.errors import EnsError
@@ -33,11 +34,11 @@ from ens.zoo.distill import DistillRecipe, calibrate_in_context, distill_surroga
 from ens.zoo.manifest import MANIFEST, QUALITY_JSON, QUALITY_MD, WEIGHTS, ZooManifest, slots_of
 from ens.zoo.quality import quality_markdown, quality_report
 from ens.zoo.rank import rank_fidelity
-from ens.zoo.store import file_sha256
+from ens.zoo.store import Zoo, file_sha256
 from ens.zoo.teacher import TeacherRecipe, held_out_curve, train_teacher
 from studies.lock import WaitingLock
 
-SURROGATE_KINDS: tuple[str, ...] = ("M", "E")
+SURROGATE_KINDS: tuple[str, ...] = ("M", "E", "S", "L", "I")
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,24 @@ def build_zoo(
     rank_steps: int | None = None,
     threads: int | None = None,
     quality_crop: int | None = None,
+    base: str | Path | None = None,
 ) -> Path:
-    """Build (or resume building) the zoo for (task, preset); returns its folder."""
+    """Build (or resume building) the zoo for (task, preset); returns its folder.
+
+    ``base``: an existing zoo of the same task and preset whose teacher and surrogates are kept; only the
+    ``kinds`` it lacks are distilled, then the report is remade for every kind (``ens zoo build --from-zoo``)."""
     task = get_task(task)
     try:
         cfg = config or get_preset(preset)
     except KeyError as exc:
         raise EnsError(str(exc.args[0])) from None
+    unknown = [k for k in kinds if k not in block_kinds() or k == "T"]
+    if unknown:
+        raise EnsError(f"--kinds: {', '.join(unknown)} is not a surrogate kind (choose from "
+                       f"{', '.join(k for k in block_kinds() if k != 'T')})")
+    base_zoo = _base_zoo(base, task, preset) if base is not None else None
+    if base_zoo is not None:
+        cfg = base_zoo.config
     recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
                          rank_steps)
     if quality_crop is not None:
@@ -173,47 +185,66 @@ def build_zoo(
         if (final / MANIFEST).is_file() and not force:
             log(f"zoo {final} was built meanwhile by another process")
             return final
-        return _build(task, preset, cfg, recipe, data_dir, out_root, final, seed, kinds, show_progress, log, threads)
+        return _build(task, preset, cfg, recipe, data_dir, out_root, final, seed, kinds, show_progress, log, threads,
+                      base_zoo)
+
+
+def _base_zoo(base: str | Path, task: Task, preset: str) -> Zoo:
+    zoo = Zoo.load(base)
+    if (zoo.manifest.task, zoo.manifest.preset) != (task.name, preset):
+        raise EnsError(f"--from-zoo {base} is a {zoo.manifest.task}-{zoo.manifest.preset} zoo, not "
+                       f"{task.name}-{preset}")
+    return zoo
 
 
 def _build(task: Task, preset: str, cfg: UNetConfig, recipe: ZooRecipe, data_dir, out_root: Path, final: Path,
            seed: int, kinds: Sequence[str], show_progress: bool, log: Callable[[str], None],
-           threads: int | None) -> Path:
+           threads: int | None, base: Zoo | None = None) -> Path:
     t0 = time.monotonic()
     work = out_root / f".{zoo_name(task.name, preset)}.work"
     work.mkdir(parents=True, exist_ok=True)
     data_source = str(Path(data_dir).resolve()) if data_dir else "embedded:scikit-image"
     _check_work_spec(work, {"task": task.name, "preset": preset, "config": cfg.to_dict(), "seed": seed,
-                            "kinds": list(kinds), "data": data_source,
+                            "kinds": list(kinds), "data": data_source, "base": base.zoo_id if base else None,
                             "recipe": json.loads(json.dumps(asdict(recipe)))})
     seed_everything(seed)
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     data = _load_data(task, data_dir, recipe, seed, data_source, log)
     seconds: dict[str, float] = {}
-    teacher, t_stats = _teacher_stage(cfg, data, recipe, task, seed, work, seconds, show_progress, log)
-    supernet = _surrogate_stages(teacher, cfg, kinds, data, recipe, seed, work, seconds, show_progress, log)
+    if base is None:
+        teacher, t_stats = _teacher_stage(cfg, data, recipe, task, seed, work, seconds, show_progress, log)
+        init, train_kinds = teacher.state_dict(), list(kinds)
+    else:
+        kinds = [*[k for k in base.manifest.kinds if k != "T"], *[k for k in kinds if k not in base.manifest.kinds]]
+        init, train_kinds, t_stats = base.state, [k for k in kinds if k not in base.manifest.kinds], {}
+        seconds["teacher"] = 0.0
+        log(f"[1/5] teacher and {', '.join(base.manifest.kinds[1:])} from zoo {base.zoo_id}")
+    supernet = _surrogate_stages(init, cfg, kinds, train_kinds, data, recipe, seed, work, seconds, show_progress,
+                                 log)
     report, rel = _report_stages(supernet, kinds, data, recipe, task, seed, work, seconds, show_progress, log)
-    report["teacher_curve"] = held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"])
+    report["teacher_curve"] = (held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"]) if base is None
+                               else base.manifest.teacher.get("curve", []))
     wall = round(time.monotonic() - t0, 1)
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
         task=task.name, preset=preset, config=cfg.to_dict(), kinds=["T", *kinds], slots=slots_of(cfg),
         patch_size=recipe.patch_size, val_patches=recipe.val_patches, data_source=data_source, seed=seed,
-        teacher={"steps": recipe.teacher.steps, "loss": "charbonnier",
-                 "resample_every": recipe.teacher.resample_every, **t_stats,
-                 "val": report["teacher"], "input_val": report["input"], "held_out": "whole images",
-                 "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
+        teacher=({"steps": recipe.teacher.steps, "loss": "charbonnier",
+                  "resample_every": recipe.teacher.resample_every, **t_stats} if base is None
+                 else dict(base.manifest.teacher)) | {
+                     "val": report["teacher"], "input_val": report["input"], "held_out": "whole images",
+                     "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
-                 "resample_every": recipe.distill.resample_every,
-                 "relative_error": rel, "seconds": seconds["distill"]},
+                 "resample_every": recipe.distill.resample_every, "kinds": train_kinds,
+                 "relative_error": rel, "seconds": seconds["distill"]}
+        | ({"base": {k: v for k, v in base.manifest.distill.items() if k != "relative_error"}} if base else {}),
         calibration={"steps": recipe.distill.calib_steps, "loss": _calib_loss(recipe.distill.calib_clean_weight),
                      "seconds": seconds["calibration"], "quality_report_seconds": seconds["quality_report"]},
         rank={k: v for k, v in report.get("rank", {}).items() if k != "archs"} | {"seconds": seconds["rank"]},
         versions=versions(),
         wall_time_s=wall,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build={"command": zoo_command(task.name, preset, data_dir, out_root, seed, recipe),
-               "machine": machine(), "wall_time_s": wall, "stage_seconds": seconds},
+        build=_build_record(task.name, preset, data_dir, out_root, seed, recipe, kinds, base, wall, seconds),
     )
     _publish(final, supernet, manifest, report, rel)
     shutil.rmtree(work, ignore_errors=True)
@@ -253,11 +284,15 @@ def _teacher_stage(cfg, data: ZooData, recipe: ZooRecipe, task: Task, seed: int,
     return teacher, stats
 
 
-def _surrogate_stages(teacher: HybridUNet, cfg, kinds: Sequence[str], data: ZooData, recipe: ZooRecipe, seed: int,
-                      work: Path, seconds: dict[str, float], show_progress: bool, log) -> HybridUNet:
+def _surrogate_stages(init: dict[str, torch.Tensor], cfg, kinds: Sequence[str], train_kinds: Sequence[str],
+                      data: ZooData, recipe: ZooRecipe, seed: int, work: Path, seconds: dict[str, float],
+                      show_progress: bool, log) -> HybridUNet:
+    """The supernet over ``kinds`` started from ``init`` (the teacher's weights, or a base zoo's), with the
+    surrogates of ``train_kinds`` distilled (and calibrated in context)."""
     torch.manual_seed(seed + 1)
     supernet = HybridUNet(cfg, candidates=["T", *kinds])
-    supernet.load_state_dict(teacher.state_dict(), strict=False)
+    supernet.load_state_dict(init, strict=False)
+    kinds = train_kinds
     log(f"[2/5] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
         f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
         f"{_resuming(work / 'distill.ckpt.safetensors')}")
@@ -342,12 +377,36 @@ def machine() -> dict[str, object]:
     return out
 
 
+def _build_record(task: str, preset: str, data_dir, out_root: Path, seed: int, recipe: ZooRecipe,
+                  kinds: Sequence[str], base: Zoo | None, wall: float, seconds: dict[str, float]) -> dict:
+    """How the zoo was made: the command, the machine, the time; an extension keeps its base's record."""
+    here = {"command": zoo_command(task, preset, data_dir, out_root, seed, recipe, kinds, _base_name(base)),
+            "machine": machine(), "wall_time_s": wall, "stage_seconds": seconds}
+    if base is None:
+        return here
+    return {**base.manifest.build, "extended": [*base.manifest.build.get("extended", []),
+                                                {**here, "from": base.zoo_id}]}
+
+
+def _base_name(base: Zoo | None) -> str | None:
+    """How ``--from-zoo`` names ``base``: a prebuilt zoo by its name, any other by its folder."""
+    if base is None or base.path is None:
+        return None
+    from ens.zoo.prebuilt import PREBUILT_ROOT
+
+    path = Path(base.path).resolve()
+    return path.name if path.parent == PREBUILT_ROOT.resolve() else str(base.path)
+
+
 def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: Path, seed: int,
-                recipe: ZooRecipe) -> str:
+                recipe: ZooRecipe, kinds: Sequence[str] = SURROGATE_KINDS, base: str | None = None) -> str:
     """The ``ens zoo build`` command line that rebuilds this zoo (the recipe's step counts spelled out)."""
     args = ["ens", "zoo", "build", "--task", task, "--preset", preset, "--out", str(out_root), "--seed", str(seed),
             "--steps", str(recipe.teacher.steps), "--distill-steps", str(recipe.distill.steps),
-            "--calib-steps", str(recipe.distill.calib_steps), "--rank-steps", str(recipe.rank_finetune_steps)]
+            "--calib-steps", str(recipe.distill.calib_steps), "--rank-steps", str(recipe.rank_finetune_steps),
+            "--kinds", ",".join(kinds)]
+    if base is not None:
+        args += ["--from-zoo", str(base)]
     if recipe.quality_crop:
         args += ["--quality-crop", str(recipe.quality_crop)]
     if data_dir is not None:

@@ -73,6 +73,12 @@ def surrogate_params(supernet: HybridUNet, kinds: Sequence[str]) -> list[torch.n
     return [p for _, _, blk in supernet.slot_blocks() for k in kinds for p in blk.choices[k].parameters()]
 
 
+def trainable_kinds(supernet: HybridUNet, kinds: Sequence[str]) -> list[str]:
+    """The kinds with parameters to distil (``I``, the skip, has none)."""
+    _, _, blk = supernet.slot_blocks()[0]
+    return [k for k in kinds if any(True for _ in blk.choices[k].parameters())]
+
+
 def freeze_all_but(supernet: HybridUNet, kinds: Sequence[str]) -> None:
     for p in supernet.parameters():
         p.requires_grad_(False)
@@ -158,7 +164,10 @@ def distill_surrogates(
     seed: int,
     ckpt_path: Path,
     show_progress: bool = True,
-) -> LoopResult:
+) -> LoopResult | None:
+    kinds = trainable_kinds(supernet, kinds)
+    if not kinds:  # only the skip, or nothing new
+        return None
     loop = _surrogate_loop("distil surrogates", supernet, kinds, train_set, recipe,
                            Schedule(recipe.steps, recipe.lr, warmup=20), recipe.weight_decay, ckpt_path, show_progress)
     channels_last(supernet).train()
@@ -217,7 +226,7 @@ def calibrate_in_context(
     ckpt_path: Path,
     show_progress: bool = True,
 ) -> LoopResult | None:
-    if recipe.calib_steps <= 0:
+    if recipe.calib_steps <= 0 or not trainable_kinds(supernet, kinds):
         return None
     loop = _surrogate_loop("in-context calibration", supernet, kinds, train_set, recipe,
                            Schedule(recipe.calib_steps, recipe.calib_lr, warmup=10), 0.0, ckpt_path, show_progress)
