@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ens.errors import EnsError
+from ens.search.objectives import latency_label
+from profilers.result import MEASURED
 from search_spaces.arch import Arch
 
 ALL_T = str(Arch.uniform("T"))
 COLUMNS = ["number", "arch", "psnr", "ssim", "latency_ms", "speedup", "params", "macs", "transformer_count",
-           "profiler", "latency_unit", "feasible"]
+           "profiler", "latency_unit", "latency_source", "feasible"]
 
 
 def load_study(storage: str | Path, study_name: str | None = None) -> optuna.Study:
@@ -58,6 +61,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "transformer_count": a.get("transformer_count"),
             "profiler": a.get("latency_profiler"),
             "latency_unit": a.get("latency_unit", "ms"),
+            "latency_source": a.get("latency_source", MEASURED),
+            "latency_label": a.get("latency_label"),
+            "latency_error_pct": a.get("latency_error_pct"),
             "feasible": a.get("feasible", True),
             "values": list(t.values),
         })
@@ -94,6 +100,22 @@ def pareto_frame(study: optuna.Study, df: pd.DataFrame | None = None) -> pd.Data
     return out.sort_values("latency_ms" if out["latency_ms"].notna().any() else "number").reset_index(drop=True)
 
 
+def latency_axis_label(df: pd.DataFrame) -> str:
+    """What the latency numbers of ``df`` (:func:`trials_frame`) are: measured on which profiler, or predicted
+    by which table with what measured error, or the proxy's count; each way, joined, if trials differ."""
+    labels = list(dict.fromkeys(_latency_label(r) for r in df.to_dict("records")))
+    return "; ".join(labels) if labels else "latency (ms)"
+
+
+def _latency_label(row: dict[str, Any]) -> str:
+    if isinstance(row.get("latency_label"), str) and row["latency_label"]:
+        return row["latency_label"]
+    err = row.get("latency_error_pct")  # studies searched before trials recorded their label
+    return latency_label(str(row.get("profiler") or "an unknown profiler"), str(row.get("latency_source") or MEASURED),
+                         str(row.get("latency_unit") or "ms"),
+                         float(err) if isinstance(err, (int, float)) and math.isfinite(err) else None)
+
+
 def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> bytes:
     import matplotlib
 
@@ -107,7 +129,7 @@ def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> 
     ref = df[df["arch"] == ALL_T]
     if len(ref):
         ax.scatter(ref[x], ref["psnr"], marker="*", s=220, c="#1f4e79", label="all-transformer (teacher)", zorder=5)
-    ax.set_xlabel("latency (ms)" if x == "latency_ms" else "transformer blocks")
+    ax.set_xlabel(latency_axis_label(df) if x == "latency_ms" else "transformer blocks")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -149,7 +171,8 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
             f"{front[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
             f"<h2>All trials</h2>{df[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
     atomic_write_text(out / "pareto.html", page)
-    summary = {"study": study.study_name, "trials": len(df), "pareto": front[cols].to_dict(orient="records"),
+    summary = {"study": study.study_name, "trials": len(df), "latency": latency_axis_label(df),
+               "pareto": front[cols].to_dict(orient="records"),
                "all_transformer": df[df["arch"] == ALL_T][cols].to_dict(orient="records")}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary

@@ -102,9 +102,14 @@ class Profiler(ABC):
         from profilers.networks import export_network
 
         prec = self.resolve_precision(precision)
+        key = net.key
+        if prec == "int8":  # which INT8 graph was timed is part of what was measured
+            from profilers.int8_graphs import int8_graph_name
+
+            key = f"{key}|int8:{int8_graph_name()}"
         cached = CachedProfiler(self, None if cache is True else cache) if cache not in (None, False) else None
         if cached is not None:
-            hit = cached.lookup(net.key, net.shape, prec)
+            hit = cached.lookup(key, net.shape, prec)
             if hit is not None:
                 return hit.replace(details={**hit.details, "cache": "hit"})
         with tempfile.TemporaryDirectory(prefix="ens-profile-") as tmp:
@@ -112,11 +117,11 @@ class Profiler(ABC):
             export_network(net, path, precision=prec if prec == "int8" else "fp32", seed=seed)
             result = self.measure(path, net.shape, prec)
         if cached is not None:
-            cached.store_for(net.key, net.shape, prec, result)
+            cached.store_for(key, net.shape, prec, result)
         return result
 
     def prepare(self, config: dict[str, Any], input_shape: Sequence[int], kinds: Sequence[str],
-                log: Callable[[str], None] = print, preset: str | None = None) -> None:
+                log: Callable[[str], None] = print, preset: str | None = None, precision: str | None = None) -> None:
         """Make what ``profile`` needs for this network config and shape (a latency table); nothing by default."""
         return None
 

@@ -252,6 +252,10 @@ def default_table_path(
 ) -> Path:
     d = Path(directory) if directory is not None else tables_dir()
     key = hashlib.sha256(f"{profiler_spec}|{device}".encode()).hexdigest()[:8]
+    if precision == "int8":  # a table of one INT8 graph never predicts another's
+        from profilers.int8_graphs import int8_graph_name
+
+        precision = f"int8.{int8_graph_name()}"
     name = f"{_slug(profiler_spec)}-{key}-{format_shape(input_shape)}-{precision}-{config_hash(config)}.json"
     return d / name
 
@@ -325,10 +329,9 @@ def export_calibration_networks(
         path = Path(directory) / f"{_slug(name)}.onnx"
         model = build_calibration_network(cfg, ks, seed)
         if precision == "int8":
-            from profilers.quantize import quantize_int8
+            from profilers.int8_graphs import build_int8
 
-            fp32 = export_onnx(model, shape, Path(directory) / f"{_slug(name)}-fp32.onnx")
-            quantize_int8(fp32, path, shape)
+            build_int8(model, shape, path)
         else:
             export_onnx(model, shape, path)
         out[name] = path
@@ -464,17 +467,18 @@ class LUTProfiler(WrappingProfiler):
         return self.predict_kinds(net.kinds, net.config, net.shape, precision, arch=net.label or None)
 
     def prepare(self, config: dict[str, Any], input_shape: Sequence[int], kinds: Sequence[str],
-                log: Callable[[str], None] = print, preset: str | None = None) -> None:
-        """Calibrate and save the table for this config and shape if there is none (each stage and kind once)."""
+                log: Callable[[str], None] = print, preset: str | None = None, precision: str | None = None) -> None:
+        """Calibrate and save the table for this config, shape and precision if there is none (each stage and
+        kind once)."""
         from blocks import UNetConfig
 
-        prec = self.default_precision
+        prec = self._precision(precision)
         try:
             self.table_for(config, input_shape, prec)
             return
         except TableNotFound:
             pass
-        log(f"no latency table for {self.inner.spec} at {format_shape(input_shape)}: calibrating one first "
+        log(f"no {prec} latency table for {self.inner.spec} at {format_shape(input_shape)}: calibrating one first "
             f"(each stage and block kind measured once in context)")
         self.inner.check()
         table = calibrate_table(self.inner, UNetConfig.from_dict(dict(config)), input_shape, kinds, precision=prec,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +55,10 @@ def export_network(net: NetworkSpec, path: str | os.PathLike[str], precision: st
     path = Path(path)
     model = build_network(net, seed)
     if precision == "int8":
-        from profilers.quantize import quantize_int8
+        from profilers.int8_graphs import build_int8
 
-        with tempfile.TemporaryDirectory(prefix="ens-export-") as tmp:
-            fp32 = export_onnx(model, net.shape, Path(tmp) / "fp32.onnx")
-            _annotate(fp32, net)
-            quantize_int8(fp32, path, net.shape)
+        build_int8(model, net.shape, path)
+        _annotate(path, net)
         return path
     export_onnx(model, net.shape, path)
     _annotate(path, net)

@@ -7,7 +7,9 @@ The driver is the only process that writes the study. A trial's life:
    and marked ``duplicate_of``: nothing is evaluated twice;
 3. otherwise ``evaluate(payload)`` runs on an executor and returns an :class:`Outcome`;
 4. its metrics become the objective values, user attrs, constraints (``<metric>_budget``: value minus
-   budget, <= 0 feasible) and artifacts.
+   budget, <= 0 feasible) and artifacts; once told, its ``note`` becomes the trial's Note in
+   optuna-dashboard (when that is installed), with its image artifacts shown in it; a duplicate's Note
+   names the trial it repeats.
 
 A dead worker fails the trial with its reason and re-enqueues the same parameters (up to
 ``max_retries``); an exception inside the evaluation fails it without retry. Ctrl-C fails the
@@ -38,6 +40,7 @@ from studies.executors import WorkerLost, make_executor
 from studies.heartbeat import Heartbeat, fail_stale, heartbeat_enabled
 
 DIRECTIONS = {"maximize", "minimize"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # artifacts a Note shows inline
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Outcome:
     metrics: dict[str, float]
     attrs: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)  # file name -> content
+    note: str = ""  # Markdown: the trial's Note in optuna-dashboard, written after the trial is told
 
 
 @dataclass
@@ -316,17 +320,35 @@ def _record(study, trial, outcome: Outcome, objectives, budgets, artifact_store)
     for k, v in outcome.metrics.items():
         trial.set_user_attr(k, v)
     _set_constraints(trial, outcome.metrics, budgets)
+    ids: dict[str, str] = {}
     if artifact_store is not None and outcome.artifacts:
         from optuna.artifacts import upload_artifact
 
-        ids = {}
         with tempfile.TemporaryDirectory() as d:
             for name, data in outcome.artifacts.items():
                 p = Path(d) / name
                 p.write_bytes(data)
                 ids[name] = upload_artifact(artifact_store=artifact_store, file_path=str(p), study_or_trial=trial)
         trial.set_user_attr("artifacts", ids)
-    return study.tell(trial, values)
+    frozen = study.tell(trial, values)
+    if outcome.note:
+        save_note(trial, outcome.note + _image_links(study, trial._trial_id, ids))
+    return frozen
+
+
+def save_note(trial: optuna.Trial, body: str) -> None:
+    """Write ``body`` (Markdown) as the trial's Note in optuna-dashboard; nothing when it is not installed."""
+    try:
+        from optuna_dashboard import save_note as dashboard_note
+    except ImportError:
+        return
+    dashboard_note(trial, body)
+
+
+def _image_links(study: optuna.Study, trial_id: int, artifact_ids: Mapping[str, str]) -> str:
+    """Markdown that shows a trial's image artifacts full size in a Note (optuna-dashboard's artifact URLs)."""
+    return "".join(f"\n![{name}](/artifacts/{study._study_id}/{trial_id}/{aid})\n"
+                   for name, aid in artifact_ids.items() if name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def _copy_outcome(study, trial, prev: optuna.trial.FrozenTrial, objectives) -> None:
@@ -337,3 +359,5 @@ def _copy_outcome(study, trial, prev: optuna.trial.FrozenTrial, objectives) -> N
     for key, value in (prev.constraints or {}).items() if isinstance(prev.constraints, dict) else []:
         trial.set_constraint(key, value)
     study.tell(trial, list(prev.values))
+    save_note(trial, f"Duplicate of trial {prev.number} (the same parameters): its values are copied; its note "
+                     "is there.\n" + _image_links(study, prev._trial_id, prev.user_attrs.get("artifacts") or {}))

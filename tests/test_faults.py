@@ -79,7 +79,7 @@ def test_sigint_during_the_zoo_build_keeps_the_steps_done_and_resumes(tmp_path):
     for line in proc.stdout:
         if "[1/5] teacher" in line:
             break
-    time.sleep(15.0)  # a few teacher steps (0.5-4 s each, more on a loaded machine), far less than the 120 s between periodic checkpoints
+    time.sleep(15.0)  # a few teacher steps (0.5-4 s each, more when loaded); periodic checkpoints are 120 s apart
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err

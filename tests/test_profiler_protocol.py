@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import optuna
 import pytest
 
 from ens.errors import EnsError
@@ -20,11 +21,11 @@ from profilers.registry import get_profiler, register_profiler
 from profilers.result import PREDICTED, LatencyResult
 from search_spaces import Arch
 
-COST_MS = {"T": 3.0, "M": 2.0, "E": 1.0}
+COST_MS = {"T": 3.0, "M": 2.0, "E": 1.0, "S": 1.5, "L": 0.5, "I": 0.0}
 
 
 class BlockCountPredictor(Profiler):
-    """Predicts 3 ms per transformer block, 2 per Mamba block, 1 per EFM block; never measures."""
+    """Predicts a fixed cost per block of each kind (3 ms per transformer block ...); never measures."""
 
     name = "test-block-costs"
     predicts = True
@@ -56,7 +57,7 @@ def test_search_runs_with_a_profiler_registered_in_a_test_module(micro_zoo, tmp_
                                         sampler="random"), log=lambda m: None)
     assert s.completed == 4
     cfg = Zoo.load(root / "deblur-tiny").config
-    for t in study.get_trials():
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         kinds = Arch.parse(t.user_attrs["arch"]).block_kinds(cfg)
         assert t.user_attrs["latency"] == sum(COST_MS[k] for ks in kinds.values() for k in ks)
         assert t.user_attrs["latency_source"] == PREDICTED and t.user_attrs["latency_unit"] == "ms"

@@ -43,7 +43,7 @@ def search(
     score_alpha: float = typer.Option(0.5, help="dB one halving of latency is worth, for --objective score."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
-    from ens.report import ALL_T, pareto_frame, trials_frame
+    from ens.report import ALL_T, latency_axis_label, pareto_frame, trials_frame
     from ens.search.driver import SearchOptions, run_search
 
     opts = SearchOptions(task=task, objective=objective, profiler=profiler, trials=trials, workers=workers,
@@ -74,8 +74,9 @@ def search(
     df = trials_frame(study)
     front = pareto_frame(study, df)
     t = Table(title=f"Pareto front of {study.study_name} ({len(df)} architectures)")
-    for c in ("trial", "arch", "PSNR", "SSIM", "latency ms", "speed-up", "T blocks"):
-        t.add_column(c, justify="left" if c == "arch" else "right")
+    lat = latency_axis_label(df)  # measured on which profiler, or predicted by which table, with its error
+    for c in ("trial", "arch", "PSNR", "SSIM", lat, "speed-up", "T blocks"):
+        t.add_column(c, justify="left" if c == "arch" else "right", max_width=18 if c == lat else None)
     for _, r in front.iterrows():
         t.add_row(str(r["number"]), r["arch"] + (" (teacher)" if r["arch"] == ALL_T else ""), f"{r['psnr']:.2f}",
                   f"{r['ssim']:.4f}", f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x", f"{r['transformer_count']:.0f}")

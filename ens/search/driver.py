@@ -12,8 +12,8 @@ import optuna
 
 from blocks.registry import block_kinds
 from ens.errors import EnsError
-from ens.search.objectives import parse_objectives
-from ens.search.trial import TrialContext, TrialEvaluator
+from ens.search.objectives import latency_naming, metric_names, parse_objectives
+from ens.search.trial import TrialContext, TrialEvaluator, load_sample
 from ens.tasks import get_task
 from search_spaces.arch import Arch
 from search_spaces.sampling import GRANULARITIES, arch_to_params, sample_arch
@@ -132,6 +132,15 @@ def _study(name: str, storage, objectives, sampler, opts: SearchOptions, task, z
     return study
 
 
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """The objectives' names with units, for the dashboard (optuna calls ``set_metric_names`` experimental)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+
+
 def _patch_size(zoo_dir: Path, preset: str) -> int:
     from ens.zoo.build import RECIPES
     from ens.zoo.manifest import ZooManifest
@@ -182,6 +191,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     try:
         study = _study(name, storage, objectives, sampler, opts, task, zoo, choice, shape)
         prof.prepare(cfg.to_dict(), shape, kinds, log, preset=opts.preset)  # a table calibrated if missing
+        latency_name, latency_error = latency_naming(prof, cfg, shape)
+        _name_metrics(study, metric_names(objectives, latency_name))
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
@@ -192,7 +203,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             manifest=zoo.manifest.__dict__.copy(), zoo_state=zoo.state, task=task.name, val=val,
             profiler=opts.profiler, shape=tuple(shape), objectives=[o.metric for o in objectives],
             ref_latency_ms=ref_ms, score_alpha=opts.score_alpha, finetune_steps=opts.finetune_steps,
-            train=train, seed=opts.seed,
+            train=train, seed=opts.seed, sample=load_sample(task, opts.data), latency_error_pct=latency_error,
             threads=max(1, int(opts.cpus_per_trial)) if opts.workers else max(1, os.cpu_count() or 1),
         )
         evaluator = TrialEvaluator(ctx)

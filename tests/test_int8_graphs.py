@@ -1,0 +1,75 @@
+"""INT8 latency times the graph finalize ships (onnx_int8), and never serves one graph's time for another's."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+import ens  # noqa: F401  (registers the onnx_int8 graph)
+from profilers import int8_graphs
+from profilers.base import Profiler, parse_shape
+from profilers.lut import default_table_path
+from profilers.networks import NetworkSpec, export_network
+from profilers.result import MEASURED, LatencyResult
+
+
+class CountingInt8(Profiler):
+    name = "counting-int8"
+    precisions = ("fp32", "int8")
+
+    def __init__(self):
+        self.calls = 0
+
+    @property
+    def device(self):
+        return "test-device"
+
+    def measure(self, onnx_path, input_shape, precision=None):
+        self.calls += 1
+        return LatencyResult(1.0, 1.0, 1, self.device, {"source": MEASURED}, self.spec, parse_shape(input_shape),
+                             self._precision(precision))
+
+
+@pytest.fixture
+def micro_net(micro_cfg):
+    kinds = {"enc1": ["E"], "enc2": ["T", "E"], "enc3": ["L"], "lat": ["S", "I"], "dec3": ["E"], "dec2": ["M", "E"],
+             "dec1": ["E"], "ref": ["E"]}
+    return NetworkSpec(kinds, micro_cfg.to_dict(), (1, 3, 32, 32), label="micro")
+
+
+def test_ens_makes_the_shipped_graph_the_one_timed(micro_net, tmp_path):
+    from ens.finalize.qat import placement_for, weight_bits_for
+
+    assert int8_graphs.int8_graph_name() == "onnx_int8"
+    path = export_network(micro_net, tmp_path / "n.onnx", precision="int8")
+    names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"]
+    # ModelOpt's quantizers, at finalize's placement for onnx_int8: conv inputs, weights and (ort) outputs
+    assert any("/weight_quantizer/" in n for n in names) and any("/input_quantizer/" in n for n in names)
+    assert any("/output_quantizer/" in n for n in names) == (placement_for("onnx_int8") == "ort")
+    assert weight_bits_for("onnx_int8", placement_for("onnx_int8")) in (7, 8)
+    static = tmp_path / "s.onnx"
+    assert int8_graphs.build_int8(__import__("profilers.networks").networks.build_network(micro_net), (1, 3, 32, 32),
+                                  static, name=int8_graphs.FALLBACK) == "ort-static"
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops != [n.op_type for n in onnx.load(str(static)).graph.node], "two placements, two graphs"
+
+
+def test_a_cached_int8_latency_belongs_to_its_graph(micro_net, tmp_path, monkeypatch):
+    prof = CountingInt8()
+    cache = tmp_path / "cache.sqlite"
+    monkeypatch.setattr(int8_graphs, "_ACTIVE", ["onnx_int8"])
+    monkeypatch.setattr(int8_graphs, "_BUILDERS", {"onnx_int8": lambda m, s, p: p.write_bytes(b"a"),
+                                                   "other": lambda m, s, p: p.write_bytes(b"b")})
+    monkeypatch.setattr("profilers.networks._annotate", lambda path, net: None)
+    prof.profile(micro_net, "int8", cache=cache)
+    prof.profile(micro_net, "int8", cache=cache)
+    assert prof.calls == 1  # the second is a cache hit
+    int8_graphs.register_int8_graph("other", int8_graphs._BUILDERS["other"])
+    prof.profile(micro_net, "int8", cache=cache)
+    assert prof.calls == 2  # another graph: measured again
+    t1 = default_table_path("ort-cpu", "cpu", (1, 3, 32, 32), "int8", micro_net.config)
+    monkeypatch.setattr(int8_graphs, "_ACTIVE", ["onnx_int8"])
+    t2 = default_table_path("ort-cpu", "cpu", (1, 3, 32, 32), "int8", micro_net.config)
+    assert t1 != t2 and "int8.onnx_int8" in t2.name
+    with pytest.raises(KeyError, match="no INT8 graph"):
+        int8_graphs.build_int8(None, (1, 3, 8, 8), tmp_path / "x.onnx", name="nope")
