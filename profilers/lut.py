@@ -111,6 +111,7 @@ class LatencyTable:
     created: str = ""
     calibration_s: float = 0.0
     statistic: str = "median"  # which per-network statistic the costs come from: median or min
+    verify: dict[str, Any] = field(default_factory=dict)  # its error against measured archs (ens calibrate --verify)
     path: Path | None = field(default=None, compare=False)
 
     # -- predicting -----------------------------------------------------------------------------
@@ -181,6 +182,7 @@ class LatencyTable:
             "versions": self.versions,
             "created": self.created,
             "calibration_s": self.calibration_s,
+            "verify": dict(self.verify),
             "statistic": self.statistic,
         }
 
@@ -205,6 +207,7 @@ class LatencyTable:
             versions=dict(d.get("versions") or {}),
             created=d.get("created", ""),
             calibration_s=float(d.get("calibration_s", 0.0)),
+            verify=dict(d.get("verify") or {}),
             statistic=str(d.get("statistic", "median")),
             path=path,
         )

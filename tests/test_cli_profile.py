@@ -130,6 +130,8 @@ def test_calibrate_and_verify_json(capsys, fast_exports, tmp_path):
     assert s["table"] == str(table) and table.is_file() and s["networks_measured"] == 1 + 2 + 16
     assert s["archs"] == 5 and s["within_10pct"] == 1.0 and s["median_abs_error_pct"] < 1e-6
     assert s["calibration_s"] > 0 and s["measure_all_s"] > 0 and "calibration_vs_measure_all" in s
+    saved = json.loads(table.read_text())["verify"]  # the measured error travels with the table
+    assert saved["archs"] == 5 and saved["median_abs_error_pct"] == s["median_abs_error_pct"]
     # a second run reuses the table for --verify
     out, err = run_ok(["calibrate", "--profiler", "fake-additive", "--kinds", "T,E", "--table", str(table),
                        "--verify", "3", *SMALL], capsys)

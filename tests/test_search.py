@@ -89,3 +89,33 @@ def test_latency_budget_is_a_constraint(tmp_path, zoo_root):
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert t.constraints["latency_budget"] == pytest.approx(t.user_attrs["latency"] - 4.0)
         assert t.user_attrs["feasible"] == (t.user_attrs["latency"] <= 4.0)
+
+
+def test_search_in_int8_times_the_shipped_graph_and_records_its_precision(micro_zoo, tmp_path):
+    """--precision int8: every latency is of the onnx_int8 graph; the study says so, and holds to it."""
+    import shutil
+
+    import pytest
+
+    from ens.finalize.pipeline import precision_warning
+    from ens.finalize.targets import get_target
+    from ens.search.driver import SearchOptions, run_search
+    from studies.errors import StudyError
+
+    root = tmp_path / "zoo"
+    shutil.copytree(micro_zoo, root / "deblur-tiny")
+    opts = SearchOptions(task="deblur", profiler="ort-cpu?runs=2&rounds=1&warmup=1", trials=2, workers=0,
+                         storage=str(tmp_path / "s.db"), zoo_root=str(root), shape="1x3x32x32", sampler="random",
+                         precision="int8", kinds="T,E,I")
+    study, s = run_search(opts, log=lambda m: None)
+    assert s.completed == 2 and study.user_attrs["precision"] == "int8" and study.user_attrs["kinds"] == ["T", "E", "I"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert {t.user_attrs["latency_precision"] for t in done} == {"int8"}
+    assert all(set(t.user_attrs["arch"]) & set("MSL") == set() for t in done)  # only T, E and I
+    with pytest.raises(StudyError, match="--precision int8"):
+        run_search(SearchOptions(**{**opts.__dict__, "precision": "fp32", "trials": 3}), log=lambda m: None)
+    with pytest.raises(Exception, match="the zoo has no Q"):
+        run_search(SearchOptions(**{**opts.__dict__, "kinds": "T,Q", "study_name": "other"}), log=lambda m: None)
+    assert precision_warning("int8", get_target("onnx_int8")) is None
+    assert "ranked latencies in INT8" in precision_warning("int8", get_target("onnx_fp32"))
+    assert "--precision int8" in precision_warning(None, get_target("trt_int8"))

@@ -223,6 +223,8 @@ def calibrate(
 
             rep = verify(tab, prof, cfg, dims, n=verify_n, seed=seed, precision=prec, progress=vstep)
         summary = {**summary, **rep.summary()}
+        tab.verify = {k: v for k, v in rep.summary().items() if k != "table"}  # the error travels with the table
+        tab.save(path)
         if not as_json:
             _print_verify(rep, verify_n)
     if as_json:

@@ -41,6 +41,11 @@ def search(
                                       "a prebuilt one ships."),
     granularity: str = typer.Option("stage", help="One kind per stage, or per block."),
     score_alpha: float = typer.Option(0.5, help="dB one halving of latency is worth, for --objective score."),
+    precision: str | None = typer.Option(None, "--precision", help="Latency of the graph in this precision: "
+                                         "fp32, or int8 (the Q/DQ graph 'ens finalize --export onnx_int8' ships; "
+                                         "ort-cpu and lut:ort-cpu). Default: the profiler's (fp32 on the CPU)."),
+    kinds: str | None = typer.Option(None, "--kinds", help="Block kinds a slot may take, e.g. T,M,E (see 'ens zoo "
+                                     "kinds'). Default: every kind the zoo holds."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     from ens.report import ALL_T, latency_axis_label, pareto_frame, trials_frame
@@ -51,8 +56,8 @@ def search(
                          latency_budget=latency_budget, preset=preset, data=data, seed=seed, shape=shape,
                          finetune_steps=finetune_steps, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, from_scratch=from_scratch,
-                         granularity=granularity,
-                         score_alpha=score_alpha)
+                         granularity=granularity, score_alpha=score_alpha,
+                         precision=precision.lower() if precision else None, kinds=kinds)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}

@@ -224,10 +224,24 @@ class _Run:
     cfg: QDRConfig | None = None
 
 
+def precision_warning(study_precision: str | None, target: ExportTarget) -> str | None:
+    """A warning when the study ranked latencies in another precision than the file this target ships."""
+    ships = "int8" if target.int8 else "fp32"
+    ranked = study_precision or "fp32"  # studies made before --precision timed the profiler's default, FP32
+    if ranked == ships:
+        return None
+    return (f"warning: the study ranked latencies in {ranked.upper()}, but --export {target.name} ships "
+            f"{ships.upper()}; INT8 does not speed up every block kind alike, so its front may hold another "
+            f"winner for this file (search with --precision {ships} to rank what ships)")
+
+
 def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> FinalizeResult:
     """The steps of the module docstring: checks, the trial fine-tuned in FP32, QAT, exports, report."""
     run = _preflight(opts)
     _load_trial(run, log)
+    warning = precision_warning(run.attrs.get("precision"), run.target)
+    if warning:
+        log(warning)
     t_start = time.monotonic()
     q_deg, q_fp32, ft_log = _finetune(run, log)
     out = Path(opts.out)

@@ -47,6 +47,8 @@ class SearchOptions:
     zoo_root: str | None = None  # None: a local zoo/ if there is one, else the prebuilt zoo, else built in zoo/
     from_scratch: bool = False  # build a zoo even where a prebuilt one ships
     granularity: str = "stage"
+    precision: str | None = None  # latency in this precision (None: the profiler's default, fp32 on ort-cpu)
+    kinds: str | None = None  # the block kinds searched, e.g. "T,M,E" (None: every kind the zoo holds)
     score_alpha: float = 0.5
     max_retries: int = 1
     artifacts: str | None = None
@@ -114,21 +116,23 @@ def _trial_data(task, zoo, opts: SearchOptions) -> tuple[list, Any]:
 
 
 def _study(name: str, storage, objectives, sampler, opts: SearchOptions, task, zoo, choice,
-           shape: tuple[int, ...]) -> optuna.Study:
+           shape: tuple[int, ...], kinds: list[str]) -> optuna.Study:
     """The study, created with its record (task, zoo, profiler, ...) or loaded and checked against it."""
     study = create_or_load(name, storage, objectives, sampler, attrs={
         "task": task.name, "preset": opts.preset, "zoo_id": zoo.zoo_id, "zoo_dir": str(choice.path.resolve()),
         "zoo_origin": choice.origin if choice.origin == "prebuilt" else "local",
         "profiler": opts.profiler, "shape": list(shape), "granularity": opts.granularity,
         "data": opts.data or "embedded:scikit-image", "latency_budget": opts.latency_budget,
+        "precision": opts.precision, "kinds": kinds,
     })
     if study.user_attrs.get("zoo_id") != zoo.zoo_id:
         raise StudyError(f"study {name!r} was searched with zoo {study.user_attrs.get('zoo_id')}, but the zoo "
                          f"is now {zoo.zoo_id}: use another --study-name or storage")
-    for key in ("profiler", "granularity"):
-        if study.user_attrs.get(key) != getattr(opts, key):
-            raise StudyError(f"study {name!r} was made with --{key} {study.user_attrs.get(key)}; "
-                             f"use that, or another --study-name")
+    for key, value in (("profiler", opts.profiler), ("granularity", opts.granularity),
+                       ("precision", opts.precision), ("kinds", kinds)):
+        if study.user_attrs.get(key, value) != value:
+            shown = ",".join(study.user_attrs[key]) if key == "kinds" else study.user_attrs[key]
+            raise StudyError(f"study {name!r} was made with --{key} {shown}; use that, or another --study-name")
     return study
 
 
@@ -139,6 +143,17 @@ def _name_metrics(study: optuna.Study, names: list[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(names)
+
+
+def _search_kinds(requested: str | None, zoo_kinds: list[str]) -> list[str]:
+    """The kinds a slot may take: ``requested`` (T always among them), else every kind of the zoo."""
+    if requested is None:
+        return [k for k in zoo_kinds if k in block_kinds()]
+    want = ["T", *[k.strip().upper() for k in requested.split(",") if k.strip() and k.strip().upper() != "T"]]
+    missing = [k for k in want if k not in zoo_kinds]
+    if missing:
+        raise EnsError(f"--kinds {requested}: the zoo has no {', '.join(missing)} (it holds {','.join(zoo_kinds)})")
+    return want
 
 
 def _patch_size(zoo_dir: Path, preset: str) -> int:
@@ -169,6 +184,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         raise EnsError(str(exc.args[0])) from None
     shape = image_shape(opts.shape)
     prof = get_profiler(opts.profiler)
+    opts.precision = prof.resolve_precision(opts.precision)  # an unsupported precision: refused here
     prof.check()  # unreachable device or missing token: a clear error before anything starts
     choice = resolve_zoo(task.name, opts.preset, opts.data, opts.zoo_root, opts.from_scratch)
     zoo_dir = choice.path
@@ -180,7 +196,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
 
     zoo = _open_zoo(choice, task, opts, log)
     cfg = zoo.config
-    kinds = [k for k in zoo.manifest.kinds if k in block_kinds()]
+    kinds = _search_kinds(opts.kinds, zoo.manifest.kinds)
     val, train = _trial_data(task, zoo, opts)
 
     name = opts.study_name or f"{task.name}-{opts.preset}"
@@ -189,21 +205,23 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     if lock is not None:
         lock.__enter__()
     try:
-        study = _study(name, storage, objectives, sampler, opts, task, zoo, choice, shape)
-        prof.prepare(cfg.to_dict(), shape, kinds, log, preset=opts.preset)  # a table calibrated if missing
-        latency_name, latency_error = latency_naming(prof, cfg, shape)
+        study = _study(name, storage, objectives, sampler, opts, task, zoo, choice, shape, kinds)
+        prof.prepare(cfg.to_dict(), shape, kinds, log, preset=opts.preset,  # a table calibrated if missing
+                     precision=opts.precision)
+        latency_name, latency_error = latency_naming(prof, cfg, shape, opts.precision)
         _name_metrics(study, metric_names(objectives, latency_name))
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
         ref_ms = None
         if any(o.metric == "score" for o in objectives):
-            ref_ms = profile_arch(Arch.uniform("T"), prof, cfg, shape).median_ms
+            ref_ms = profile_arch(Arch.uniform("T"), prof, cfg, shape, precision=opts.precision).median_ms
         ctx = TrialContext(
             manifest=zoo.manifest.__dict__.copy(), zoo_state=zoo.state, task=task.name, val=val,
             profiler=opts.profiler, shape=tuple(shape), objectives=[o.metric for o in objectives],
             ref_latency_ms=ref_ms, score_alpha=opts.score_alpha, finetune_steps=opts.finetune_steps,
             train=train, seed=opts.seed, sample=load_sample(task, opts.data), latency_error_pct=latency_error,
+            precision=opts.precision,
             threads=max(1, int(opts.cpus_per_trial)) if opts.workers else max(1, os.cpu_count() or 1),
         )
         evaluator = TrialEvaluator(ctx)

@@ -105,7 +105,8 @@ def metric_names(objectives: Sequence[Objective], latency: str) -> list[str]:
     return [latency if o.metric == "latency" else NAMES[o.metric] for o in objectives]
 
 
-def latency_naming(prof: Profiler, cfg: UNetConfig, shape: Sequence[int]) -> tuple[str, float | None]:
+def latency_naming(prof: Profiler, cfg: UNetConfig, shape: Sequence[int],
+                   precision: str | None = None) -> tuple[str, float | None]:
     """The latency's label for a study on ``prof`` and the latency table's measured error (%, or None).
 
     A predicting profiler answers for the all-transformer network (instantly) to say what it predicts
@@ -115,7 +116,7 @@ def latency_naming(prof: Profiler, cfg: UNetConfig, shape: Sequence[int]) -> tup
     from ens.profiling import profile_arch
     from search_spaces.arch import Arch
 
-    lat = profile_arch(Arch.uniform("T"), prof, cfg, shape)
+    lat = profile_arch(Arch.uniform("T"), prof, cfg, shape, precision=precision)
     err = table_error_pct(lat.details)
     return latency_label(prof.spec, lat.source, latency_unit(lat), err), err
 

@@ -54,6 +54,7 @@ class TrialContext:
     sample: tuple[torch.Tensor, torch.Tensor] | None = None  # a whole held-out image; None: the first patch
     sample_crop: int = SAMPLE_CROP
     latency_error_pct: float | None = None  # the latency table's measured error, when one predicts
+    precision: str | None = None  # the latency's precision (None: the profiler's default)
 
 
 class TrialEvaluator:
@@ -83,7 +84,7 @@ class TrialEvaluator:
             _finetune(net, ctx)
         task = get_task(ctx.task)
         q = evaluate(net, ctx.val, task)
-        lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape)
+        lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape, precision=ctx.precision)
         macs = lat.details.get("macs") or count_macs(net, ctx.shape)
         metrics: dict[str, float] = {
             "psnr": q.psnr,
@@ -121,6 +122,7 @@ class TrialEvaluator:
         err = ctx.latency_error_pct if lat.source == PREDICTED else None
         return {
             "latency_profiler": ctx.profiler,
+            "latency_precision": lat.precision,
             "latency_device": lat.device,
             "latency_shape": "x".join(map(str, ctx.shape)),
             "latency_source": lat.source,
