@@ -7,6 +7,7 @@ executors never do, so SQLite sees one writer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections import deque
@@ -69,9 +70,10 @@ class RayExecutor:
                 check_local_capacity(workers, cpus_per_trial)
                 kw["num_cpus"] = max(1, int(workers * cpus_per_trial + 0.999))
                 kw["num_gpus"] = int(workers * gpus_per_trial + 0.999) if gpus_per_trial else 0
-                kw["_node_ip_address"] = "127.0.0.1"  # a local cluster listens on loopback only
+                kw["_node_ip_address"] = "127.0.0.1"
             try:
-                ray.init(**kw)
+                with _loopback_only(local=not address):
+                    ray.init(**kw)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise StudyError(f"cannot start or join Ray ({address or 'local'}): {exc}") from None
         if address:
@@ -126,6 +128,24 @@ def check_local_capacity(workers: int, cpus_per_trial: float, cpus: int | None =
         raise StudyError(f"--workers {workers} with {cpus_per_trial:g} CPU(s) per trial needs "
                          f"{workers * cpus_per_trial:g} CPUs, and this machine has {cpus}: use at most "
                          f"{max(1, int(cpus // cpus_per_trial))} workers here, or --ray-address for a cluster")
+
+
+@contextlib.contextmanager
+def _loopback_only(local: bool):
+    """A local Ray cluster listens on 127.0.0.1 only. Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into this
+    machine's routable address unless its cluster mode is off, as it is on macOS/Windows
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once when ray is imported): switch it off while starting."""
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    old = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:

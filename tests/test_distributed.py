@@ -36,7 +36,7 @@ class CrashOnce:
         import ray
 
         return Outcome({"score": float("abcdef".index(payload))},
-                       attrs={"pid": os.getpid(), "node_ip": ray.util.get_node_ip_address()})
+                       attrs={"pid": os.getpid(), "node_ip": ray.nodes()[0]["NodeManagerAddress"]})
 
 
 def test_ray_workers_and_a_killed_worker(tmp_path):

@@ -15,7 +15,7 @@ from search_spaces import Arch
 def test_zoo_is_complete_and_loads(micro_zoo):
     zoo = Zoo.load(micro_zoo)
     m = zoo.manifest
-    assert m.task == "deblur" and m.kinds == ["T", "M", "E"]
+    assert m.task == "deblur" and m.kinds == ["T", "M", "E", "S", "L", "I"]
     assert len(m.slots) == 11 and m.versions["torch"].startswith("2.")
     assert set(m.distill["relative_error"]) == {f"{s['stage']}.{s['index']}" for s in m.slots}
     stage_s = [m.teacher["seconds"], m.distill["seconds"], m.calibration["seconds"],

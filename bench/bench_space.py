@@ -1,0 +1,123 @@
+"""Which search space gives the best front, and what the winner ships at: FP32 and INT8 speed-ups per task.
+
+    python bench/bench_space.py [--tasks deblur,derain,denoise] [--spaces T,M,E:all] [--int8] [--out DIR]
+
+Per task, on the prebuilt zoo (searches run in ``<out>/run``, which holds no ``zoo/``, with their own cache):
+
+1. ``ens search --kinds SPACE`` for each space, same trials and seed, latency from the ort-cpu table;
+2. the fastest completed trial within 0.3 dB of the all-T trial, and its speed-up over all-T measured by
+   ``ens profile --profiler ort-cpu`` in alternating rounds at 256x256 (FP32): figure (a);
+3. with ``--int8``: ``ens search --precision int8`` on the full space, and its winner within 0.3 dB timed
+   as the onnx_int8 graph (``ens profile --precision int8``) against the FP32 all-T network: figure (b);
+4. the zoo's rank fidelity (Kendall tau, zero-shot vs fine-tuned PSNR over 16 random hybrids): figure (c).
+
+Prints one JSON object with every command, and the load averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_all import ENS, ROOT, best_within, front_span, last_json, run, study_attrs  # noqa: E402
+
+ALL_T = "enc:T,T,T|lat:T|dec:T,T,T|ref:T"
+
+
+def search(task: str, out: Path, log: list, trials: int, name: str, kinds: str | None,
+           precision: str | None = None) -> Path:
+    cwd = out / "run"
+    cwd.mkdir(parents=True, exist_ok=True)
+    db = out / f"{name}.db"
+    cmd = [*ENS, "search", "--task", task, "--objective", "psnr,latency", "--storage", str(db), "--trials",
+           str(trials), "--workers", "1", "--study-name", name, "--sampler", "nsga2"]
+    cmd += ["--kinds", kinds] if kinds else []
+    cmd += ["--precision", precision] if precision else []
+    run(cmd, log, capture=False, cwd=cwd)
+    return db
+
+
+def interleaved(archs: dict[str, tuple[str, str]], shape: str, log: list, rounds: int) -> dict[str, float]:
+    """Median ort-cpu latency of each (arch, precision), measured in alternating rounds."""
+    times: dict[str, list[float]] = {k: [] for k in archs}
+    for _ in range(rounds):
+        for key, (arch, precision) in archs.items():
+            out, _ = run([*ENS, "profile", "--arch", arch, "--profiler", "ort-cpu", "--shape", shape,
+                          "--precision", precision, "--no-cache", "--json"], log)
+            times[key].append(last_json(out)["median_ms"])
+    return {k: round(sorted(v)[len(v) // 2], 2) for k, v in times.items()}
+
+
+def space_row(task: str, out: Path, log: list, args, kinds: str | None) -> dict[str, Any]:
+    name = f"{task}-{(kinds or 'all').replace(',', '')}"
+    db = search(task, out, log, args.trials, name, kinds)
+    cmd = log[-1]["command"]
+    _, teacher = study_attrs(db, name, ALL_T)
+    best = best_within(db, name, teacher)
+    row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "front": front_span(db, name), "best": best}
+    if best is not None:
+        ms = interleaved({"all_t": (ALL_T, "fp32"), "best": (best["arch"], "fp32")}, args.shape, log, args.rounds)
+        row["measured"] = {**ms, "speedup": round(ms["all_t"] / ms["best"], 2),
+                           "load_average": [round(v, 2) for v in os.getloadavg()]}
+    return row
+
+
+def int8_row(task: str, out: Path, log: list, args) -> dict[str, Any]:
+    name = f"{task}-all-int8"
+    db = search(task, out, log, args.trials, name, None, "int8")
+    cmd = log[-1]["command"]
+    _, teacher = study_attrs(db, name, ALL_T)
+    best = best_within(db, name, teacher)
+    row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "best": best}
+    if best is not None:
+        ms = interleaved({"all_t_fp32": (ALL_T, "fp32"), "best_int8": (best["arch"], "int8"),
+                          "best_fp32": (best["arch"], "fp32")}, args.shape, log, args.rounds)
+        row["measured"] = {**ms, "speedup_vs_fp32_all_t": round(ms["all_t_fp32"] / ms["best_int8"], 2),
+                           "int8_vs_own_fp32": round(ms["best_fp32"] / ms["best_int8"], 2),
+                           "load_average": [round(v, 2) for v in os.getloadavg()]}
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="deblur,derain,denoise")
+    ap.add_argument("--spaces", default="all:T,M,E", help="colon-separated --kinds lists; 'all': every zoo kind")
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shape", default="1x3x256x256")
+    ap.add_argument("--int8", action="store_true", help="also search with --precision int8 (figure b)")
+    ap.add_argument("--out", default="bench/results/space")
+    args = ap.parse_args()
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["ENS_CACHE_DIR"] = str(out / "cache")
+    log: list[dict[str, Any]] = []
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "load_average_start": [round(v, 2) for v in
+                                                                                    os.getloadavg()], "tasks": {}}
+    for task in filter(None, args.tasks.split(",")):
+        r: dict[str, Any] = {"spaces": {}}
+        for space in args.spaces.split(":"):  # the full space first: its table covers every kind
+            r["spaces"][space] = space_row(task, out, log, args, None if space == "all" else space)
+        if args.int8:
+            r["int8"] = int8_row(task, out, log, args)
+        from ens.zoo.manifest import ZooManifest
+        from ens.zoo.prebuilt import PREBUILT_ROOT
+
+        m = ZooManifest.read(PREBUILT_ROOT / f"{task}-tiny")
+        r["zoo"] = {"zoo_id": m.zoo_id, "kinds": m.kinds, "rank_tau": m.rank.get("tau"),
+                    "rank_archs": m.rank.get("n"), "rank_finetune_steps": m.rank.get("finetune_steps")}
+        res["tasks"][task] = r
+        print(json.dumps({task: r}, default=str), flush=True)
+    res["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    res["log"] = log
+    print(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
