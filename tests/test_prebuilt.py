@@ -126,3 +126,22 @@ def test_a_shipped_recipe_rebuilds_at_reduced_steps_through_the_cli(tmp_path, mo
     assert rebuilt.manifest.config == m.config
     assert rebuilt.manifest.build["command"].startswith("ens zoo build --task denoise --preset tiny")
     assert "--steps 2 " in rebuilt.manifest.build["command"]
+
+
+def test_each_shipped_extension_reruns_through_the_cli(tmp_path, monkeypatch):
+    """The commands that added kinds to a prebuilt zoo (``--from-zoo``), cut down, run through ``ens zoo build``."""
+    from ens.cli import main
+
+    m = ZooManifest.read(prebuilt_dir("derain", "tiny"))
+    for step in m.build.get("extended", []):
+        argv = shlex.split(step["command"])
+        assert "--from-zoo" in argv and "--kinds" in argv
+        reduced = {"--distill-steps": "2", "--rank-steps": "0", "--out": str(tmp_path / "zoo")}
+        args = [reduced.get(argv[i - 1], a) if i > 0 else a for i, a in enumerate(argv)][1:]
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--quality-crop", "64", "--force"])
+        assert exc.value.code == 0
+        rebuilt = Zoo.load(tmp_path / "zoo" / "derain-tiny")
+        # ``--from-zoo derain-tiny`` names the shipped zoo, which now holds every kind: it is the base
+        assert rebuilt.manifest.kinds == m.kinds and rebuilt.manifest.build["extended"][-1]["from"] == m.zoo_id
