@@ -12,6 +12,7 @@ import time
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from ens.cli import main
 from ens.training import checkpoint_step
@@ -23,7 +24,7 @@ def _complete(db) -> int:
         return 0
     try:
         s = optuna.load_study(study_name="deblur-tiny", storage=f"sqlite:///{db}")
-    except KeyError:
+    except (KeyError, SQLAlchemyError):  # no study yet, or the driver is creating the tables as we look
         return 0
     return len(s.get_trials(states=(TrialState.COMPLETE,)))
 

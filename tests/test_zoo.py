@@ -22,7 +22,7 @@ def test_zoo_is_complete_and_loads(micro_zoo):
                m.calibration["quality_report_seconds"]]
     assert all(s >= 0 for s in stage_s) and sum(stage_s) <= m.wall_time_s + 0.5
     q = json.loads((micro_zoo / "quality.json").read_text())
-    assert set(q["uniform"]) == {"M", "E"} and len(q["swap"]) == 11
+    assert set(q["uniform"]) == {"M", "E", "S", "L", "I"} and len(q["swap"]) == 11
     assert q["teacher"]["psnr"] == m.teacher["val"]["psnr"]
     assert (micro_zoo / "quality.md").read_text().startswith("# Zoo quality")
     assert not list(micro_zoo.parent.glob(".*work")), "the work folder is removed after a build"
