@@ -197,9 +197,7 @@ def _run(study, objectives, space, evaluate, cfg: RunConfig, artifact_store, on_
         while (summary.completed < cfg.n_trials or in_flight) and not stop.requested:
             if heart is not None and time.monotonic() - last_check >= heart.interval_s:
                 last_check = time.monotonic()
-                fail_stale(study)  # other drivers' dead trials; their completed ones count and dedupe
-                done.update({k: t for k, t in _complete_by_key(study).items() if k not in done})
-                summary.completed = len(done)
+                _sync_with_other_drivers(study, done, summary)
             while (len(in_flight) < slots and summary.completed + len(in_flight) < cfg.n_trials
                    and not summary.exhausted and not stop.requested):
                 trial = study.ask()
@@ -233,11 +231,7 @@ def _run(study, objectives, space, evaluate, cfg: RunConfig, artifact_store, on_
             if heart is not None:
                 heart.discard(number)
             if isinstance(result, BaseException):
-                reason = f"{result.__class__.__name__}: {result}".strip()[:500]
-                _fail(study, trial, reason)
-                summary.failed += 1
-                if isinstance(result, WorkerLost) and _requeue(study, trial, reason, cfg.max_retries):
-                    summary.retried += 1
+                reason = _failed(study, trial, result, cfg, summary)
                 if on_done:
                     on_done(None, summary)
                 fail_streak += 1
@@ -266,6 +260,24 @@ def _run(study, objectives, space, evaluate, cfg: RunConfig, artifact_store, on_
         executor.shutdown()
         summary.wall_s = time.monotonic() - t0
     return summary
+
+
+def _sync_with_other_drivers(study: optuna.Study, done: dict, summary: RunSummary) -> None:
+    """Fail dead drivers' trials (heartbeats); count and dedupe against what live ones completed."""
+    fail_stale(study)
+    done.update({k: t for k, t in _complete_by_key(study).items() if k not in done})
+    summary.completed = len(done)
+
+
+def _failed(study: optuna.Study, trial: optuna.Trial, error: BaseException, cfg: RunConfig,
+            summary: RunSummary) -> str:
+    """Fail ``trial`` with the error as its reason; a lost worker's trial is re-enqueued. Returns the reason."""
+    reason = f"{error.__class__.__name__}: {error}".strip()[:500]
+    _fail(study, trial, reason)
+    summary.failed += 1
+    if isinstance(error, WorkerLost) and _requeue(study, trial, reason, cfg.max_retries):
+        summary.retried += 1
+    return reason
 
 
 class _StopFlag:
