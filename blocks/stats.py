@@ -20,7 +20,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """
     was_training = model.training
     model.eval()
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(*input_shape))
+        model(torch.zeros(*input_shape, device=device))
     model.train(was_training)
     return int(counter.get_total_flops()) // 2

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ens.compute import model_device
 from ens.metrics import psnr, ssim
 from ens.tasks import Task
 
@@ -27,7 +28,9 @@ def _pairs(val) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module | None, val, task: Task, batch_size: int = 8) -> Quality:
-    """Mean PSNR/SSIM over ``val`` (pairs of [3, H, W] tensors). ``model=None`` scores the inputs."""
+    """Mean PSNR/SSIM over ``val`` (pairs of [3, H, W] tensors). ``model=None`` scores the inputs. The network runs
+    on its own device (the batches go there) in float32; the metrics are computed on the CPU."""
+    device = model_device(model)
     if model is not None:
         was_training = model.training
         model.eval()
@@ -44,7 +47,7 @@ def evaluate(model: nn.Module | None, val, task: Task, batch_size: int = 8) -> Q
             chunk = group[i : i + batch_size]
             deg = torch.stack([c[0] for c in chunk])
             clean = torch.stack([c[1] for c in chunk])
-            pred = deg if model is None else model(deg).clamp(0, 1)
+            pred = deg if model is None else model(deg.to(device)).clamp(0, 1).float().cpu()
             p_sum += float(psnr(pred, clean, reduction="none", **kw).sum())
             s_sum += float(ssim(pred, clean, reduction="none", **kw).sum())
             n += len(chunk)

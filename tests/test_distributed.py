@@ -75,3 +75,29 @@ def test_unreachable_server_is_a_clear_error():
 
     with pytest.raises(StudyError, match="cannot open storage postgresql"):
         open_storage("postgresql+psycopg2://nobody:pw@127.0.0.1:9/none")
+
+
+def _gpu_env(payload):
+    import ray
+
+    from ens.compute import resolve_device
+
+    return Outcome({"score": 1.0}, attrs={"cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                          "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                                          "auto": str(resolve_device("auto"))})
+
+
+def test_gpu_trials_get_the_gpus_ray_assigns(tmp_path):
+    """--gpus-per-trial 1 on a local Ray: each trial is given one GPU by Ray (declared logical GPUs here, as
+    Ray itself declares them; no real GPU) and sees only it in CUDA_VISIBLE_DEVICES, which ens never sets."""
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    study = create_or_load("gpus", open_storage(tmp_path / "s.db"), OBJ, make_sampler("random", 0))
+    s = run_study(study, OBJ, space, _gpu_env, RunConfig(n_trials=3, workers=2, cpus_per_trial=1,
+                                                         gpus_per_trial=1))
+    assert s.completed == 3
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        ids = t.user_attrs["gpu_ids"]
+        assert len(ids) == 1 and ids[0] in ("0", "1")
+        assert t.user_attrs["cuda_visible"] == ids[0], "Ray narrowed CUDA_VISIBLE_DEVICES to the trial's GPU"
+        assert t.user_attrs["auto"] == "cpu", "no real GPU behind the logical one: --device auto falls back"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ, "the driver's environment is untouched"

@@ -51,6 +51,7 @@ def test_zoo_search_with_two_workers_then_finalize_int8(tmp_path, micro_recipe):
         assert Arch.parse(a["arch"]).hash == a["arch_hash"]
         assert a["zoo_id"] == manifest["zoo_id"] and np.isfinite(a["psnr"])
         assert a["latency"] == a["transformer_count"]  # the proxy profiler: a count, not a time
+        assert a["eval_device"] == "cpu", "--device auto in a Ray trial without GPUs: the CPU"
         assert t.values == [a["psnr"], a["latency"]]
     assert len({t.user_attrs["arch_hash"] for t in done}) == len(done), "no architecture evaluated twice"
     assert str(os.getpid()) not in workers, "trials ran in Ray worker processes"

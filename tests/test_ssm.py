@@ -400,3 +400,44 @@ def test_onnx_export_has_no_loop_and_matches(dynamo, tmp_path):
     for out, exp in zip(outs, expected, strict=True):
         assert out.shape == tuple(exp.shape)
         assert np.abs(out - exp.numpy()).max() < 1e-4
+
+
+@pytest.fixture
+def computing_mamba_ssm(monkeypatch):
+    """A stand-in ``mamba_ssm`` whose kernels compute what the real ones do, with their argument conventions:
+    ``selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)`` and
+    ``mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=, z=, dt_bias=, dt_softplus=, ...)`` with B, C in
+    the grouped form [b, l, g, n] only (the real kernel rejects [b, l, n])."""
+
+    def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False):
+        return ssm.selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                  return_final_states=False):
+        assert B.dim() == 4 and C.dim() == 4, "the kernel takes grouped B and C"
+        assert isinstance(chunk_size, int) and not return_final_states
+        return ssm.ssd_scan_sequential(x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+    names = ["mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.ops.triton",
+             "mamba_ssm.ops.triton.ssd_combined"]
+    modules = {name: types.ModuleType(name) for name in names}
+    modules["mamba_ssm.ops.selective_scan_interface"].selective_scan_fn = selective_scan_fn
+    modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined = mamba_chunk_scan_combined
+    for name, mod in modules.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    ssm._load_kernel.cache_clear()
+    yield
+    ssm._load_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("g", [0, 2])
+def test_kernel_path_and_exportable_scan_agree(computing_mamba_ssm, monkeypatch, g):
+    """Both paths of the dispatch give the same outputs: the kernel's (as if on CUDA) and the exportable scan's.
+    On a GPU with mamba-ssm, tests/test_gpu.py runs the same comparison against the real kernels."""
+    extra = dict(D=torch.randn(4), z=torch.randn(2, 77, 4, 3), dt_bias=torch.randn(4), dt_softplus=True)
+    ref_ssd = ssd_scan(**ssd_inputs(g=g), **extra)
+    ref_sel = selective_scan(**mamba1_inputs(groups=g), delta_softplus=True)
+    monkeypatch.setattr(ssm, "select_kernel", lambda name, device: ssm._load_kernel(name))  # as if on CUDA
+    assert_close(ssd_scan(**ssd_inputs(g=g), **extra), ref_ssd)
+    assert_close(selective_scan(**mamba1_inputs(groups=g), delta_softplus=True), ref_sel)

@@ -57,7 +57,16 @@ def finalize(
     init: Path | None = typer.Option(None, "--init", help="Start from these FP32 weights (a previous run's "
                                      "model_fp32.safetensors) instead of the zoo's."),
     trt_host: str | None = typer.Option(None, "--trt-host", help="Build the engine over SSH: ssh://user@host."),
-    device: str | None = typer.Option(None, "--device", help="AI Hub device for qnn_int8."),
+    hub_device: str | None = typer.Option(None, "--hub-device", help="AI Hub device for qnn_int8, e.g. "
+                                          "'Snapdragon 8 Elite QRD' (default: the study's, else a Snapdragon "
+                                          "8 Gen 3 phone)."),
+    device: str = typer.Option("auto", "--device", help="Where fine-tuning and QAT train: auto (CUDA when "
+                               "available), cpu, cuda or cuda:N. (An AI Hub device name here still works for "
+                               "qnn_int8, with a note: use --hub-device.)"),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 on CUDA, fp16 where bf16 is "
+                            "missing, none on the CPU), bf16, fp16 or off."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network for fine-tuning and QAT "
+                                 "(off by default: it pays only on long runs, and not on every GPU)."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for evaluation and latency."),
     latency_clock: str = typer.Option("wall", help="ORT CPU latency clock: wall, or cpu (stable on busy machines)."),
     seed: int = typer.Option(0, min=0, help="Seed of the training batches."),
@@ -68,6 +77,7 @@ def finalize(
     from ens.finalize.pipeline import FinalizeOptions, run_finalize
     from ens.finalize.qat import QDRConfig
 
+    device, hub_device = split_device(device, hub_device, export)
     if weight_bits not in ("auto", "7", "8"):
         raise EnsError(f"--weight-bits must be 8, 7 or auto, got {weight_bits!r}")
     cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
@@ -79,10 +89,26 @@ def finalize(
                            latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
                            zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,
                            train_patches=train_patches, force=force,
-                           init_weights=str(init) if init else None, trt_host=trt_host, qnn_device=device,
-                           threads=threads, latency_clock=latency_clock)
+                           init_weights=str(init) if init else None, trt_host=trt_host, qnn_device=hub_device,
+                           threads=threads, latency_clock=latency_clock, device=device, amp=amp, compile=compile)
     res = run_finalize(opts, log=log_line)
     _print_summary(res.report, res.out)
+
+
+def split_device(device: str, hub_device: str | None, export: str) -> tuple[str, str | None]:
+    """``--device`` names where training runs. Before ``--hub-device`` it named the AI Hub device of qnn_int8:
+    such a value (not auto/cpu/cuda[:N]) with ``--export qnn_int8`` is still taken as the hub device, with a
+    one-line note."""
+    text = device.strip().lower()
+    if text in ("auto", "cpu", "cuda") or text.startswith("cuda:"):
+        return device, hub_device
+    if export == "qnn_int8" and hub_device is None:
+        log_line(f"note: --device {device!r} as the AI Hub device is deprecated: use --hub-device (--device now "
+                 "names where training runs: auto, cpu, cuda or cuda:N)")
+        return "auto", device
+    from ens.errors import EnsError
+
+    raise EnsError(f"--device {device}: expected auto, cpu, cuda or cuda:N (the AI Hub device is --hub-device)")
 
 
 def _print_summary(r: dict, out: Path) -> None:

@@ -33,7 +33,13 @@ def search(
     shape: str = typer.Option("1x3x256x256", help="Input shape for latency, NxCxHxW."),
     finetune_steps: int = typer.Option(0, help="End-to-end fine-tuning steps per trial (0: zoo as is)."),
     cpus_per_trial: float = typer.Option(1.0, help="Ray CPUs per trial."),
-    gpus_per_trial: float = typer.Option(0.0, help="Ray GPUs per trial."),
+    gpus_per_trial: float = typer.Option(0.0, help="Ray GPUs per trial (a fraction shares a GPU); each trial "
+                                         "evaluates and fine-tunes on the GPU Ray assigns it."),
+    device: str = typer.Option("auto", "--device", help="Where trials evaluate and fine-tune: auto, cpu, cuda or "
+                               "cuda:N. auto: the GPU Ray assigns with --gpus-per-trial, else the CPU (or this "
+                               "process's GPU with --workers 0). A zoo built first is built there too."),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision for fine-tuning: auto (bf16 on CUDA, fp16 "
+                            "where bf16 is missing, none on the CPU), bf16, fp16 or off."),
     zoo_root: str | None = typer.Option(None, "--zoo", help="Folder of zoos (built there if missing). Default: "
                                         "zoo/ if it holds one for (task, preset), else the prebuilt zoo shipped "
                                         "with ens, else one is built in zoo/."),
@@ -57,7 +63,8 @@ def search(
                          finetune_steps=finetune_steps, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, from_scratch=from_scratch,
                          granularity=granularity, score_alpha=score_alpha,
-                         precision=precision.lower() if precision else None, kinds=kinds)
+                         precision=precision.lower() if precision else None, kinds=kinds, device=device,
+                         amp=amp)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}

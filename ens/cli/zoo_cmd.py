@@ -35,10 +35,25 @@ def build(
     from_zoo: Path | None = typer.Option(None, "--from-zoo", help="Keep this zoo's teacher and surrogates and "
                                          "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
+    device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA when available), cpu, cuda or "
+                               "cuda:N. A build stopped on one device resumes on another."),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 on CUDA, fp16 with a gradient "
+                            "scaler where bf16 is missing, none on the CPU), bf16, fp16 or off."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher and the fine-tuned hybrids "
+                                 "(off by default; not measured faster on every GPU)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Train the teacher data-parallel (torch DDP) over this many "
+                             "GPUs of this machine; needs --device cuda or auto on a machine with them."),
 ) -> None:
     """Train the teacher, distil Mamba and EFM surrogates for every slot, and write the zoo."""
+    from ens.compute import make_compute
     from ens.zoo.build import build_zoo
     from ens.zoo.manifest import ZooManifest
+
+    compute = make_compute(device, amp, compile)
+    if gpus > 1 and not compute.cuda:
+        from ens.errors import EnsError
+
+        raise EnsError(f"--gpus {gpus} trains on {gpus} CUDA devices, but --device {device} is {compute.device}")
 
     if data is not None and not data.is_dir():
         from ens.errors import EnsError
@@ -47,7 +62,7 @@ def build(
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
                      log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
                      kinds=tuple(k.strip().upper() for k in kinds.split(",") if k.strip()),
-                     base=_zoo_path(from_zoo) if from_zoo is not None else None)
+                     base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus)
     _print_manifest(ZooManifest.read(path), path)
 
 

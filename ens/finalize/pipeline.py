@@ -99,7 +99,10 @@ class FinalizeOptions:
     force: bool = False
     init_weights: str | None = None
     trt_host: str | None = None
-    qnn_device: str | None = None
+    qnn_device: str | None = None  # the AI Hub device (--hub-device)
+    device: str = "auto"  # where fine-tuning and QAT train (--device)
+    amp: str = "auto"
+    compile: bool = False
     show_progress: bool = True
 
 
@@ -222,6 +225,18 @@ class _Run:
     eval_shape: tuple[int, ...] = ()
     net: Any = None
     cfg: QDRConfig | None = None
+    compute: Any = None  # ens.compute.Compute
+
+
+def training_compute(opts: FinalizeOptions):
+    """Where finalize trains. On the CPU in the default NCHW layout (the exported graphs and their checks were
+    measured so); channels-last on CUDA."""
+    from dataclasses import replace
+
+    from ens.compute import make_compute
+
+    compute = make_compute(opts.device, opts.amp, opts.compile)
+    return compute if compute.cuda else replace(compute, channels_last=False)
 
 
 def precision_warning(study_precision: str | None, target: ExportTarget) -> str | None:
@@ -260,8 +275,9 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         if opts.ablate:
             report["ablation"] = _ablate(run.net, run.train, run.cfg, work, run.eval_shape, run.val_pairs, run.task,
                                          q_fp32.psnr, q_deg.psnr, opts, log, quality.get("int8_qdr"),
-                                         run.target.fused_in_ort)
+                                         run.target.fused_in_ort, run.compute)
         report.update(quality=quality, checks=checks, training=training)
+        training["compute"] = run.compute.to_dict()
         report["latency"] = _latencies(fp32_file, int8_file, run.shape, opts, run.other_prof, run.lat_note, log,
                                        run.cfg.placement)
         deployed = run.target.deploy(int8_file, tmp, run.shape, run.needs, log)
@@ -298,6 +314,7 @@ def _preflight(opts: FinalizeOptions) -> _Run:
 
     target = get_target(opts.export)
     _check_out(Path(opts.out), opts.force)
+    compute = training_compute(opts)
     if opts.train_patches < 1:
         raise EnsError("--train-patches must be >= 1")
     if opts.latency_clock not in ("wall", "cpu"):
@@ -316,7 +333,7 @@ def _preflight(opts: FinalizeOptions) -> _Run:
         except ProfilerError as exc:
             raise EnsError(f"latency profiler {lat_spec}: {exc} (pass --profiler ort-cpu to measure on this CPU "
                            "only)") from None
-    return _Run(opts, target, needs, study, attrs, other_prof, lat_note)
+    return _Run(opts, target, needs, study, attrs, other_prof, lat_note, compute=compute)
 
 
 def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
@@ -361,7 +378,7 @@ def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:
     from ens.evaluate import evaluate
 
     log(f"fine-tuning in FP32 for {run.cfg.finetune_steps} steps")
-    ft_log = finetune_fp32(run.net, run.train, run.cfg, show_progress=run.opts.show_progress)
+    ft_log = finetune_fp32(run.net, run.train, run.cfg, show_progress=run.opts.show_progress, compute=run.compute)
     run.net.eval()
     q_deg = evaluate(None, run.val_pairs, run.task)
     q_fp32 = evaluate(run.net, run.val_pairs, run.task)
@@ -411,7 +428,7 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     opts, cfg, fuse = run.opts, run.cfg, run.target.fused_in_ort
     to_u8 = run.target.uint8_activations(cfg.placement)
     log(f"QAT with distillation for {cfg.qat_steps} steps")
-    student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress)
+    student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress, compute=run.compute)
     training["qat"] = q_log.to_dict()
     int8_eval = work / "int8_eval.onnx"
     ex.export_int8(student, run.eval_shape, int8_eval)
@@ -513,7 +530,7 @@ def _annotate(files: list[Path], picked: Picked, zoo: Any) -> None:
 
 
 def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task, fp32_psnr, deg_psnr,
-            opts: FinalizeOptions, log, main: dict[str, Any] | None, fuse: bool) -> dict[str, Any]:
+            opts: FinalizeOptions, log, main: dict[str, Any] | None, fuse: bool, compute=None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, changes in ABLATIONS.items():
         if name == "qdr" and main is not None and not (cfg.spark or cfg.conf_kd) and cfg.kd == "latent" and cfg.lmr:
@@ -524,7 +541,8 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
         if name != "no_kd":
             vcfg = vcfg.variant(spark=False, conf_kd=False)
         log(f"ablation {name}: {ABLATION_TEXT[name]}")
-        student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}")
+        student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}",
+                                   **({"compute": compute} if compute is not None else {}))
         path = work / f"ablate_{name}.onnx"
         ex.export_int8(student, eval_shape, path)
         q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, fuse)

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ens.compute import CPU, Compute
 from ens.errors import EnsError
 from ens.finalize.losses import (
     MagnitudeReweighting,
@@ -310,25 +311,30 @@ def _batch(train: Any, cfg: QDRConfig, salt: int, step: int) -> tuple[torch.Tens
 
 
 def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
-                  log: Callable[[str], None] = lambda s: None) -> TrainLog:
-    """End-to-end FP32 fine-tuning of the assembled hybrid (Charbonnier + optional DCT term), in place."""
+                  log: Callable[[str], None] = lambda s: None, compute: Compute = CPU) -> TrainLog:
+    """End-to-end FP32 fine-tuning of the assembled hybrid (Charbonnier + optional DCT term), in place, on
+    ``compute``'s device (autocast as it says); the model is back on the CPU afterwards, for export."""
     out = TrainLog()
     steps = cfg.finetune_steps
     if steps == 0:
         model.eval()
         return out
     torch.manual_seed(cfg.seed)
-    model.train()
+    compute.module(model).train()
+    forward = compute.forward_of(model)
     loop = Loop("fine-tune FP32", Schedule(steps, cfg.lr, warmup=min(20, steps // 10)),
                 torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0), grad_clip=cfg.grad_clip or None,
-                show_progress=show_progress, info=lambda ema, terms: f"loss {terms['rec']:.4f}")
+                show_progress=show_progress, info=lambda ema, terms: f"loss {terms['rec']:.4f}", compute=compute)
 
-    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        deg, clean = _batch(train, cfg, 101, step)
-        loss = reconstruction_loss(model(deg), clean, cfg.dct_weight)
+    def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        deg, clean = b
+        loss = reconstruction_loss(forward(deg), clean, cfg.dct_weight)
         return loss, {"rec": loss}
 
-    res = loop.run(step_fn)
+    try:
+        res = loop.run(lambda step: _batch(train, cfg, 101, step), step_fn)
+    finally:
+        model.cpu()
     out.steps, out.seconds = steps, res.seconds
     out.first_loss, out.last_loss = res.first_loss, res.last_loss
     out.terms = {"rec": res.terms["rec"]}
@@ -336,9 +342,10 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
     return out
 
 
-def quantized_student(teacher: nn.Module, train: Any, cfg: QDRConfig) -> tuple[nn.Module, TrainLog]:
+def quantized_student(teacher: nn.Module, train: Any, cfg: QDRConfig,
+                      compute: Compute = CPU) -> tuple[nn.Module, TrainLog]:
     """A fake-quant copy of the frozen FP32 ``teacher``: weights clipped, BatchNorm recalibrated, quantizers
-    inserted at the config's placement and calibrated (max) on training batches."""
+    inserted at the config's placement and calibrated (max) on training batches, on ``compute``'s device."""
     require_modelopt()
     torch.manual_seed(cfg.seed)
     teacher.eval()
@@ -348,7 +355,7 @@ def quantized_student(teacher: nn.Module, train: Any, cfg: QDRConfig) -> tuple[n
     for p in student.parameters():
         p.requires_grad_(True)
     clip_weights(student, cfg.weight_clip)
-    calib = [_batch(train, cfg, 202, i)[0] for i in range(cfg.calib_batches)]
+    calib = [compute.tensor(_batch(train, cfg, 202, i)[0]) for i in range(cfg.calib_batches)]
     n_bn = recalibrate_batchnorm(student, calib)
     bits = cfg.weight_bits or 8
     student = quantize_model(student, calib, cfg.keep_fp, placement_for("", cfg.placement), bits)
@@ -374,12 +381,22 @@ def _qat_terms(student: nn.Module, cfg: QDRConfig) -> tuple[Any, Any, list[dict[
 
 
 def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
-              description: str = "QAT (QDR)") -> tuple[nn.Module, TrainLog]:
-    """Quantize a copy of the FP32 ``teacher`` and train it with QDR; returns (fake-quant student, log)."""
-    student, log = quantized_student(teacher, train, cfg)
+              description: str = "QAT (QDR)", compute: Compute = CPU) -> tuple[nn.Module, TrainLog]:
+    """Quantize a copy of the FP32 ``teacher`` and train it with QDR on ``compute``'s device; returns (fake-quant
+    student, log), both networks back on the CPU."""
+    compute.module(teacher)
+    try:
+        return _qdr_train(teacher, train, cfg, show_progress, description, compute)
+    finally:
+        teacher.cpu()
+
+
+def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool, description: str,
+               compute: Compute) -> tuple[nn.Module, TrainLog]:
+    student, log = quantized_student(teacher, train, cfg, compute)
     steps = cfg.qat_steps
     if steps == 0:
-        return student.eval(), log
+        return student.cpu().eval(), log
     bits = log.extra["weight_bits"]
     lmr, spark, groups = _qat_terms(student, cfg)
     opt = torch.optim.AdamW(groups)
@@ -389,9 +406,9 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
     student.train()
     last: dict[str, Any] = {}
 
-    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sched.observing = step < obs_until
-        deg, clean = _batch(train, cfg, 303, step)
+        deg, clean = b
         with torch.no_grad():
             t_out, t_lat = teacher(deg, return_latent=True)
         s_out, s_lat = student(deg, return_latent=True)
@@ -407,7 +424,8 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
         if lmr is not None:
             total = lmr(losses)
         else:
-            total = losses["rec"] + cfg.kd_weight * sum((v for k, v in losses.items() if k != "rec"), torch.zeros(()))
+            total = losses["rec"] + cfg.kd_weight * sum((v for k, v in losses.items() if k != "rec"),
+                                                       torch.zeros((), device=deg.device))
         last.update(deg=deg, clean=clean, rec=float(losses["rec"].detach()))
         return total, losses
 
@@ -424,11 +442,13 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
         return f"rec {terms['rec']:.4f}" + (f" kd {terms['kd']:.4f}" if "kd" in terms else "")
 
     loop = Loop(description, Schedule(steps, cfg.qat_lr), opt, clip_params=groups[0]["params"],
-                grad_clip=cfg.grad_clip or None, after_step=after_step, show_progress=show_progress, info=info)
+                grad_clip=cfg.grad_clip or None, after_step=after_step, show_progress=show_progress, info=info,
+                compute=compute)
     try:
-        res = loop.run(step_fn)
+        res = loop.run(lambda step: _batch(train, cfg, 303, step), step_fn)
     finally:
         sched.close()
+        student.cpu()
     log.steps, log.seconds = steps, res.seconds
     log.first_loss, log.last_loss = res.first_loss, res.last_loss
     log.terms = {k: v for k, v in res.terms.items() if k != "loss"}

@@ -50,6 +50,8 @@ class SearchOptions:
     precision: str | None = None  # latency in this precision (None: the profiler's default, fp32 on ort-cpu)
     kinds: str | None = None  # the block kinds searched, e.g. "T,M,E" (None: every kind the zoo holds)
     score_alpha: float = 0.5
+    device: str = "auto"  # where trials evaluate (and fine-tune); resolved in each trial's process
+    amp: str = "auto"
     max_retries: int = 1
     artifacts: str | None = None
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
@@ -81,12 +83,35 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if opts.score_alpha < 0:
         raise EnsError("--score-alpha must be >= 0 (dB per halving of latency)")
+    _validate_device(opts)
     from studies.executors import check_local_capacity, check_ray_address
 
     if opts.ray_address:
         check_ray_address(opts.ray_address)
     elif opts.workers:  # a local Ray cluster is this machine
         check_local_capacity(opts.workers, opts.cpus_per_trial)
+
+
+def _validate_device(opts: SearchOptions) -> None:
+    """``--device``/``--amp`` against where the trials run. A Ray trial sees a GPU only when it asks for one
+    (Ray empties ``CUDA_VISIBLE_DEVICES`` for the others), so ``--device cuda`` on Ray needs
+    ``--gpus-per-trial``; a trial that holds a GPU it does not use is refused too. The device itself is checked
+    here when the trials run on this machine, and in each trial's process on a cluster."""
+    from ens.compute import resolve_amp, resolve_device
+
+    text = opts.device.strip().lower()
+    on_ray = bool(opts.workers or opts.ray_address)
+    if text == "cpu" and opts.gpus_per_trial > 0:
+        raise EnsError(f"--gpus-per-trial {opts.gpus_per_trial:g} with --device cpu: the trials would hold GPUs "
+                       "they do not use")
+    if text.startswith("cuda") and on_ray and not opts.gpus_per_trial:
+        raise EnsError(f"--device {opts.device} on Ray workers needs --gpus-per-trial (1, or a fraction such as "
+                       "0.5): Ray shows a trial only the GPUs it asked for; or use --workers 0")
+    if text.startswith("cuda:") and on_ray:
+        raise EnsError(f"--device {opts.device}: on Ray, each trial uses the GPU Ray assigns it; use --device cuda")
+    if not opts.ray_address:
+        dev = resolve_device(opts.device) if not (on_ray and opts.gpus_per_trial) else resolve_device("cuda")
+        resolve_amp(opts.amp, dev)
 
 
 def _open_zoo(choice, task, opts: SearchOptions, log: Callable[[str], None]):
@@ -97,7 +122,10 @@ def _open_zoo(choice, task, opts: SearchOptions, log: Callable[[str], None]):
 
     if choice.origin == "build":
         log(f"no zoo for ({task.name}, {opts.preset}) in {choice.root}/: building it first")
-        build_zoo(task, opts.preset, opts.data, choice.root, opts.seed, log=log)
+        from ens.compute import make_compute
+
+        compute = make_compute("auto" if opts.ray_address else opts.device, opts.amp)
+        build_zoo(task, opts.preset, opts.data, choice.root, opts.seed, log=log, compute=compute)
     zoo = Zoo.load(choice.path)
     announce(choice, zoo.zoo_id, log)
     return zoo
@@ -221,7 +249,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             profiler=opts.profiler, shape=tuple(shape), objectives=[o.metric for o in objectives],
             ref_latency_ms=ref_ms, score_alpha=opts.score_alpha, finetune_steps=opts.finetune_steps,
             train=train, seed=opts.seed, sample=load_sample(task, opts.data), latency_error_pct=latency_error,
-            precision=opts.precision,
+            precision=opts.precision, device=opts.device, amp=opts.amp,
             threads=max(1, int(opts.cpus_per_trial)) if opts.workers else max(1, os.cpu_count() or 1),
         )
         evaluator = TrialEvaluator(ctx)

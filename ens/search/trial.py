@@ -55,6 +55,8 @@ class TrialContext:
     sample_crop: int = SAMPLE_CROP
     latency_error_pct: float | None = None  # the latency table's measured error, when one predicts
     precision: str | None = None  # the latency's precision (None: the profiler's default)
+    device: str = "cpu"  # where the trial evaluates and fine-tunes; resolved in the worker ("auto": its GPU if any)
+    amp: str = "auto"
 
 
 class TrialEvaluator:
@@ -71,17 +73,19 @@ class TrialEvaluator:
         return {"ctx": self.ctx, "_zoo": None}
 
     def __call__(self, arch_text: str) -> Outcome:
+        from ens.compute import make_compute
         from ens.profiling import profile_arch
 
         ctx = self.ctx
         torch.set_num_threads(max(1, ctx.threads))
         t0 = time.monotonic()
+        compute = make_compute(ctx.device, ctx.amp)
         arch = Arch.parse(arch_text)
         zoo = self.zoo()
         cfg = zoo.config
-        net = zoo.build(arch)
+        net = compute.module(zoo.build(arch))
         if ctx.finetune_steps > 0:
-            _finetune(net, ctx)
+            _finetune(net, ctx, compute)
         task = get_task(ctx.task)
         q = evaluate(net, ctx.val, task)
         lat = profile_arch(arch, ctx.profiler, cfg, ctx.shape, precision=ctx.precision)
@@ -107,6 +111,7 @@ class TrialEvaluator:
             "zoo_id": zoo.zoo_id,
             **self._latency_attrs(lat),
             "finetune_steps": ctx.finetune_steps,
+            "eval_device": trial_device_label(compute.device),
             "eval_s": round(time.monotonic() - t0, 3),
             "worker": f"{socket.gethostname()}:{os.getpid()}",  # which node and process evaluated it
             **ctx.extra_attrs,
@@ -133,10 +138,25 @@ class TrialEvaluator:
         }
 
 
-def _finetune(net: torch.nn.Module, ctx: TrialContext) -> None:
+def _finetune(net: torch.nn.Module, ctx: TrialContext, compute: Any) -> None:
     from ens.finetune import finetune
 
-    finetune(net, ctx.train, ctx.finetune_steps, ctx.seed)
+    finetune(net, ctx.train, ctx.finetune_steps, ctx.seed, compute=compute)
+
+
+def trial_device_label(device: torch.device) -> str:
+    """Where a trial ran: ``cpu``, or ``cuda:0 (GPU name, Ray GPU ids [..])`` inside a Ray task given GPUs."""
+    if device.type != "cuda":
+        return str(device)
+    label = f"{device} ({torch.cuda.get_device_name(device)}"
+    try:
+        import ray
+
+        if ray.is_initialized():
+            label += f", Ray GPU ids {ray.get_gpu_ids()}"
+    except Exception:  # not in a Ray worker
+        pass
+    return label + ")"
 
 
 def load_sample(task: Task, data_dir: str | None, crop: int = SAMPLE_CROP) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,12 +184,13 @@ def sample_png(net: torch.nn.Module, pair: tuple[torch.Tensor, torch.Tensor], ta
     """degraded | restored | target, side by side under a label strip (with PSNR when ``task`` is given), as PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
+    from ens.compute import model_device
     from ens.metrics import psnr
 
     deg, clean = pair
     was_training = net.training
     net.eval()
-    out = net(deg.unsqueeze(0))[0].clamp(0, 1)
+    out = net(deg.unsqueeze(0).to(model_device(net)))[0].clamp(0, 1).float().cpu()
     net.train(was_training)
     kw = task.metric_kwargs() if task is not None else {}
     labels = ["degraded", "restored", "target"]

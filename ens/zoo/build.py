@@ -7,6 +7,7 @@ into place in one step: a zoo folder is either complete or absent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import torch
 import ens
 from blocks.registry import block_kinds
 from blocks.unet import HybridUNet, UNetConfig, get_preset
+from ens.compute import CPU, Compute
 from ens.data.check import check_dataset_once
 from ens.errors import EnsError
 from ens.tasks import Task, get_task
@@ -151,8 +153,13 @@ def build_zoo(
     threads: int | None = None,
     quality_crop: int | None = None,
     base: str | Path | None = None,
+    compute: Compute = CPU,
+    gpus: int = 1,
 ) -> Path:
-    """Build (or resume building) the zoo for (task, preset); returns its folder.
+    """Build (or resume building) the zoo for (task, preset) on ``compute``'s device; returns its folder.
+
+    ``gpus`` > 1 trains the teacher data-parallel over that many GPUs of this machine (:mod:`ens.zoo.parallel`).
+    A build interrupted on one device resumes on another: every checkpoint is device-neutral safetensors.
 
     ``base``: an existing zoo of the same task and preset whose teacher and surrogates are kept; only the
     ``kinds`` it lacks are distilled, then the report is remade for every kind (``ens zoo build --from-zoo``)."""
@@ -165,6 +172,9 @@ def build_zoo(
     if unknown:
         raise EnsError(f"--kinds: {', '.join(unknown)} is not a surrogate kind (choose from "
                        f"{', '.join(k for k in block_kinds() if k != 'T')})")
+    from ens.zoo.parallel import check_world
+
+    check_world(gpus, compute)
     base_zoo = _base_zoo(base, task, preset) if base is not None else None
     if base_zoo is not None:
         cfg = base_zoo.config
@@ -185,8 +195,8 @@ def build_zoo(
         if (final / MANIFEST).is_file() and not force:
             log(f"zoo {final} was built meanwhile by another process")
             return final
-        return _build(task, preset, cfg, recipe, data_dir, out_root, final, seed, kinds, show_progress, log, threads,
-                      base_zoo)
+        run = BuildRun(task, preset, cfg, recipe, seed, show_progress, log, compute, gpus, threads, data_dir)
+        return _build(run, data_dir, out_root, final, kinds, base_zoo)
 
 
 def _base_zoo(base: str | Path, task: Task, preset: str) -> Zoo:
@@ -197,31 +207,50 @@ def _base_zoo(base: str | Path, task: Task, preset: str) -> Zoo:
     return zoo
 
 
-def _build(task: Task, preset: str, cfg: UNetConfig, recipe: ZooRecipe, data_dir, out_root: Path, final: Path,
-           seed: int, kinds: Sequence[str], show_progress: bool, log: Callable[[str], None],
-           threads: int | None, base: Zoo | None = None) -> Path:
+@dataclass
+class BuildRun:
+    """One build's settings, and what its stages share (the work folder, the seconds per stage)."""
+
+    task: Task
+    preset: str
+    cfg: UNetConfig
+    recipe: ZooRecipe
+    seed: int
+    show_progress: bool
+    log: Callable[[str], None]
+    compute: Compute = CPU
+    gpus: int = 1
+    threads: int | None = None
+    data_dir: str | Path | None = None
+    work: Path = Path(".")
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence[str], base: Zoo | None = None) -> Path:
+    task, preset, cfg, recipe, seed, log = run.task, run.preset, run.cfg, run.recipe, run.seed, run.log
     t0 = time.monotonic()
-    work = out_root / f".{zoo_name(task.name, preset)}.work"
+    work = run.work = out_root / f".{zoo_name(task.name, preset)}.work"
     work.mkdir(parents=True, exist_ok=True)
     data_source = str(Path(data_dir).resolve()) if data_dir else "embedded:scikit-image"
     _check_work_spec(work, {"task": task.name, "preset": preset, "config": cfg.to_dict(), "seed": seed,
                             "kinds": list(kinds), "data": data_source, "base": base.zoo_id if base else None,
                             "recipe": json.loads(json.dumps(asdict(recipe)))})
     seed_everything(seed)
-    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(run.threads or max(1, os.cpu_count() or 1))
+    log(f"training on {run.compute.describe()}" + (f", teacher data-parallel over {run.gpus} processes"
+                                                  if run.gpus > 1 else ""))
     data = _load_data(task, data_dir, recipe, seed, data_source, log)
-    seconds: dict[str, float] = {}
+    seconds = run.seconds
     if base is None:
-        teacher, t_stats = _teacher_stage(cfg, data, recipe, task, seed, work, seconds, show_progress, log)
+        teacher, t_stats = _teacher_stage(run, data)
         init, train_kinds = teacher.state_dict(), list(kinds)
     else:
         kinds = [*[k for k in base.manifest.kinds if k != "T"], *[k for k in kinds if k not in base.manifest.kinds]]
         init, train_kinds, t_stats = base.state, [k for k in kinds if k not in base.manifest.kinds], {}
         seconds["teacher"] = 0.0
         log(f"[1/5] teacher and {', '.join(base.manifest.kinds[1:])} from zoo {base.zoo_id}")
-    supernet = _surrogate_stages(init, cfg, kinds, train_kinds, data, recipe, seed, work, seconds, show_progress,
-                                 log)
-    report, rel = _report_stages(supernet, kinds, data, recipe, task, seed, work, seconds, show_progress, log)
+    supernet = _surrogate_stages(run, init, kinds, train_kinds, data)
+    report, rel = _report_stages(run, supernet, kinds, data)
     report["teacher_curve"] = (held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"]) if base is None
                                else base.manifest.teacher.get("curve", []))
     wall = round(time.monotonic() - t0, 1)
@@ -244,9 +273,10 @@ def _build(task: Task, preset: str, cfg: UNetConfig, recipe: ZooRecipe, data_dir
         versions=versions(),
         wall_time_s=wall,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build=_build_record(task.name, preset, data_dir, out_root, seed, recipe, kinds, base, wall, seconds),
+        build=_build_record(task.name, preset, data_dir, out_root, seed, recipe, kinds, base, wall, seconds)
+        | {"compute": run.compute.to_dict(), "gpus": run.gpus},
     )
-    _publish(final, supernet, manifest, report, rel)
+    _publish(final, supernet.cpu(), manifest, report, rel)
     shutil.rmtree(work, ignore_errors=True)
     log(f"zoo written to {final} in {manifest.wall_time_s:.0f} s")
     return final
@@ -273,24 +303,40 @@ def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, 
     return data
 
 
-def _teacher_stage(cfg, data: ZooData, recipe: ZooRecipe, task: Task, seed: int, work: Path,
-                   seconds: dict[str, float], show_progress: bool, log) -> tuple[HybridUNet, dict]:
-    teacher = HybridUNet(cfg)
-    log(f"[1/5] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
-        f"{recipe.teacher.steps} steps{_resuming(work / 'teacher.ckpt.safetensors')}")
-    with _timed(seconds, "teacher"):
-        stats = train_teacher(teacher, data.train, recipe.teacher, seed, work / "teacher.ckpt.safetensors",
-                              show_progress, curve_val=data.val_full, task=task)
+def _rank_data(task: str, data_dir, recipe: ZooRecipe, seed: int) -> tuple[Any, list]:
+    """A data-parallel rank's own copy of the training pool and the held-out images (same seed, same pools)."""
+    data = _load_data(get_task(task), data_dir, recipe, seed, "", lambda s: None)
+    return data.train, data.val_full
+
+
+def _teacher_stage(run: BuildRun, data: ZooData) -> tuple[HybridUNet, dict]:
+    from ens.zoo.parallel import TeacherJob, free_port, train_teacher_parallel
+
+    recipe, ckpt = run.recipe.teacher, run.work / "teacher.ckpt.safetensors"
+    teacher = HybridUNet(run.cfg)
+    run.log(f"[1/5] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
+            f"{recipe.steps} steps{_resuming(ckpt)}")
+    with _timed(run.seconds, "teacher"):
+        if run.gpus > 1:
+            job = TeacherJob(run.cfg, None, recipe, run.seed, ckpt, run.work / "teacher.stats.json", run.compute,
+                             free_port(), run.show_progress, None, run.task.name,
+                             threads=max(1, torch.get_num_threads() // run.gpus),
+                             load=functools.partial(_rank_data, run.task.name, run.data_dir, run.recipe, run.seed))
+            stats = train_teacher_parallel(teacher, run.gpus, job)
+        else:
+            stats = train_teacher(teacher, data.train, recipe, run.seed, ckpt, run.show_progress,
+                                  curve_val=data.val_full, task=run.task, compute=run.compute)
     return teacher, stats
 
 
-def _surrogate_stages(init: dict[str, torch.Tensor], cfg, kinds: Sequence[str], train_kinds: Sequence[str],
-                      data: ZooData, recipe: ZooRecipe, seed: int, work: Path, seconds: dict[str, float],
-                      show_progress: bool, log) -> HybridUNet:
+def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Sequence[str],
+                      train_kinds: Sequence[str], data: ZooData) -> HybridUNet:
     """The supernet over ``kinds`` started from ``init`` (the teacher's weights, or a base zoo's), with the
     surrogates of ``train_kinds`` distilled (and calibrated in context)."""
+    recipe, seed, work, seconds, log, show_progress = run.recipe, run.seed, run.work, run.seconds, run.log, \
+        run.show_progress
     torch.manual_seed(seed + 1)
-    supernet = HybridUNet(cfg, candidates=["T", *kinds])
+    supernet = HybridUNet(run.cfg, candidates=["T", *kinds])
     supernet.load_state_dict(init, strict=False)
     kinds = train_kinds
     log(f"[2/5] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
@@ -298,7 +344,7 @@ def _surrogate_stages(init: dict[str, torch.Tensor], cfg, kinds: Sequence[str], 
         f"{_resuming(work / 'distill.ckpt.safetensors')}")
     with _timed(seconds, "distill"):
         distill_surrogates(supernet, kinds, data.train, recipe.distill, seed, work / "distill.ckpt.safetensors",
-                           show_progress)
+                           show_progress, run.compute)
     if recipe.distill.calib_steps:
         log(f"[3/5] in-context calibration, {recipe.distill.calib_steps} steps"
             f"{_resuming(work / 'calib.ckpt.safetensors')}")
@@ -306,15 +352,14 @@ def _surrogate_stages(init: dict[str, torch.Tensor], cfg, kinds: Sequence[str], 
         log("[3/5] in-context calibration: none (--calib-steps N adds it)")
     with _timed(seconds, "calibration"):
         calibrate_in_context(supernet, kinds, data.train, recipe.distill, seed, work / "calib.ckpt.safetensors",
-                             show_progress)
+                             show_progress, run.compute)
     for p in supernet.parameters():
         p.requires_grad_(True)
     return supernet
 
 
-def _report_stages(supernet: HybridUNet, kinds: Sequence[str], data: ZooData, recipe: ZooRecipe, task: Task,
-                   seed: int, work: Path, seconds: dict[str, float], show_progress: bool,
-                   log) -> tuple[dict, dict]:
+def _report_stages(run: BuildRun, supernet: HybridUNet, kinds: Sequence[str], data: ZooData) -> tuple[dict, dict]:
+    recipe, task, seed, seconds, log = run.recipe, run.task, run.seed, run.seconds, run.log
     log(f"[4/5] quality report on {len(data.val_full)} whole held-out images")
     val_inputs = [data.val_patches[i][0].unsqueeze(0) for i in range(min(len(data.val_patches), 16))]
     with _timed(seconds, "quality_report"):
@@ -326,7 +371,8 @@ def _report_stages(supernet: HybridUNet, kinds: Sequence[str], data: ZooData, re
     with _timed(seconds, "rank"):
         if recipe.rank_archs:
             report["rank"] = rank_fidelity(supernet, kinds, data.train, data.val_full, task, recipe.rank_archs,
-                                           recipe.rank_finetune_steps, seed, work / "rank.json", show_progress)
+                                           recipe.rank_finetune_steps, seed, run.work / "rank.json", run.show_progress,
+                                           run.compute)
     supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
     return report, rel
 

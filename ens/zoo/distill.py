@@ -48,8 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from blocks.unet import FULL_RES_STAGES, HybridUNet
+from ens.compute import CPU, Compute, model_device
 from ens.train_loop import Checkpointing, Loop, LoopResult, Schedule, resampling_hook
-from ens.training import batch_indices, channels_last, stack_batch
+from ens.training import batch_indices, stack_batch
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def downstream_loss(supernet: HybridUNet, stage: str, index: int, outs: Sequence
 
 
 def _surrogate_loop(name: str, supernet: HybridUNet, kinds: Sequence[str], train_set, recipe: DistillRecipe,
-                    schedule: Schedule, weight_decay: float, ckpt_path: Path, show_progress: bool) -> Loop:
+                    schedule: Schedule, weight_decay: float, ckpt_path: Path, show_progress: bool,
+                    compute: Compute) -> Loop:
     """The loop that trains the surrogates alone (teacher frozen), on fresh pools, resumable from ``ckpt_path``."""
     freeze_all_but(supernet, kinds)
     params = surrogate_params(supernet, kinds)
@@ -153,7 +155,8 @@ def _surrogate_loop(name: str, supernet: HybridUNet, kinds: Sequence[str], train
                 optimizer=torch.optim.AdamW(params, lr=schedule.lr, weight_decay=weight_decay),
                 clip_params=params, grad_clip=recipe.grad_clip,
                 checkpoint=Checkpointing(ckpt_path, {"supernet": supernet}, recipe.checkpoint_every_s),
-                hooks=[resample] if resample else [], on_resume=resume_pool, show_progress=show_progress, ema=0.95)
+                hooks=[resample] if resample else [], on_resume=resume_pool, show_progress=show_progress, ema=0.95,
+                compute=compute)
 
 
 def distill_surrogates(
@@ -164,19 +167,24 @@ def distill_surrogates(
     seed: int,
     ckpt_path: Path,
     show_progress: bool = True,
+    compute: Compute = CPU,
 ) -> LoopResult | None:
     kinds = trainable_kinds(supernet, kinds)
     if not kinds:  # only the skip, or nothing new
         return None
+    compute.module(supernet).train()
     loop = _surrogate_loop("distil surrogates", supernet, kinds, train_set, recipe,
-                           Schedule(recipe.steps, recipe.lr, warmup=20), recipe.weight_decay, ckpt_path, show_progress)
-    channels_last(supernet).train()
+                           Schedule(recipe.steps, recipe.lr, warmup=20), recipe.weight_decay, ckpt_path, show_progress,
+                           compute)
 
-    def step_fn(step: int) -> torch.Tensor:
-        deg, _ = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)
-        tp = teacher_pass(supernet, channels_last(deg))
+    def batch(step: int) -> tuple[torch.Tensor, ...]:
+        return stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 1, step), step)[:1]
+
+    def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        (deg,) = b
+        tp = teacher_pass(supernet, deg)
         n = recipe.downstream_batch or len(deg)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=deg.device)
         for stage, i, blk in supernet.slot_blocks():
             x, y = tp.blocks[(stage, i)]
             outs = [blk.choices[k](x) for k in kinds]
@@ -186,17 +194,18 @@ def distill_surrogates(
                 loss = loss + recipe.downstream_weight * downstream_loss(supernet, stage, i, outs, tp, n)
         return loss
 
-    return loop.run(step_fn)
+    return loop.run(batch, step_fn)
 
 
 @torch.no_grad()
 def relative_errors(supernet: HybridUNet, kinds: Sequence[str], val_batches) -> dict[str, dict[str, float]]:
     """Per block position and kind: mean|S(x) - y| / mean|y - x| over held-out inputs."""
     supernet.eval()
+    device = model_device(supernet)
     num: dict[tuple[str, int, str], float] = {}
     den: dict[tuple[str, int], float] = {}
     for deg in val_batches:
-        rec = teacher_pass(supernet, deg).blocks
+        rec = teacher_pass(supernet, deg.to(device)).blocks
         for stage, i, blk in supernet.slot_blocks():
             x, y = rec[(stage, i)]
             den[(stage, i)] = den.get((stage, i), 0.0) + float((y - x).abs().mean())
@@ -225,18 +234,21 @@ def calibrate_in_context(
     seed: int,
     ckpt_path: Path,
     show_progress: bool = True,
+    compute: Compute = CPU,
 ) -> LoopResult | None:
     if recipe.calib_steps <= 0 or not trainable_kinds(supernet, kinds):
         return None
+    compute.module(supernet)
     loop = _surrogate_loop("in-context calibration", supernet, kinds, train_set, recipe,
-                           Schedule(recipe.calib_steps, recipe.calib_lr, warmup=10), 0.0, ckpt_path, show_progress)
-    channels_last(supernet)
+                           Schedule(recipe.calib_steps, recipe.calib_lr, warmup=10), 0.0, ckpt_path, show_progress,
+                           compute)
     w = recipe.calib_clean_weight
 
-    def step_fn(step: int) -> torch.Tensor:
-        idx = batch_indices(len(train_set), recipe.batch_size, seed + 2, step)
-        deg, clean = stack_batch(train_set, idx, step)
-        deg = channels_last(deg)
+    def batch(step: int) -> tuple[torch.Tensor, ...]:
+        return stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed + 2, step), step)
+
+    def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        deg, clean = b
         supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
         supernet.eval()
         with torch.no_grad():
@@ -249,4 +261,4 @@ def calibrate_in_context(
             loss = loss + w * (out - clean).abs().mean()
         return loss
 
-    return loop.run(step_fn)
+    return loop.run(batch, step_fn)

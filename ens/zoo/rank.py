@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from blocks.unet import HybridUNet
+from ens.compute import CPU, Compute
 from ens.evaluate import evaluate
 from ens.finetune import finetune
 from ens.training import atomic_write_text, progress_bar
@@ -46,7 +47,8 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def rank_fidelity(supernet: HybridUNet, kinds: Sequence[str], train_set, val, task, n: int, steps: int,
-                  seed: int, work_file: Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+                  seed: int, work_file: Path | None = None, show_progress: bool = True,
+                  compute: Compute = CPU) -> dict[str, Any]:
     """Zero-shot vs fine-tuned PSNR of ``n`` random hybrids; ``{"tau", "archs": [...], ...}``."""
     done: dict[str, dict] = {}
     if work_file is not None and work_file.is_file():
@@ -60,9 +62,10 @@ def rank_fidelity(supernet: HybridUNet, kinds: Sequence[str], train_set, val, ta
             if row is None:
                 net = HybridUNet(supernet.cfg, arch.block_kinds(supernet.cfg))
                 net.load_state_dict({k: state[k] for k in net.state_dict()})
+                compute.module(net)
                 zero = evaluate(net, val, task, batch_size=1)
                 torch.manual_seed(seed + i)
-                finetune(net, train_set, steps, seed + i)
+                finetune(net, train_set, steps, seed + i, compute=compute)
                 tuned = evaluate(net, val, task, batch_size=1)
                 row = {"arch": str(arch), "zero_shot_psnr": round(zero.psnr, 4), "finetuned_psnr": round(tuned.psnr, 4)}
                 done[row["arch"]] = row

@@ -8,6 +8,10 @@ The training pool is drawn afresh every ``resample_every`` steps (new crops, new
 fixed pool of 1024 deblur patches the tiny teacher over-fitted, and 3000 steps ended 1.43 dB *below*
 the blurred input on the held-out split. ``curve_at`` records the held-out PSNR (whole held-out images,
 as the papers evaluate) at those steps, so that a longer budget can be seen to help.
+
+Data-parallel (``rank``/``world``, see :mod:`ens.zoo.parallel`): each process takes an equal shard of the
+same global batch, and DDP averages the gradients, so N processes train as one process with the whole batch
+(the mean Charbonnier loss of equal shards averages to the batch's mean).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from pathlib import Path
 import torch
 
 from blocks.unet import HybridUNet
+from ens.compute import CPU, Compute
+from ens.errors import EnsError
 from ens.train_loop import Checkpointing, Every, Loop, Schedule, resampling_hook
-from ens.training import batch_indices, channels_last, charbonnier, stack_batch
+from ens.training import batch_indices, charbonnier, stack_batch
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,21 @@ def train_teacher(
     show_progress: bool = True,
     curve_val=None,
     task=None,
+    compute: Compute = CPU,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict:
-    """Trains ``net`` in place; resumes from ``ckpt_path`` if it exists. Returns the final train loss and,
-    with ``curve_val`` (held-out pairs) and ``task``, the held-out curve ``[{step, psnr, ssim}, ...]``."""
+    """Trains ``net`` in place on ``compute``'s device; resumes from ``ckpt_path`` if it exists. Returns the final
+    train loss and, with ``curve_val`` (held-out pairs) and ``task``, the held-out curve
+    ``[{step, psnr, ssim}, ...]``. With ``world`` > 1 this is rank ``rank`` of a data-parallel group (the
+    process group is already initialised); only rank 0 saves, shows progress and records the curve."""
     from ens.evaluate import evaluate
 
+    if recipe.batch_size % world:
+        raise EnsError(f"the teacher's batch of {recipe.batch_size} does not split evenly over {world} processes")
+    compute.module(net).train()
+    model = net if world == 1 else _data_parallel(net, compute)
+    forward = compute.forward_of(model)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, betas=(0.9, 0.999),
                             weight_decay=recipe.weight_decay)
     resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
@@ -78,8 +94,12 @@ def train_teacher(
         init=lambda: start_at_identity(net),
         on_resume=resume_pool,
         show_progress=show_progress,
+        compute=compute,
+        main=rank == 0,
     )
     loop.state.setdefault("curve", [])
+    if rank != 0:
+        points = set()
 
     def record(step: int) -> None:
         if step in points and all(p["step"] != step for p in loop.state["curve"]):
@@ -88,17 +108,28 @@ def train_teacher(
             net.train()
 
     loop.hooks = [h for h in (resample, Every(1, record) if points else None) if h is not None]
-    channels_last(net).train()
 
-    def step_fn(step: int) -> torch.Tensor:
-        deg, clean = stack_batch(train_set, batch_indices(len(train_set), recipe.batch_size, seed, step), step)
-        return charbonnier(net(channels_last(deg)), clean)
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = batch_indices(len(train_set), recipe.batch_size, seed, step)
+        return stack_batch(train_set, idx[rank::world], step)
 
-    res = loop.run(step_fn)
+    def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        deg, clean = b
+        return charbonnier(forward(deg), clean)
+
+    res = loop.run(batch, step_fn)
     out: dict = {"train_loss": round(res.ema_loss, 6) if res.ema_loss is not None else float("nan")}
     if points:
         out["curve"] = sorted(loop.state["curve"], key=lambda p: p["step"])
     return out
+
+
+def _data_parallel(net: HybridUNet, compute: Compute) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    if compute.cuda:
+        return DistributedDataParallel(net, device_ids=[compute.device.index])
+    return DistributedDataParallel(net)
 
 
 def held_out_curve(curve: Sequence[dict], input_psnr: float) -> list[dict]:
