@@ -235,3 +235,40 @@ def test_every_training_verb_documents_device(cli):
         assert "--device" in out and "--amp" in out, verb
     assert "--gpus" in cli("zoo", "build", "--help").output
     assert "--hub-device" in cli("finalize", "--help").output
+
+
+def test_cuda_only_lines_on_a_fake_gpu(fake_cuda, monkeypatch, micro_cfg):
+    """What runs only on CUDA, with torch.cuda faked: names, pinned prefetch, DDP's device ids."""
+    import torch.nn.parallel
+
+    from blocks.unet import HybridUNet
+    from ens.compute import Prefetcher
+    from ens.search.trial import trial_device_label
+    from ens.zoo import teacher
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    gpu = Compute(device=torch.device("cuda", 1), amp=torch.bfloat16)
+    assert gpu.describe() == "cuda:1 (NVIDIA H200), bf16 autocast"
+    assert trial_device_label(torch.device("cuda", 0)).startswith("cuda:0 (NVIDIA H200")
+    assert trial_device_label(torch.device("cpu")) == "cpu"
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t.shape) or t)
+    moved = []
+    monkeypatch.setattr(Compute, "tensor", lambda self, t: moved.append(self.cuda) or t)
+    fetch = Prefetcher(lambda step: (torch.full((2,), float(step)),), gpu, 0, 3)
+    got = [float(fetch.get(s)[0][0]) for s in range(3)]
+    assert got == [0.0, 1.0, 2.0] and len(pinned) == 3 and moved == [True] * 3
+
+    seen = {}
+
+    class FakeDDP(torch.nn.Module):
+        def __init__(self, module, device_ids=None):
+            super().__init__()
+            seen["ids"] = device_ids
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    teacher._data_parallel(HybridUNet(micro_cfg), gpu)
+    assert seen["ids"] == [1], "each rank's DDP wraps its own GPU"
+    teacher._data_parallel(HybridUNet(micro_cfg), CPU)
+    assert seen["ids"] is None
