@@ -408,6 +408,42 @@ def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path)
     assert kernels["ort"]["int8"] < kernels["ort_u8"]["int8"]  # S8 output Q next to a U8 input DQ does not fuse
 
 
+def _ort_load_log(path) -> str:
+    """What ONNX Runtime prints when a user loads ``path`` with default settings (a fresh process: its C++ log
+    goes to the process's stderr)."""
+    import subprocess
+    import sys
+
+    code = "import onnxruntime as ort, sys; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout + res.stderr
+
+
+def test_uint8_int8_file_loads_without_warnings(tmp_path):
+    """The onnx_int8 file (ModelOpt Q/DQ, activations rewritten to U8): no dead Constant is left for ONNX Runtime
+    to warn about ("Removing initializer ... It is not used by any node"), and pruning changes no value."""
+    from ens.finalize.qat import quantize_model
+    from ens.finalize.qdq_uint8 import activations_to_uint8, prune_dead_nodes
+
+    x = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(0)
+    q = quantize_model(_Skip(), [x], placement="ort")
+    s8, u8 = tmp_path / "s8.onnx", tmp_path / "u8.onnx"
+    ex.export_int8(q, (1, 3, 16, 16), s8)
+    activations_to_uint8(s8, u8)
+    assert "Removing initializer" not in _ort_load_log(u8)
+    dead = onnx.load(str(u8))
+    dead.graph.node.extend([onnx.helper.make_node("Constant", [], ["orphan"], value=onnx.numpy_helper.from_array(
+        np.zeros(1, np.int8)))])
+    onnx.save(dead, str(tmp_path / "dead.onnx"))
+    assert "Removing initializer 'orphan'" in _ort_load_log(tmp_path / "dead.onnx"), "the check can see a warning"
+    assert prune_dead_nodes(dead) == (1, 0)
+    kept = onnx.load(str(u8))
+    assert prune_dead_nodes(kept) == (0, 0), "the shipped file holds nothing dead"
+    assert torch.equal(ex.OnnxModel(s8, fuse_qdq=False)(x), ex.OnnxModel(u8, fuse_qdq=False)(x))
+
+
 def test_ptq_baseline_is_a_qdq_graph(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))

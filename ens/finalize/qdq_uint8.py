@@ -9,6 +9,10 @@ The rewrite is exact: with ``q_s8 = clamp(round(x / s) + z, -128, 127)``,
 ``q_u8 = clamp(round(x / s) + z + 128, 0, 255) = q_s8 + 128``, and ``(q_u8 - (z + 128)) * s`` is the
 same dequantized value. Weights (a DequantizeLinear of a constant) stay S8, which is what the
 U8 x S8 kernels take.
+
+The signed zero points the rewrite replaces are removed with whatever else no longer feeds the graph
+(:func:`prune_dead_nodes`): left in, ONNX Runtime turned each such Constant into an initializer at load and
+printed a warning ("Removing initializer ... It is not used by any node") for every one of them.
 """
 
 from __future__ import annotations
@@ -72,5 +76,33 @@ def activations_to_uint8(src: Path, dst: Path | None = None) -> int:
     for vi in g.value_info:
         if vi.name in u8_outputs:
             vi.type.tensor_type.elem_type = TensorProto.UINT8
+    prune_dead_nodes(model)
     onnx.save(model, str(dst or src))
     return changed
+
+
+def prune_dead_nodes(model: onnx.ModelProto) -> tuple[int, int]:
+    """Remove the nodes none of whose outputs reaches a graph output, then the initializers no node reads;
+    returns (nodes, initializers) removed. Subgraphs (If/Loop bodies) count as readers of what they name."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+
+    def sub_reads(n: onnx.NodeProto) -> set[str]:
+        names: set[str] = set()
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= {i for m in sub.node for i in m.input} | {sm for m in sub.node for sm in sub_reads(m)}
+        return names
+
+    nodes_before, inits_before = len(g.node), len(g.initializer)
+    while True:
+        read = outputs | {i for n in g.node for i in n.input} | {i for n in g.node for i in sub_reads(n)}
+        keep = [n for n in g.node if any(o in read for o in n.output if o)]
+        if len(keep) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(keep)
+    inits = [i for i in g.initializer if i.name in read]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return nodes_before - len(g.node), inits_before - len(g.initializer)
