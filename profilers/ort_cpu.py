@@ -436,3 +436,32 @@ def parse_ort_profile(
             for scope, us in sorted(by_scope.items(), key=lambda kv: -kv[1])
         ],
     }
+
+
+# ONNX Runtime's CPU kernels that compute on 8-bit integers (the fused forms of DQ -> op -> Q, and the Integer ops)
+INTEGER_KERNELS = frozenset({
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
+    "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearReduceMean", "QLinearSoftmax",
+    "QLinearWhere", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MaxPool_int8"})
+CONVERSIONS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def precision_shares(profile: dict[str, Any], top: int = 8) -> dict[str, Any]:
+    """Where an INT8 graph's kernel time goes, from :func:`parse_ort_profile`'s ``by_op_type``: the percent in
+    integer kernels, in Q/DQ conversions and in float ops, and the float ops that take the most (the float
+    islands worth cutting)."""
+    rows = profile.get("by_op_type", [])
+    total = sum(r["ms"] for r in rows) or 1.0
+    integer = sum(r["ms"] for r in rows if r["op"] in INTEGER_KERNELS)
+    convert = sum(r["ms"] for r in rows if r["op"] in CONVERSIONS)
+    floats = sorted((r for r in rows if r["op"] not in INTEGER_KERNELS | CONVERSIONS), key=lambda r: -r["ms"])
+    return {
+        "integer_pct": round(100 * integer / total, 1),
+        "qdq_pct": round(100 * convert / total, 1),
+        "float_pct": round(100 * (total - integer - convert) / total, 1),
+        "kernel_ms": round(total, 3),
+        "top_float_ops": [{"op": r["op"], "ms": round(r["ms"], 3), "pct": round(100 * r["ms"] / total, 1),
+                           "nodes": r.get("nodes")} for r in floats[:top]],
+        "integer_ops": sorted({r["op"] for r in rows if r["op"] in INTEGER_KERNELS}),
+    }
+

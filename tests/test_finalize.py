@@ -216,6 +216,10 @@ def test_report_fields(trt_run):
     assert lat["fp32"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["speedup"] > 0
     assert "proxy" in lat["note"]
     assert ("use model_fp32.onnx" in lat["note"]) == (lat["speedup"] < 1.0)
+    shares = lat["int8_time_shares"]
+    assert shares["integer_pct"] + shares["qdq_pct"] + shares["float_pct"] == pytest.approx(100, abs=0.2)
+    assert shares["qdq_pct"] > 0 and shares["top_float_ops"], "the trt placement: Q/DQ around float convs"
+    assert r["training"]["compute"]["device"] == "cpu"
     qz = r["quantization"]
     assert qz["quantized_layers"] > 20 and "CumSum" in qz["ops"]["float"] and "SSM scan" in qz["higher_precision_note"]
     assert qz["placement"] == "trt" and qz["activation_type"] == "int8" and qz["quantized_outputs"] == 0
@@ -227,6 +231,7 @@ def test_report_fields(trt_run):
     assert {f["file"] for f in r["export"]["files"]} >= {"model_fp32.onnx", "model_int8.onnx", "build_engine.sh"}
     card = (out / "MODEL_CARD.md").read_text()
     assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
+    assert "in integer kernels" in card and "in Q/DQ conversions" in card
     from PIL import Image
 
     assert Image.open(out / "samples.png").size[0] > 4 * 32
@@ -463,6 +468,9 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
                                  qdr=QDRConfig(**FAST), train_patches=4, calib_patches=2, samples=1,
                                  latency_rounds=1, latency_runs=1, show_progress=False), log=lambda s: None)
     r = json.loads((out / "report.json").read_text())
+    shares = r["latency"]["ort_cpu"]["int8_time_shares"]
+    assert "QLinearConv" in shares["integer_ops"] and shares["integer_pct"] > 0, "onnx_int8: fused integer convs"
+    assert "Removing initializer" not in _ort_load_log(out / "model_int8.onnx")
     ab = r["ablation"]
     assert set(ab) == set(ABLATIONS)
     for name, v in ab.items():

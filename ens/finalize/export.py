@@ -159,6 +159,19 @@ def ort_cpu_latency(files: dict[str, Path], shape: Sequence[int], threads: int =
     return out
 
 
+def int8_time_shares(path: Path, shape: Sequence[int], threads: int = 2, runs: int = 5) -> dict[str, Any]:
+    """The share of ``path``'s ONNX Runtime CPU kernel time in integer kernels, Q/DQ conversions and float ops
+    (a separate pass with ORT's profiler; :func:`profilers.ort_cpu.precision_shares`)."""
+    from profilers.errors import ProfilerError
+    from profilers.ort_cpu import OrtCpuProfiler, precision_shares
+
+    try:
+        prof = OrtCpuProfiler(threads=threads, warmup=1, runs=1, breakdown_runs=runs)
+        return precision_shares(prof.profile_ops(path, shape, top=40))
+    except ProfilerError as exc:
+        raise ExportError(str(exc)) from None
+
+
 def evaluate_onnx(path: Path, val: Any, task: Any, threads: int = 2, fuse_qdq: bool = True) -> Quality:
     """PSNR/SSIM of the model in ``path``, run by ONNX Runtime, on the held-out pairs."""
     return evaluate(OnnxModel(path, threads, fuse_qdq), val, task)

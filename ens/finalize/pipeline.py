@@ -583,6 +583,9 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
                              clock=opts.latency_clock)
     entry: dict[str, Any] = {"profiler": f"ort-cpu?threads={opts.threads}", "device": ort["device"],
                              "shape": format_shape(shape), **{k: v for k, v in ort.items() if k != "device"}}
+    if int8_file is not None:
+        log("profiling the INT8 graph's kernels (ONNX Runtime profiler, a separate pass)")
+        entry["int8_time_shares"] = ex.int8_time_shares(int8_file, shape, threads=opts.threads)
     slower = ort_slower_note(ort.get("speedup"), placement)
     if note or slower:
         entry["note"] = " ".join(n for n in (note, slower) if n)

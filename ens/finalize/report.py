@@ -147,7 +147,17 @@ def _card_latency(r: dict[str, Any]) -> list[str]:
                      f"{_lat(d.get('int8'))} | {_f(sp, '.2f', 'x')} |")
         if d.get("note"):
             notes.append(f"- {d['profiler']}: {d['note']}")
+        if d.get("int8_time_shares"):
+            notes.append(f"- {d['profiler']}: {time_shares_line(d['int8_time_shares'])}")
     return lines + (["", *notes] if notes else [])
+
+
+def time_shares_line(t: dict[str, Any]) -> str:
+    """Where the INT8 graph's kernel time goes, in one line."""
+    tops = ", ".join(f"{o['op']} {o['pct']:.0f}%" for o in t.get("top_float_ops", [])[:5]) or "none"
+    return (f"INT8 kernel time (ORT profiler, separate pass): {t['integer_pct']:.0f}% in integer kernels "
+            f"({', '.join(t.get('integer_ops') or []) or 'none'}), {t['qdq_pct']:.0f}% in Q/DQ conversions, "
+            f"{t['float_pct']:.0f}% in float ops (largest: {tops})")
 
 
 def _card_quantization(r: dict[str, Any]) -> list[str]:
