@@ -16,13 +16,13 @@ For each preset and uniform network (random weights: latency only, no quality):
 
 Timed interleaved by ``ens.finalize.export.ort_cpu_latency``; the CPU clock at one thread is stable on
 a shared machine. Prints one JSON object with each file's median and its speed-up over FP32, and the
-share of each op type in the ORT profile of the fastest INT8 file. Needs ``ens[qat]``; never run by pytest.
+share of kernel time in integer kernels, Q/DQ and float ops (``ens.finalize.export.int8_time_shares``) of the
+file onnx_int8 ships and of ORT's own placement. Needs ``ens[qat]``; never run by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import copy
 import io
@@ -40,28 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blocks import HybridUNet, get_preset  # noqa: E402
 from blocks.stats import count_macs, count_params  # noqa: E402
 from blocks.unet import uniform_kinds  # noqa: E402
-
-
-def op_shares(path: Path, shape: tuple[int, ...], threads: int) -> dict[str, float]:
-    """Percent of kernel time per op type, from one ORT profile of three runs."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.enable_profiling = True
-    so.profile_file_prefix = str(path.with_suffix(""))
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    for _ in range(3):
-        s.run(None, {s.get_inputs()[0].name: x})
-    prof = Path(s.end_profiling())
-    agg: collections.Counter[str] = collections.Counter()
-    for e in json.loads(prof.read_text()):
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            agg[e["args"]["op_name"]] += e["dur"]
-    prof.unlink()
-    total = sum(agg.values()) or 1
-    return {k: round(100 * v / total, 1) for k, v in agg.most_common(6)}
 
 
 def main() -> None:
@@ -115,7 +93,9 @@ def main() -> None:
                     **{f"{k}_speedup": round(lat["fp32"]["median_ms"] / lat[k]["median_ms"], 3)
                        for k in files if k != "fp32"},
                     "ort_cpu_convs": {k: ex.ort_conv_kernels(files[k]) for k in int8_keys},
-                    f"{fastest}_op_shares_pct": op_shares(files[fastest], shape, args.threads),
+                    "fastest_int8": fastest,
+                    "time_shares": {k: ex.int8_time_shares(files[k], shape, threads=args.threads)
+                                    for k in ("int8_modelopt_ort", "int8_ort")},
                 }
                 print(name, json.dumps(result[name]), file=sys.stderr)
         result["device"] = lat["device"]

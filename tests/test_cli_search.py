@@ -90,7 +90,7 @@ def test_search_report_cli_end_to_end(tmp_path, capsys, micro_zoo, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     shutil.copytree(micro_zoo, tmp_path / "zoo" / "deblur-tiny")
     code, out, err = _run(["search", "--profiler", "proxy", "--trials", "3", "--workers", "0", "--shape",
-                           "1x3x32x32"], capsys)
+                           "1x3x32x32", "--device", "cpu", "--amp", "off"], capsys)
     assert code == 0, err
     assert "Pareto front" in out and "ens dashboard study.db" in out and "ens finalize study.db" in out
     code, out, err = _run(["report", "study.db", "--out", "rep"], capsys)

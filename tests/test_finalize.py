@@ -96,7 +96,8 @@ def trt_run(world):
         with pytest.raises(EngineNotBuilt) as err:
             run_finalize(FinalizeOptions(storage=str(db), export="trt_int8", out=str(out), trial=5,
                                          qdr=QDRConfig(**FAST), train_patches=8, calib_patches=2, samples=2,
-                                         latency_rounds=1, latency_runs=2, show_progress=False), log=lambda s: None)
+                                         latency_rounds=1, latency_runs=2, show_progress=False, device="cpu",
+                                         amp="off"), log=lambda s: None)
     finally:
         torch.set_num_threads(n)
     return out, err.value
