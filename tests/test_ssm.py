@@ -303,15 +303,20 @@ def fake_mamba_ssm(monkeypatch):
     def fake_ssd_scan(*a, **k):
         calls.append("ssd_scan")
 
-    names = ["mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.ops.triton"]
-    names.append("mamba_ssm.ops.triton.ssd_combined")
+    _install_mamba_ssm(monkeypatch, fake_selective_scan, fake_ssd_scan)
+    yield calls
+    ssm._load_kernel.cache_clear()
+
+
+def _install_mamba_ssm(monkeypatch, selective_scan_fn, mamba_chunk_scan_combined) -> None:
+    """Put a stand-in ``mamba_ssm`` package with these two kernels in ``sys.modules``."""
+    names = ["mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.ops.triton",
+             "mamba_ssm.ops.triton.ssd_combined"]
     modules = {name: types.ModuleType(name) for name in names}
-    modules["mamba_ssm.ops.selective_scan_interface"].selective_scan_fn = fake_selective_scan
-    modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined = fake_ssd_scan
+    modules["mamba_ssm.ops.selective_scan_interface"].selective_scan_fn = selective_scan_fn
+    modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined = mamba_chunk_scan_combined
     for name, mod in modules.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    ssm._load_kernel.cache_clear()
-    yield calls
     ssm._load_kernel.cache_clear()
 
 
@@ -419,14 +424,7 @@ def computing_mamba_ssm(monkeypatch):
         assert isinstance(chunk_size, int) and not return_final_states
         return ssm.ssd_scan_sequential(x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
-    names = ["mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.ops.triton",
-             "mamba_ssm.ops.triton.ssd_combined"]
-    modules = {name: types.ModuleType(name) for name in names}
-    modules["mamba_ssm.ops.selective_scan_interface"].selective_scan_fn = selective_scan_fn
-    modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined = mamba_chunk_scan_combined
-    for name, mod in modules.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    ssm._load_kernel.cache_clear()
+    _install_mamba_ssm(monkeypatch, selective_scan_fn, mamba_chunk_scan_combined)
     yield
     ssm._load_kernel.cache_clear()
 

@@ -19,6 +19,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+AMP_HELP = ("Mixed precision: auto (bf16 autocast on CUDA, fp16 with a gradient scaler where bf16 is missing, "
+            "none on the CPU), bf16, fp16 or off.")
+
+
 def log_line(text: str) -> None:
     """A progress message: unwrapped, so a path or command in it survives a redirect to a file intact."""
     console.print(escape(redact(text)), highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ens.cli.app import app, console, log_line
+from ens.cli.app import AMP_HELP, app, console, log_line
 from ens.finalize.targets import target_names
 
 _EXPORTS = ", ".join(target_names())
@@ -63,8 +63,7 @@ def finalize(
     device: str = typer.Option("auto", "--device", help="Where fine-tuning and QAT train: auto (CUDA when "
                                "available), cpu, cuda or cuda:N. (An AI Hub device name here still works for "
                                "qnn_int8, with a note: use --hub-device.)"),
-    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 on CUDA, fp16 where bf16 is "
-                            "missing, none on the CPU), bf16, fp16 or off."),
+    amp: str = typer.Option("auto", "--amp", help=AMP_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network for fine-tuning and QAT "
                                  "(off by default: it pays only on long runs, and not on every GPU)."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for evaluation and latency."),

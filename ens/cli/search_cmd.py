@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ens.cli.app import app, console, err_console, log_line
+from ens.cli.app import AMP_HELP, app, console, err_console, log_line
 from studies.storage import redact
 
 
@@ -38,8 +38,7 @@ def search(
     device: str = typer.Option("auto", "--device", help="Where trials evaluate and fine-tune: auto, cpu, cuda or "
                                "cuda:N. auto: the GPU Ray assigns with --gpus-per-trial, else the CPU (or this "
                                "process's GPU with --workers 0). A zoo built first is built there too."),
-    amp: str = typer.Option("auto", "--amp", help="Mixed precision for fine-tuning: auto (bf16 on CUDA, fp16 "
-                            "where bf16 is missing, none on the CPU), bf16, fp16 or off."),
+    amp: str = typer.Option("auto", "--amp", help=AMP_HELP),
     zoo_root: str | None = typer.Option(None, "--zoo", help="Folder of zoos (built there if missing). Default: "
                                         "zoo/ if it holds one for (task, preset), else the prebuilt zoo shipped "
                                         "with ens, else one is built in zoo/."),

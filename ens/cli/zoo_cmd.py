@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ens.cli.app import app, console, log_line
+from ens.cli.app import AMP_HELP, app, console, log_line
 
 zoo_app = typer.Typer(help="Build and inspect the pre-aligned block zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
@@ -37,8 +37,7 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
     device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA when available), cpu, cuda or "
                                "cuda:N. A build stopped on one device resumes on another."),
-    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 on CUDA, fp16 with a gradient "
-                            "scaler where bf16 is missing, none on the CPU), bf16, fp16 or off."),
+    amp: str = typer.Option("auto", "--amp", help=AMP_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher and the fine-tuned hybrids "
                                  "(off by default; not measured faster on every GPU)."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Train the teacher data-parallel (torch DDP) over this many "
