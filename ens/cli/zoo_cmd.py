@@ -39,7 +39,7 @@ def build(
                                "cuda:N. A build stopped on one device resumes on another."),
     amp: str = typer.Option("auto", "--amp", help=AMP_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher and the fine-tuned hybrids "
-                                 "(off by default; not measured faster on every GPU)."),
+                                 "(off by default: not yet measured faster on any device here)."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Train the teacher data-parallel (torch DDP) over this many "
                              "GPUs of this machine; needs --device cuda or auto on a machine with them."),
 ) -> None:
