@@ -53,8 +53,12 @@ def search(
                                      "kinds'). Default: every kind the zoo holds."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
+    import optuna
+
     from ens.report import ALL_T, latency_axis_label, pareto_frame, trials_frame
     from ens.search.driver import SearchOptions, run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # ens prints its own progress; Optuna's INFO lines repeat it
 
     opts = SearchOptions(task=task, objective=objective, profiler=profiler, trials=trials, workers=workers,
                          ray_address=ray_address, storage=storage, study_name=study_name, sampler=sampler,
