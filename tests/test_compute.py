@@ -272,3 +272,52 @@ def test_cuda_only_lines_on_a_fake_gpu(fake_cuda, monkeypatch, micro_cfg):
     assert seen["ids"] == [1], "each rank's DDP wraps its own GPU"
     teacher._data_parallel(HybridUNet(micro_cfg), CPU)
     assert seen["ids"] is None
+
+
+def test_ctrl_c_stops_every_rank_and_the_teacher_resumes(tmp_path):
+    """SIGINT to the parent of a two-process (Gloo) teacher run: the ranks are stopped (rank 0 saving its
+    checkpoint), none is left behind, and a second run resumes from that checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from ens.training import checkpoint_step
+    from tests.ddp_driver import CFG, job
+
+    root = Path(__file__).resolve().parents[1]
+    ckpt = tmp_path / "teacher.ckpt.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.ddp_driver", str(tmp_path), "100000"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ckpt.is_file(), "the ranks started training and checkpointing"
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        assert len(children) >= 2
+        os.kill(proc.pid, signal.SIGINT)  # the parent only, as `kill -INT` would
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "done" not in out
+    time.sleep(0.5)
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+            alive = open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            alive = False
+        assert not alive, f"rank process {pid} was left running"
+    stopped = checkpoint_step(ckpt)
+    assert 0 < stopped < 100000
+    from blocks.unet import HybridUNet
+    from ens.zoo.parallel import train_teacher_parallel
+
+    resumed = job(tmp_path, stopped + 2)
+    stats = train_teacher_parallel(HybridUNet(CFG), 2, resumed)
+    assert checkpoint_step(ckpt) == stopped + 2 and stats["train_loss"] == stats["train_loss"]

@@ -11,7 +11,10 @@ parent reads the trained teacher back from that checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,6 +96,36 @@ def _rank_main(rank: int, world: int, job: TeacherJob) -> None:
         dist.destroy_process_group()
 
 
+STOP_GRACE_S = 60.0  # how long the ranks get to save and leave after Ctrl-C before they are terminated
+
+
+def stop_ranks(processes: list, grace_s: float | None = None, forward_after_s: float = 2.0) -> None:
+    """After Ctrl-C in the parent: let every rank stop as after its own Ctrl-C (rank 0 saves its checkpoint),
+    then terminate what is left, so that no rank stays blocked in a collective holding a GPU.
+
+    A terminal sends SIGINT to the whole process group; when only the parent got it (``kill -INT``), it is
+    forwarded to the ranks still alive after ``forward_after_s`` (not at once: a second SIGINT would cut
+    rank 0's save short)."""
+    grace = STOP_GRACE_S if grace_s is None else grace_s
+    t0 = time.monotonic()
+    forwarded = False
+    while time.monotonic() - t0 < grace and any(p.is_alive() for p in processes):
+        if not forwarded and time.monotonic() - t0 >= forward_after_s:
+            for p in processes:
+                if p.is_alive() and p.pid is not None:
+                    os.kill(p.pid, signal.SIGINT)
+            forwarded = True
+        time.sleep(0.1)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def train_teacher_parallel(net: HybridUNet, world: int, job: TeacherJob) -> dict:
     """Train ``net`` (from its current weights) with ``world`` data-parallel processes; loads the result into
     ``net`` (on the CPU) and returns rank 0's statistics."""
@@ -102,8 +135,13 @@ def train_teacher_parallel(net: HybridUNet, world: int, job: TeacherJob) -> dict
     check_world(world, job.compute)
     job = replace(job, init_state={k: v.detach().cpu() for k, v in net.state_dict().items()})
     job.stats_path.unlink(missing_ok=True)
+    ctx = mp.start_processes(_rank_main, args=(world, job), nprocs=world, start_method="spawn", join=False)
     try:
-        mp.start_processes(_rank_main, args=(world, job), nprocs=world, start_method="spawn", join=True)
+        while not ctx.join():  # the first rank to fail stops the others and raises here
+            pass
+    except KeyboardInterrupt:
+        stop_ranks(ctx.processes)
+        raise
     except mp.ProcessRaisedException as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         raise EnsError(f"data-parallel teacher training failed: {last}") from None
