@@ -143,7 +143,10 @@ CPU = Compute()
 def make_compute(device: str | torch.device | None = "auto", amp: str | None = "auto", compile: bool = False,
                  prefetch: bool | None = None) -> Compute:
     dev = resolve_device(device)
-    return Compute(device=dev, amp=resolve_amp(amp, dev), compile=compile, prefetch=prefetch)
+    out = Compute(device=dev, amp=resolve_amp(amp, dev), compile=compile, prefetch=prefetch)
+    if out.cuda:
+        torch.backends.cudnn.benchmark = True  # training patches keep one shape: let cuDNN pick its fastest convs
+    return out
 
 
 def model_device(m: nn.Module | None) -> torch.device:

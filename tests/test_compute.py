@@ -57,6 +57,14 @@ def test_auto_and_indices_with_cuda(fake_cuda):
     assert Compute(device=dev).prefetching, "batches are prefetched on CUDA"
 
 
+def test_cuda_compute_lets_cudnn_pick_its_kernels(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    make_compute("cpu")
+    assert torch.backends.cudnn.benchmark is False
+    assert make_compute("cuda").amp is torch.bfloat16
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_amp_choices():
     cpu = torch.device("cpu")
     assert resolve_amp("bf16", cpu) is torch.bfloat16
