@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -101,6 +102,9 @@ class QATUnavailable(EnsError):
 
 def require_modelopt():
     """``modelopt.torch.quantization``, or a clear EnsError saying how to install it."""
+    # ModelOpt's export helpers warn, when first imported, that Hugging Face models cannot be exported without
+    # transformers: true, and nothing to do with ens's networks
+    warnings.filterwarnings("ignore", message="Cannot find transformers package", category=UserWarning)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             import modelopt.torch.quantization as mtq
