@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ens.data.datasets import _fingerprint, read_pair
+from ens.data.datasets import pairs_fingerprint, read_pair
 from ens.data.layouts import DatasetSpec, check_task_layouts, scan_dataset
 from ens.tasks import Task, get_task
 
@@ -73,7 +73,7 @@ def check_dataset_once(task: Task | str, data_dir: str | Path, min_size: int,
 
     task = get_task(task)
     spec = scan_dataset(data_dir, "auto", scale=task.scale)
-    key = hashlib.sha256(json.dumps([task.name, min_size, _fingerprint(spec.train), _fingerprint(spec.val)],
+    key = hashlib.sha256(json.dumps([task.name, min_size, pairs_fingerprint(spec.train), pairs_fingerprint(spec.val)],
                                     default=str).encode()).hexdigest()[:32]
     mark = cache_root() / "data-checks" / f"{key}.ok"
     if mark.is_file():

@@ -330,7 +330,7 @@ def _folder_source(task: Task, spec: DatasetSpec, split: str, patch: int, n: int
     def build(round_: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         s = seed if split == "train" else VAL_SEED
         chosen, per_image = _choose_pairs(pairs, n, s, round_, split)
-        key = ("folder", task, split, patch, n, s, round_, _fingerprint(chosen))
+        key = ("folder", task, split, patch, n, s, round_, pairs_fingerprint(chosen))
         return _cached(key, lambda: _folder_patches(task, chosen, per_image, patch, n, s, round_, split, workers))
 
     return build
@@ -580,7 +580,8 @@ def _choose_pairs(pairs: list[Pair], n: int, seed: int, round_: int, split: str)
     return [pairs[int(i)] for i in idx], math.ceil(n / len(idx))
 
 
-def _fingerprint(pairs: list[Pair]) -> tuple:
+def pairs_fingerprint(pairs: list[Pair]) -> tuple:
+    """(path, size, mtime) of every file of ``pairs``: changes when any of them is replaced or edited."""
     out = []
     for p in pairs:
         for f in (p.input, p.target):
