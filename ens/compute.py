@@ -80,6 +80,8 @@ class Compute:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp: torch.dtype | None = None
+    # channels-last: PyTorch's CPU depthwise convs run several times faster in it (8x84x32x32 depthwise 3x3:
+    # 6.0 ms NCHW vs 0.7 ms NHWC, measured in an earlier session); cuDNN's tensor-core convs want it too
     channels_last: bool = True
     compile: bool = False
     prefetch: bool | None = None  # build the next batch in a thread while this one trains (None: on CUDA only)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from blocks.stats import count_macs, count_params
+from ens.compute import Compute, make_compute, model_device
 from ens.evaluate import evaluate
 from ens.search.objectives import latency_label, latency_unit, score
 from ens.tasks import Task, get_task
@@ -73,7 +74,6 @@ class TrialEvaluator:
         return {"ctx": self.ctx, "_zoo": None}
 
     def __call__(self, arch_text: str) -> Outcome:
-        from ens.compute import make_compute
         from ens.profiling import profile_arch
 
         ctx = self.ctx
@@ -138,7 +138,7 @@ class TrialEvaluator:
         }
 
 
-def _finetune(net: torch.nn.Module, ctx: TrialContext, compute: Any) -> None:
+def _finetune(net: torch.nn.Module, ctx: TrialContext, compute: Compute) -> None:
     from ens.finetune import finetune
 
     finetune(net, ctx.train, ctx.finetune_steps, ctx.seed, compute=compute)
@@ -184,7 +184,6 @@ def sample_png(net: torch.nn.Module, pair: tuple[torch.Tensor, torch.Tensor], ta
     """degraded | restored | target, side by side under a label strip (with PSNR when ``task`` is given), as PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ens.compute import model_device
     from ens.metrics import psnr
 
     deg, clean = pair
