@@ -1,6 +1,8 @@
 """A latency cache, so that no architecture is measured twice on one device.
 
-Key: (arch hash, profiler spec, device, input shape, precision). Store: one SQLite file,
+Key: (arch hash, profiler spec, device, input shape, precision), within the blocks' graph revision
+(:data:`GRAPH_REVISION`: one SQL table per revision, so a latency of an older export of the same
+architecture is never served). Store: one SQLite file,
 ``$ENS_CACHE_DIR/latency/latency.sqlite`` (default ``~/.cache/ens/latency/latency.sqlite``), or
 any directory or file given as ``path``. Every write is one SQLite transaction, so a crash never
 leaves a half-written entry, and several processes may share the file (SQLite locks it). A file
@@ -33,6 +35,11 @@ from profilers.result import MEASURED, REPORTED, LatencyResult
 
 CACHE_ENV = "ENS_CACHE_DIR"
 FILENAME = "latency.sqlite"
+#: Bumped whenever the exported ONNX graph of a block or network changes (not its weights): latencies
+#: measured on an older graph are not served for the new one (the cache and the latency tables are keyed
+#: by it). 2: LayerNorm exports as one LayerNormalization (``blocks.norm``); the INT8 graph has U8 activations.
+GRAPH_REVISION = 2
+TABLE = f"results_g{GRAPH_REVISION}"
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's companions of a database file
 
 T = TypeVar("T")
@@ -114,7 +121,7 @@ class LatencyCache:
 
     def get(self, key: CacheKey) -> LatencyResult | None:
         row = self._run(lambda db: db.execute(
-            "SELECT result FROM results WHERE arch_hash=? AND profiler=? AND device=? AND shape=? AND precision=?",
+            f"SELECT result FROM {TABLE} WHERE arch_hash=? AND profiler=? AND device=? AND shape=? AND precision=?",
             (key.arch_hash, key.profiler, key.device, key.shape, key.precision),
         ).fetchone())
         return LatencyResult.from_dict(json.loads(row[0])) if row else None
@@ -122,23 +129,23 @@ class LatencyCache:
     def put(self, key: CacheKey, result: LatencyResult) -> None:
         row = (key.arch_hash, key.profiler, key.device, key.shape, key.precision,
                json.dumps(result.to_dict(), sort_keys=True), time.time())
-        self._run(lambda db: db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", row))
+        self._run(lambda db: db.execute(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", row))
 
     def __contains__(self, key: CacheKey) -> bool:
         return self.get(key) is not None
 
     def __len__(self) -> int:
-        return int(self._run(lambda db: db.execute("SELECT COUNT(*) FROM results").fetchone()[0]))
+        return int(self._run(lambda db: db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]))
 
     def keys(self) -> list[CacheKey]:
-        rows = self._run(lambda db: db.execute("SELECT arch_hash, profiler, device, shape, precision FROM results")
+        rows = self._run(lambda db: db.execute(f"SELECT arch_hash, profiler, device, shape, precision FROM {TABLE}")
                          .fetchall())
         return [CacheKey(*r) for r in rows]
 
 
 def _create_table(db: sqlite3.Connection) -> None:
     db.execute(
-        "CREATE TABLE IF NOT EXISTS results ("
+        f"CREATE TABLE IF NOT EXISTS {TABLE} ("
         " arch_hash TEXT NOT NULL, profiler TEXT NOT NULL, device TEXT NOT NULL,"
         " shape TEXT NOT NULL, precision TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,"
         " PRIMARY KEY (arch_hash, profiler, device, shape, precision))"

@@ -51,7 +51,7 @@ from typing import Any
 
 from profilers import onnx_info
 from profilers.base import Profiler, WrappingProfiler, format_shape, parse_shape
-from profilers.cache import cache_root
+from profilers.cache import GRAPH_REVISION, cache_root
 from profilers.errors import MeasurementError, ProfilerError, TableMismatch, TableNotFound
 from profilers.result import PREDICTED, LatencyResult
 
@@ -112,6 +112,7 @@ class LatencyTable:
     calibration_s: float = 0.0
     statistic: str = "median"  # which per-network statistic the costs come from: median or min
     verify: dict[str, Any] = field(default_factory=dict)  # its error against measured archs (ens calibrate --verify)
+    graph_revision: int = GRAPH_REVISION  # of the exported graphs it timed (profilers.cache.GRAPH_REVISION)
     path: Path | None = field(default=None, compare=False)
 
     # -- predicting -----------------------------------------------------------------------------
@@ -146,6 +147,11 @@ class LatencyTable:
         self, config: Mapping[str, Any] | None, input_shape: Sequence[int], precision: str | None = None
     ) -> None:
         shape = tuple(parse_shape(input_shape))
+        if self.graph_revision != GRAPH_REVISION:
+            raise TableMismatch(
+                f"the latency table timed revision {self.graph_revision} of the exported graphs, and this ens "
+                f"exports revision {GRAPH_REVISION}: calibrate it again (ens calibrate)"
+            )
         if shape != tuple(self.input_shape):
             raise TableMismatch(
                 f"the latency table was made for shape {format_shape(self.input_shape)}, not {format_shape(shape)}; "
@@ -184,6 +190,7 @@ class LatencyTable:
             "calibration_s": self.calibration_s,
             "verify": dict(self.verify),
             "statistic": self.statistic,
+            "graph_revision": self.graph_revision,
         }
 
     @classmethod
@@ -209,6 +216,7 @@ class LatencyTable:
             calibration_s=float(d.get("calibration_s", 0.0)),
             verify=dict(d.get("verify") or {}),
             statistic=str(d.get("statistic", "median")),
+            graph_revision=int(d.get("graph_revision", 1)),
             path=path,
         )
 
@@ -259,7 +267,8 @@ def default_table_path(
         from profilers.int8_graphs import int8_graph_name
 
         precision = f"int8.{int8_graph_name()}"
-    name = f"{_slug(profiler_spec)}-{key}-{format_shape(input_shape)}-{precision}-{config_hash(config)}.json"
+    name = (f"{_slug(profiler_spec)}-{key}-{format_shape(input_shape)}-{precision}-{config_hash(config)}"
+            f"-g{GRAPH_REVISION}.json")
     return d / name
 
 

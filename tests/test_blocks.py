@@ -21,11 +21,34 @@ def test_layernorm_matches_channel_layernorm(variant):
             ln.bias.uniform_(-1, 1)
     y = ln(x)
     xt = x.permute(0, 2, 3, 1)
+    var = xt.var(-1, keepdim=True, unbiased=False)
     if variant == "withbias":
-        ref = torch.nn.functional.layer_norm(xt, (6,), ln.weight.flatten(), ln.bias.flatten(), 1e-5)
+        ref = (xt - xt.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * ln.weight.flatten() + ln.bias.flatten()
     else:
-        ref = xt / torch.sqrt(xt.var(-1, keepdim=True, unbiased=False) + 1e-5) * ln.weight.flatten()
+        ref = xt / torch.sqrt(var + 1e-5) * ln.weight.flatten()
     torch.testing.assert_close(y, ref.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_layernorm_exports_as_one_fused_onnx_op(tmp_path):
+    """The with-bias LayerNorm is one ONNX LayerNormalization (a fused kernel in ORT, TensorRT and QNN), and
+    ONNX Runtime computes what PyTorch does."""
+    import onnx
+    import onnxruntime as ort
+
+    from profilers.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    ln = LayerNorm2d(6).eval()
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-1, 1)
+    path = export_onnx(ln, (1, 6, 5, 7), tmp_path / "ln.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("LayerNormalization") == 1 and "ReduceMean" not in ops
+    x = torch.randn(1, 6, 5, 7)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - ln(x).detach().numpy()).max() < 1e-5
 
 
 def test_layernorm_rejects_unknown_variant():

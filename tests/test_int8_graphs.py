@@ -73,3 +73,22 @@ def test_a_cached_int8_latency_belongs_to_its_graph(micro_net, tmp_path, monkeyp
     assert t1 != t2 and "int8.onnx_int8" in t2.name
     with pytest.raises(KeyError, match="no INT8 graph"):
         int8_graphs.build_int8(None, (1, 3, 8, 8), tmp_path / "x.onnx", name="nope")
+
+
+def test_the_timed_int8_graph_runs_every_conv_but_the_last_as_qlinearconv(micro_net, tmp_path):
+    """The timed graph is the shipped one down to its U8 activations: with ModelOpt's S8 ones, every conv whose
+    output feeds two ops stayed a float Conv in ONNX Runtime (finalize's U8 rewrite fuses them)."""
+    import onnxruntime as ort
+
+    path = export_network(micro_net, tmp_path / "n.onnx", precision="int8")
+    g = onnx.load(str(path)).graph
+    inits = {i.name: i for i in g.initializer}
+    act_q = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert act_q and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in act_q)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    convs = sum(n.op_type == "Conv" for n in g.node if "quantizer" not in n.name)
+    assert ops.count("QLinearConv") >= convs - 1 > 10 and ops.count("Conv") <= 1

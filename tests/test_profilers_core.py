@@ -15,7 +15,16 @@ from onnx import TensorProto, helper
 
 from profilers import onnx_info
 from profilers.base import InvalidShape, Profiler, format_shape, parse_shape
-from profilers.cache import FILENAME, CachedProfiler, CacheKey, LatencyCache, default_cache_dir, file_key, is_corrupt
+from profilers.cache import (
+    FILENAME,
+    TABLE,
+    CachedProfiler,
+    CacheKey,
+    LatencyCache,
+    default_cache_dir,
+    file_key,
+    is_corrupt,
+)
 from profilers.errors import ProfilerError, UnknownProfiler
 from profilers.registry import get_profiler, profiler_names, split_spec
 from profilers.result import MEASURED, PREDICTED, LatencyResult, summarize_ms
@@ -166,6 +175,20 @@ def test_cache_put_get_and_keys(tmp_path):
     assert LatencyCache(cache.path).get(key) == r
 
 
+def test_a_latency_of_an_older_graph_revision_is_not_served(tmp_path, monkeypatch):
+    """The same architecture exported by an older ens (another graph) keeps its rows but never answers."""
+    import profilers.cache as pc
+
+    key = CacheKey.make("h1", "ort-cpu", "1x3x8x8", "fp32", device="cpu")
+    r = LatencyResult(2.0, 3.0, 5, "cpu", {"source": MEASURED}, "ort-cpu", (1, 3, 8, 8))
+    monkeypatch.setattr(pc, "TABLE", f"results_g{pc.GRAPH_REVISION - 1}")
+    LatencyCache(tmp_path / "c").put(key, r)
+    assert LatencyCache(tmp_path / "c").get(key) == r
+    monkeypatch.setattr(pc, "TABLE", f"results_g{pc.GRAPH_REVISION}")
+    cache = LatencyCache(tmp_path / "c")
+    assert cache.get(key) is None and len(cache) == 0
+
+
 def test_cached_profiler_measures_once(tmp_path):
     inner = CountingProfiler()
     cp = CachedProfiler(inner, tmp_path)
@@ -213,7 +236,7 @@ def test_garbage_cache_file_is_set_aside_and_rebuilt(tmp_path):
     assert aside.read_bytes() == garbage
     [warning] = [str(w.message) for w in caught]
     assert str(path) in warning and str(aside) in warning and "\n" not in warning
-    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM results").fetchone() == (1,)
+    assert sqlite3.connect(path).execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone() == (1,)
 
 
 def test_cache_file_truncated_while_in_use_is_set_aside(tmp_path):

@@ -172,3 +172,16 @@ def test_min_statistic_table(fast_export):
         statistic_of(r, "mean")
     with pytest.raises(ProfilerError):
         calibrate_table(F.AdditiveProfiler(), CFG, SHAPE, ["T"], statistic="mode")
+
+
+def test_a_table_of_an_older_graph_revision_is_refused(fast_export, tmp_path):
+    from profilers.cache import GRAPH_REVISION
+
+    table = calibrate_table(F.AdditiveProfiler(), CFG, SHAPE, ["T", "E"], preset=None)
+    assert f"-g{GRAPH_REVISION}" in table.default_path(tmp_path).name
+    d = table.to_dict()
+    assert d["graph_revision"] == GRAPH_REVISION
+    LatencyTable.from_dict(d).check_compatible(CFG.to_dict(), SHAPE)
+    del d["graph_revision"]  # a table written before revisions were recorded timed revision 1
+    with pytest.raises(TableMismatch, match="revision 1 of the exported graphs.*calibrate it again"):
+        LatencyTable.from_dict(d).check_compatible(CFG.to_dict(), SHAPE)

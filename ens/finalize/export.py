@@ -62,12 +62,18 @@ def export_fp32(model: nn.Module, shape: Sequence[int], path: Path, check_input:
     return err
 
 
-def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path) -> None:
-    """Export a ModelOpt fake-quant model to a Q/DQ ONNX (legacy TorchScript exporter, opset 17)."""
+def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path, uint8_activations: bool = False) -> None:
+    """Export a ModelOpt fake-quant model to a Q/DQ ONNX (legacy TorchScript exporter, opset 17);
+    ``uint8_activations``: rewrite the activations S8 -> U8 for ONNX Runtime's fused kernels
+    (:mod:`ens.finalize.qdq_uint8`; without it no ``DQ -> Conv -> Q`` whose Q feeds two ops fuses)."""
+    from ens.finalize.qdq_uint8 import activations_to_uint8
+
     export_onnx(qmodel, tuple(shape), path)
     ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
     if not {"QuantizeLinear", "DequantizeLinear"} <= ops:
         raise ExportError(f"{path.name} has no QuantizeLinear/DequantizeLinear nodes: the model was not quantized")
+    if uint8_activations:
+        activations_to_uint8(path)
 
 
 def check_int8(qmodel: nn.Module, path: Path, x: torch.Tensor, fuse_qdq: bool = True) -> dict[str, float]:

@@ -38,7 +38,6 @@ from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
 from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, qdr_train, require_modelopt
-from ens.finalize.qdq_uint8 import activations_to_uint8
 from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
 from ens.finalize.targets import ExportTarget, get_target
 
@@ -431,9 +430,7 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress, compute=run.compute)
     training["qat"] = q_log.to_dict()
     int8_eval = work / "int8_eval.onnx"
-    ex.export_int8(student, run.eval_shape, int8_eval)
-    if to_u8:
-        activations_to_uint8(int8_eval)
+    ex.export_int8(student, run.eval_shape, int8_eval, uint8_activations=to_u8)
     checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, run.val_x[: min(4, len(run.val_x))], fuse)
     checks["int8_tolerance"] = ex.INT8_TOLERANCE
     q_int8 = ex.evaluate_onnx(int8_eval, run.val_pairs, run.task, opts.threads, fuse)
@@ -445,9 +442,7 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     if tuple(run.shape) == run.eval_shape:
         shutil.copyfile(int8_eval, int8_file)
     else:
-        ex.export_int8(student, run.shape, int8_file)
-        if to_u8:
-            activations_to_uint8(int8_file)
+        ex.export_int8(student, run.shape, int8_file, uint8_activations=to_u8)
         checks["int8_deploy_vs_fakequant"] = ex.check_int8(student, int8_file, _tile_like(run.val_x, run.shape), fuse)
     _ptq_baseline(run, work, fp32_eval, quality, fp32_psnr, deg_psnr, log)
     report["quantization"] = _quantization_info(run, student, int8_file, to_u8)
