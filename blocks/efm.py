@@ -23,6 +23,11 @@ import torch
 from torch import nn
 
 from blocks.norm import LayerNorm2d
+from blocks.ops import Add
+
+
+def _scaled(scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if scale is None else scale * x
 
 
 class SimpleGate(nn.Module):
@@ -75,6 +80,7 @@ class EFMBlock(nn.Module):
         self.pw_f2 = nn.Conv2d(ffn_hidden // 2, dim, 1, bias=bias)
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.add1, self.add2 = Add(), Add()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.norm1(x)
@@ -82,8 +88,22 @@ class EFMBlock(nn.Module):
         m = self.ldg(u)
         if self.gates > 1:
             m = m.repeat_interleave(f.shape[1] // self.gates, dim=1)
-        x = x + self.beta * self.pw_out(f * (1.0 + m))
-        return x + self.gamma * self.pw_f2(self.sg(self.pw_f1(self.norm2(x))))
+        x = self.add1(x, _scaled(self.beta, self.pw_out(f * (1.0 + m))))
+        return self.add2(x, _scaled(self.gamma, self.pw_f2(self.sg(self.pw_f1(self.norm2(x))))))
+
+    @torch.no_grad()
+    def fold_layer_scales(self) -> None:
+        """Fold ``beta`` into PW_out and ``gamma`` into PW_f2 (exact: both are per-output-channel). A deployed
+        graph then has no float Mul between those convs and the residual sums, so an INT8 runtime runs
+        conv -> sum as QLinearConv -> QLinearAdd. The block keeps no ``beta``/``gamma`` parameters after it."""
+        for scale, conv in (("beta", self.pw_out), ("gamma", self.pw_f2)):
+            s = getattr(self, scale)
+            if s is None:
+                continue
+            conv.weight.mul_(s.reshape(-1, 1, 1, 1))
+            if conv.bias is not None:
+                conv.bias.mul_(s.reshape(-1))
+            setattr(self, scale, None)
 
     def degradation_map(self, x: torch.Tensor) -> torch.Tensor:
         """The LDG map for inspection: [B, gates, H, W] in [0, 1]."""

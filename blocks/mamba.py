@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.norm import LayerNorm2d
+from blocks.ops import Add
 from blocks.ssm import auto_chunk, ssd_chunked, static_shape
 
 DIRECTION_ORDER = ("row", "row_reversed", "column", "column_reversed")
@@ -177,6 +178,7 @@ class MambaBlock(nn.Module):
         self.scan = DirectionalSSD(self.inner, d_state, head_dim, directions, chunk)
         self.out_norm = LayerNorm2d(self.inner, layernorm) if out_norm else nn.Identity()
         self.out_proj = nn.Conv2d(self.inner + self.hidden, dim, 1, bias=bias)
+        self.residual = Add()
         with torch.no_grad():
             self.out_proj.weight.mul_(init_scale)
 
@@ -184,7 +186,7 @@ class MambaBlock(nn.Module):
         h = self.in_proj(self.norm(x))
         if not self.hidden:
             z, u = h.chunk(2, 1)
-            return x + self.out_proj(self.out_norm(self.scan(u)) * F.silu(z))
+            return self.residual(x, self.out_proj(self.out_norm(self.scan(u)) * F.silu(z)))
         z, u, f1, f2 = h.split([self.inner, self.inner, self.hidden, self.hidden], 1)
         y = self.out_norm(self.scan(u)) * F.silu(z)
-        return x + self.out_proj(torch.cat([y, F.gelu(f1) * f2], 1))
+        return self.residual(x, self.out_proj(torch.cat([y, F.gelu(f1) * f2], 1)))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.norm import LayerNorm2d
+from blocks.ops import Add
 
 
 class MDTA(nn.Module):
@@ -69,7 +70,8 @@ class TransformerBlock(nn.Module):
         self.attn = MDTA(dim, heads, bias)
         self.norm2 = LayerNorm2d(dim, layernorm)
         self.ffn = GDFN(dim, ffn_expansion, bias)
+        self.add1, self.add2 = Add(), Add()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        x = self.add1(x, self.attn(self.norm1(x)))
+        return self.add2(x, self.ffn(self.norm2(x)))

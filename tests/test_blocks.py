@@ -189,3 +189,19 @@ def test_macs_grow_with_area_and_transformers(micro_cfg):
 def test_config_round_trips_through_dict():
     cfg = UNetConfig(dim=8, block_options={"M": {"d_state": 4}})
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_efm_folds_its_layer_scales_exactly():
+    torch.manual_seed(0)
+    block = EFMBlock(8).eval()
+    with torch.no_grad():
+        block.beta.uniform_(-1, 1)
+        block.gamma.uniform_(-1, 1)
+    x = torch.randn(1, 8, 6, 6)
+    want = block(x)
+    block.fold_layer_scales()
+    assert block.beta is None and block.gamma is None
+    assert "beta" not in block.state_dict() and "gamma" not in block.state_dict()
+    torch.testing.assert_close(block(x), want, atol=1e-5, rtol=1e-5)
+    block.fold_layer_scales()  # nothing left to fold: a no-op
+    torch.testing.assert_close(block(x), want, atol=1e-5, rtol=1e-5)

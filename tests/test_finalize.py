@@ -414,6 +414,41 @@ def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path)
     assert kernels["ort"]["int8"] < kernels["ort_u8"]["int8"]  # S8 output Q next to a U8 input DQ does not fuse
 
 
+class _EfmNet(torch.nn.Module):
+    """stem conv -> one EFM block (two residual sums) -> output conv + input: the smallest real residual net."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from blocks.efm import EFMBlock
+
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.block = EFMBlock(8)
+        self.output = torch.nn.Conv2d(8, 3, 3, padding=1)
+        with torch.no_grad():
+            self.block.beta.fill_(0.5)
+            self.block.gamma.fill_(-0.3)
+
+    def forward(self, x):
+        return self.output(self.block(self.stem(x))) + x
+
+
+def test_ort_placement_quantizes_the_residual_sums_into_qlinearadd(tmp_path):
+    """With the ``ort`` placement each residual sum's output gets a fake quantizer (its inputs come quantized
+    from a conv and the previous sum), the ONNX Runtime CPU graph runs them as QLinearAdd and matches the
+    fake-quant model; ``trt`` leaves them float."""
+    from ens.finalize.qat import quant_summary, quantize_model
+
+    x = torch.rand(2, 3, 16, 16)
+    for placement, adds in (("trt", 0), ("ort", 2)):
+        torch.manual_seed(0)
+        q = quantize_model(_EfmNet(), [x], placement=placement)
+        assert quant_summary(q)["quantized_adds"] == adds
+        path = tmp_path / f"{placement}.onnx"
+        ex.export_int8(q, (1, 3, 16, 16), path, uint8_activations=placement == "ort")
+        assert ex.ort_kernels(path)["QLinearAdd"] == adds
+        assert ex.check_int8(q, path, x)["rmse"] < 1e-3
+
+
 def _ort_load_log(path) -> str:
     """What ONNX Runtime prints when a user loads ``path`` with default settings (a fresh process: its C++ log
     goes to the process's stderr)."""
@@ -450,12 +485,17 @@ def test_uint8_int8_file_loads_without_warnings(tmp_path):
     assert torch.equal(ex.OnnxModel(s8, fuse_qdq=False)(x), ex.OnnxModel(u8, fuse_qdq=False)(x))
 
 
-def test_ptq_baseline_is_a_qdq_graph(tmp_path):
+def test_ptq_baseline_is_a_qdq_graph(tmp_path, caplog):
+    from blocks.norm import LayerNorm2d
+
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), LayerNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 3, 3, padding=1))
     ex.export_fp32(net, (1, 3, 16, 16), tmp_path / "f.onnx")
     calib = [np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) for i in range(2)]
-    ex.ptq_int8(tmp_path / "f.onnx", tmp_path / "p.onnx", calib)
+    with caplog.at_level("WARNING"):
+        ex.ptq_int8(tmp_path / "f.onnx", tmp_path / "p.onnx", calib)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], "quantize_static's LayerNorm axis noise"
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node}
     err = ex.ort_vs_torch(net, tmp_path / "p.onnx", torch.from_numpy(calib[0]))
     assert err["rmse"] < 0.05
@@ -482,6 +522,7 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
     qz = r["quantization"]  # onnx_int8: the placement ONNX Runtime fuses, U8 activations
     assert qz["placement"] == "ort" and qz["activation_type"].startswith("uint8") and qz["quantized_outputs"] > 20
     assert qz["ort_cpu_convs"]["int8"] > qz["ort_cpu_convs"]["float"]
+    assert 0 < qz["ort_cpu_integer_kernels"]["QLinearAdd"] <= qz["quantized_adds"]
     assert r["training"]["config"]["placement"] == "ort"
     from ens.finalize.qat import weight_bits_for
 
@@ -490,6 +531,7 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Ablation" in card and all(f"| {name} |" in card for name in ABLATIONS)
     assert f"{qz['weight_bits']}-bit weights" in card and "INT8 files run by: ONNX Runtime" in card
+    assert f"QLinearAdd x{qz['ort_cpu_integer_kernels']['QLinearAdd']}" in card
 
 
 def test_int8_pairs_saturate_on_x86_without_vnni_only():

@@ -14,11 +14,13 @@ layer moves a few output pixels by a few steps, so the max is loose and the RMSE
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shlex
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,20 @@ def evaluate_onnx(path: Path, val: Any, task: Any, threads: int = 2, fuse_qdq: b
     return evaluate(OnnxModel(path, threads, fuse_qdq), val, task)
 
 
+@contextlib.contextmanager
+def _root_log_quiet() -> Iterator[None]:
+    """Silence the root logger's warnings: ``quantize_static(per_channel=True)`` logs one "Axis 1 is
+    out-of-range for weight ... with rank 1" per LayerNormalization (it then quantizes that 1-D scale per
+    tensor, which is what it should do) through the root logger, 32 lines for a tiny network."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def ptq_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], per_channel: bool = True,
              reduce_range: bool = False) -> Path:
     """Plain post-training quantization, ONNX Runtime ``quantize_static`` (QDQ, MinMax) on real data.
@@ -210,9 +226,10 @@ def ptq_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], per_channe
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "ptq.onnx"
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range)
+            with _root_log_quiet():
+                quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                per_channel=per_channel, reduce_range=reduce_range)
         except Exception as exc:  # onnxruntime raises many types here
             raise ExportError(f"post-training quantization of {src.name} failed: {exc}") from None
         os.replace(out, dst)
@@ -235,9 +252,9 @@ def precision_breakdown(path: Path) -> dict[str, dict[str, int]]:
     return {"int8": dict(int8.most_common()), "float": dict(flt.most_common())}
 
 
-def ort_conv_kernels(path: Path) -> dict[str, int]:
-    """How ONNX Runtime CPU runs the convolutions of ``path``: ``{"int8": QLinearConv count, "float": Conv
-    count}``, read from the graph ORT optimizes for this machine (``optimized_model_filepath``)."""
+def ort_kernels(path: Path) -> Counter[str]:
+    """Op types of the graph ONNX Runtime CPU runs for ``path`` after its fusions on this machine
+    (``optimized_model_filepath``): ``QLinearConv``, ``QLinearAdd``... where Q/DQ groups fused."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -246,7 +263,20 @@ def ort_conv_kernels(path: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="ens-ortopt-") as tmp:
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+        return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def integer_kernels(path: Path) -> dict[str, int]:
+    """The integer kernels ONNX Runtime CPU runs for ``path`` and how many of each (``QLinearConv``,
+    ``QLinearAdd``, ``QLinearMul``...), from :func:`ort_kernels`."""
+    ops = ort_kernels(path)
+    return {k: v for k, v in sorted(ops.items()) if k.startswith("QLinear") or k in ("QGemm", "MatMulInteger")}
+
+
+def ort_conv_kernels(path: Path) -> dict[str, int]:
+    """How ONNX Runtime CPU runs the convolutions of ``path``: ``{"int8": QLinearConv count, "float": Conv
+    count}`` (:func:`ort_kernels`)."""
+    ops = ort_kernels(path)
     return {"int8": ops["QLinearConv"], "float": ops["Conv"] + ops["FusedConv"]}
 
 

@@ -63,7 +63,8 @@ WEIGHT_BITS_NOTE = {
 }
 PLACEMENT_TEXT = {
     "trt": "conv inputs, TensorRT's placement",
-    "ort": "conv inputs and outputs except the final conv's, so ONNX Runtime fuses QLinearConv",
+    "ort": "conv inputs and outputs except the final conv's, both inputs and the output of every residual sum "
+           "(layer scales folded into the conv before it), so ONNX Runtime fuses QLinearConv and QLinearAdd",
 }
 ABLATION_TEXT = {
     "no_kd": "QAT, reconstruction loss only",
@@ -476,6 +477,7 @@ def _quantization_info(run: _Run, student: Any, int8_file: Path, to_u8: bool) ->
         "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
         **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
         "ort_cpu_convs": ex.ort_conv_kernels(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
+        "ort_cpu_integer_kernels": ex.integer_kernels(int8_file),
     }
 
 

@@ -24,10 +24,15 @@ Why ModelOpt (measured on this 2-core CPU, tiny preset with T, M and E blocks, 6
 - Eager/FX QAT of ``torch.ao`` exports badly (REFERENCE.md) and PT2E left torch in 2.13.
 
 Placement (``QDRConfig.placement``). ``trt``, for ``trt_int8`` and ``qnn_int8``: conv inputs only, as
-TensorRT wants. ``ort``, for ``onnx_int8``: conv outputs too (all but the final conv), and the exported
-activations rewritten S8 -> U8 (:mod:`ens.finalize.qdq_uint8`). ONNX Runtime fuses ``DQ -> Conv -> Q``
-into ``QLinearConv`` only when the conv output is quantized and both sides are U8; with the ``trt``
-placement no conv fuses and INT8 runs slower than FP32 on this CPU (bench/bench_int8_width.py).
+TensorRT wants. ``ort``, for ``onnx_int8``: conv outputs too (all but the final conv), the output of every
+residual sum (:class:`blocks.ops.Add`; the layer scales before them folded into the convs), and the
+exported activations rewritten S8 -> U8 (:mod:`ens.finalize.qdq_uint8`). ONNX Runtime fuses ``DQ -> Conv
+-> Q`` into ``QLinearConv`` only when the conv output is quantized and both sides are U8, and ``DQ, DQ ->
+Add -> Q`` into ``QLinearAdd``: a sum's two inputs are the quantized outputs of a conv and of the
+previous sum, so each tensor is quantized once, where it is made. Quantizing the sum's inputs again
+(their own quantizers) fused one more sum but cost quality: denoise winner, 200 QAT steps, 29.99 against
+30.03 dB. With the ``trt`` placement no conv fuses and INT8 runs slower than FP32 on this CPU
+(bench/bench_int8_width.py).
 
 Schedules (INT8-SR's Stage 3, as fractions of the QAT steps): until ``observer_freeze`` (0.3) each
 activation range follows an EMA (momentum 0.9) of the batch max ("observers on"); until
@@ -185,6 +190,57 @@ def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[st
     return {"quant_cfg": cfg, "algorithm": "max"}
 
 
+_ADD_REGISTERED: list[bool] = []
+
+
+def register_quant_add(mtq: Any) -> None:
+    """Teach ModelOpt to quantize :class:`blocks.ops.Add` (once per process)."""
+    if _ADD_REGISTERED:
+        return
+    from modelopt.torch.quantization.nn import QuantModule, TensorQuantizer
+    from modelopt.torch.quantization.tensor_quant import QUANT_DESC_8BIT_PER_TENSOR
+
+    from blocks.ops import Add
+
+    class QuantAdd(QuantModule):
+        """``a + b`` with a fake quantizer on the sum; ``quant_config`` enables it for the ``ort`` placement."""
+
+        def _setup(self) -> None:
+            self._register_temp_attribute("output_quantizer", TensorQuantizer(QUANT_DESC_8BIT_PER_TENSOR))
+            self.output_quantizer.disable()
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return self.output_quantizer(super().forward(a, b))
+
+    mtq.QuantModuleRegistry.register({Add: "blocks.ops.Add"})(QuantAdd)
+    _ADD_REGISTERED.append(True)
+
+
+def fold_layer_scales(model: nn.Module) -> int:
+    """Fold every block's per-channel residual scales into the conv before them (exact; e.g.
+    :meth:`blocks.efm.EFMBlock.fold_layer_scales`), so that conv -> residual sum fuses; returns how many
+    blocks were folded."""
+    folded = [m for m in model.modules() if callable(getattr(m, "fold_layer_scales", None))]
+    for m in folded:
+        m.fold_layer_scales()
+    return len(folded)
+
+
+def activation_quantizers(model: nn.Module) -> Iterator[nn.Module]:
+    """Every enabled per-tensor activation quantizer: the inputs and outputs of convs, the outputs of residual
+    sums (not the per-channel weight quantizers)."""
+    for name, q in model.named_modules():
+        if name.rsplit(".", 1)[-1] in ("input_quantizer", "output_quantizer") and _enabled(q):
+            yield q
+
+
+def quantized_adds(model: nn.Module) -> int:
+    """How many residual sums (:class:`blocks.ops.Add`) have their output quantized."""
+    from blocks.ops import Add
+
+    return sum(isinstance(m, Add) and _enabled(getattr(m, "output_quantizer", None)) for m in model.modules())
+
+
 def quant_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(name, module) of every module ModelOpt made quantizable (it has input and weight quantizers)."""
     for name, m in model.named_modules():
@@ -201,7 +257,8 @@ def quant_summary(model: nn.Module) -> dict[str, Any]:
     for name, m in quant_modules(model):
         (quantized if _enabled(m.input_quantizer) and _enabled(m.weight_quantizer) else kept).append(name)
         outputs += _enabled(getattr(m, "output_quantizer", None))
-    return {"quantized_layers": len(quantized), "float_layers": kept, "quantized_outputs": outputs}
+    return {"quantized_layers": len(quantized), "float_layers": kept, "quantized_outputs": outputs,
+            "quantized_adds": quantized_adds(model)}
 
 
 @torch.no_grad()
@@ -238,6 +295,9 @@ def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Seq
     """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``; with
     ``weight_bits=7`` the weight ranges are doubled, so the exported INT8 weights lie in [-64, 64]."""
     mtq = require_modelopt()
+    register_quant_add(mtq)
+    if placement == "ort":
+        fold_layer_scales(model)
     was = model.training
     model.eval()
 
@@ -265,11 +325,7 @@ class RangeSchedule:
         self.weight_scale = weight_range_scale(weight_bits)
         self.observing = False
         self.layers = [m for _, m in quant_modules(model)]
-        self._hooks = []
-        for m in self.layers:
-            for q in (m.input_quantizer, getattr(m, "output_quantizer", None)):
-                if _enabled(q):
-                    self._hooks.append(q.register_forward_pre_hook(self._observe))
+        self._hooks = [q.register_forward_pre_hook(self._observe) for q in activation_quantizers(model)]
 
     def _observe(self, quantizer: nn.Module, args: tuple) -> None:
         if not (self.observing and quantizer.training and args and torch.is_tensor(args[0])):

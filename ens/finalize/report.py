@@ -255,5 +255,9 @@ def _conv_kernels_line(qz: dict) -> list[str]:
     k = qz.get("ort_cpu_convs")
     if not k:
         return []
-    return [f"- ONNX Runtime CPU runs {k.get('int8')} convolutions as QLinearConv (INT8) and {k.get('float')} in "
-            f"floating point (placement: {qz.get('placement')}; activations {qz.get('activation_type')})"]
+    lines = [f"- ONNX Runtime CPU runs {k.get('int8')} convolutions as QLinearConv (INT8) and {k.get('float')} in "
+             f"floating point (placement: {qz.get('placement')}; activations {qz.get('activation_type')})"]
+    ints = qz.get("ort_cpu_integer_kernels")
+    if ints:
+        lines.append("- its integer kernels: " + ", ".join(f"{op} x{n}" for op, n in ints.items()))
+    return lines
