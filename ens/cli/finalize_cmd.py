@@ -24,7 +24,7 @@ def finalize(
     pick: str | None = typer.Option(None, "--pick", help="'knee' of the Pareto front (the default)."),
     study_name: str | None = typer.Option(None, help="Study in the storage (needed if it holds several)."),
     finetune_steps: int = typer.Option(200, min=0, help="End-to-end FP32 fine-tuning steps."),
-    qat_steps: int = typer.Option(200, min=0, help="Quantization-aware training steps."),
+    qat_steps: int = typer.Option(600, min=0, help="Quantization-aware training steps."),
     batch_size: int = typer.Option(8, min=1, help="Patches per training step."),
     lr: float = typer.Option(2e-4, help="FP32 fine-tuning learning rate (cosine schedule)."),
     qat_lr: float = typer.Option(5e-5, help="QAT learning rate (cosine schedule)."),

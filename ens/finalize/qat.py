@@ -126,7 +126,9 @@ class QDRConfig:
     """Every knob of finalize's training. ``kd``: latent (QDR), output, none."""
 
     finetune_steps: int = 200
-    qat_steps: int = 200
+    # 600: with the residual sums quantized, 200 steps kept 99.40% (denoise) / 99.66% (deblur) of the FP32 PSNR
+    # and 600 kept 99.81% / 99.92%, +0.15 / +0.10 dB over ORT's PTQ (tiny all-E winners; about 2 minutes more)
+    qat_steps: int = 600
     batch_size: int = 8
     lr: float = 2e-4
     qat_lr: float = 5e-5
