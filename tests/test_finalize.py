@@ -586,3 +586,19 @@ def test_seven_bit_weights_halve_the_range_and_run_fused_in_ort(tmp_path):
     activations_to_uint8(path)
     assert ex.ort_conv_kernels(path)["int8"] == 2
     assert ex.check_int8(q7, path, x, fuse_qdq=True)["rmse"] < 2 / 255
+
+
+def test_ptq_calibration_does_not_depend_on_the_training_before_it():
+    """The PTQ baseline's inputs are the same after any number of QAT steps (each step sets the augmentation
+    epoch of the training pool; the calibration once read whatever the last step left)."""
+    from ens.data.datasets import PatchDataset
+    from ens.finalize.pipeline import ptq_calibration
+    from ens.tasks import get_task
+
+    clean = torch.rand(8, 3, 8, 8).half()
+    ds = PatchDataset(clean + 0.25, clean, task=get_task("denoise"), split="train", info={}, augment=True)
+    first = ptq_calibration(ds, 6)
+    ds.set_epoch(37)
+    assert any(not np.array_equal(a, ds[i][0].unsqueeze(0).numpy()) for i, a in enumerate(first))  # epochs differ
+    again = ptq_calibration(ds, 6)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

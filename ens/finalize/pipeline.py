@@ -450,11 +450,19 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     return student, int8_eval, int8_file
 
 
+def ptq_calibration(train: Any, n: int) -> list[np.ndarray]:
+    """The PTQ baseline's calibration inputs: the first ``n`` training patches as of epoch 0, whatever training
+    ran before (it had read them at the last QAT step's augmentation, so the baseline moved with --qat-steps)."""
+    if hasattr(train, "set_epoch"):
+        train.set_epoch(0)
+    return [train[i % len(train)][0].unsqueeze(0).numpy() for i in range(n)]
+
+
 def _ptq_baseline(run: _Run, work: Path, fp32_eval: Path, quality: dict, fp32_psnr: float, deg_psnr: float,
                   log: Callable[[str], None]) -> None:
     """Plain post-training quantization of the same FP32 model, the baseline QDR is compared with."""
     opts = run.opts
-    calib = [run.train[i % len(run.train)][0].unsqueeze(0).numpy() for i in range(opts.calib_patches)]
+    calib = ptq_calibration(run.train, opts.calib_patches)
     seven = run.cfg.weight_bits == 7
     ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=seven)
     q_ptq = ex.evaluate_onnx(ptq_eval, run.val_pairs, run.task, opts.threads, run.target.fused_in_ort)
