@@ -192,17 +192,14 @@ def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[st
     return {"quant_cfg": cfg, "algorithm": "max"}
 
 
-_ADD_REGISTERED: list[bool] = []
-
-
 def register_quant_add(mtq: Any) -> None:
     """Teach ModelOpt to quantize :class:`blocks.ops.Add` (once per process)."""
-    if _ADD_REGISTERED:
+    from blocks.ops import Add
+
+    if Add in mtq.QuantModuleRegistry:
         return
     from modelopt.torch.quantization.nn import QuantModule, TensorQuantizer
     from modelopt.torch.quantization.tensor_quant import QUANT_DESC_8BIT_PER_TENSOR
-
-    from blocks.ops import Add
 
     class QuantAdd(QuantModule):
         """``a + b`` with a fake quantizer on the sum; ``quant_config`` enables it for the ``ort`` placement."""
@@ -215,7 +212,6 @@ def register_quant_add(mtq: Any) -> None:
             return self.output_quantizer(super().forward(a, b))
 
     mtq.QuantModuleRegistry.register({Add: "blocks.ops.Add"})(QuantAdd)
-    _ADD_REGISTERED.append(True)
 
 
 def fold_layer_scales(model: nn.Module) -> int:
@@ -295,7 +291,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
 def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Sequence[str] = (),
                    placement: str = "trt", weight_bits: int = 8) -> nn.Module:
     """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``; with
-    ``weight_bits=7`` the weight ranges are doubled, so the exported INT8 weights lie in [-64, 64]."""
+    ``weight_bits=7`` the weight ranges are doubled, so the exported INT8 weights lie in [-64, 64]. With the
+    ``ort`` placement the blocks' layer scales are folded into their convs first (:func:`fold_layer_scales`)."""
     mtq = require_modelopt()
     register_quant_add(mtq)
     if placement == "ort":
