@@ -266,18 +266,20 @@ def ort_kernels(path: Path) -> Counter[str]:
         return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
 
 
-def integer_kernels(path: Path) -> dict[str, int]:
-    """The integer kernels ONNX Runtime CPU runs for ``path`` and how many of each (``QLinearConv``,
-    ``QLinearAdd``, ``QLinearMul``...), from :func:`ort_kernels`."""
-    ops = ort_kernels(path)
+def integer_kernels(ops: Counter[str]) -> dict[str, int]:
+    """The integer kernels among :func:`ort_kernels`'s ops and how many of each (``QLinearConv``,
+    ``QLinearAdd``, ``QLinearMul``...)."""
     return {k: v for k, v in sorted(ops.items()) if k.startswith("QLinear") or k in ("QGemm", "MatMulInteger")}
 
 
-def ort_conv_kernels(path: Path) -> dict[str, int]:
-    """How ONNX Runtime CPU runs the convolutions of ``path``: ``{"int8": QLinearConv count, "float": Conv
-    count}`` (:func:`ort_kernels`)."""
-    ops = ort_kernels(path)
+def conv_kernels(ops: Counter[str]) -> dict[str, int]:
+    """How ORT runs the convolutions among :func:`ort_kernels`'s ops: ``{"int8": QLinearConv, "float": Conv}``."""
     return {"int8": ops["QLinearConv"], "float": ops["Conv"] + ops["FusedConv"]}
+
+
+def ort_conv_kernels(path: Path) -> dict[str, int]:
+    """How ONNX Runtime CPU runs the convolutions of ``path`` (:func:`conv_kernels` of :func:`ort_kernels`)."""
+    return conv_kernels(ort_kernels(path))
 
 
 def file_info(path: Path) -> dict[str, Any]:

@@ -63,8 +63,9 @@ WEIGHT_BITS_NOTE = {
 }
 PLACEMENT_TEXT = {
     "trt": "conv inputs, TensorRT's placement",
-    "ort": "conv inputs and outputs except the final conv's, both inputs and the output of every residual sum "
-           "(layer scales folded into the conv before it), so ONNX Runtime fuses QLinearConv and QLinearAdd",
+    "ort": "conv inputs and outputs except the final conv's, and the output of every residual sum (whose inputs "
+           "arrive quantized; layer scales folded into the conv before it), so ONNX Runtime fuses QLinearConv and "
+           "QLinearAdd",
 }
 ABLATION_TEXT = {
     "no_kd": "QAT, reconstruction loss only",
@@ -477,6 +478,7 @@ def _quantization_info(run: _Run, student: Any, int8_file: Path, to_u8: bool) ->
     from ens.finalize.qat import quant_summary
 
     cfg = run.cfg
+    kernels = ex.ort_kernels(int8_file)
     return {
         "tool": _modelopt_version(), "scheme": "INT8 symmetric; weights per output channel, activations "
         f"per tensor ({PLACEMENT_TEXT[cfg.placement]}); max calibration, then QAT",
@@ -484,8 +486,8 @@ def _quantization_info(run: _Run, student: Any, int8_file: Path, to_u8: bool) ->
         "placement": cfg.placement,
         "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
         **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
-        "ort_cpu_convs": ex.ort_conv_kernels(int8_file), "higher_precision_note": HIGHER_PRECISION_NOTE,
-        "ort_cpu_integer_kernels": ex.integer_kernels(int8_file),
+        "ort_cpu_convs": ex.conv_kernels(kernels), "higher_precision_note": HIGHER_PRECISION_NOTE,
+        "ort_cpu_integer_kernels": ex.integer_kernels(kernels),
     }
 
 
