@@ -1,10 +1,11 @@
 """The INT8 graph that ``ens finalize --export onnx_int8`` ships, built for timing from any network.
 
-Same ModelOpt Q/DQ placement (``placement_for("onnx_int8")``: conv inputs and outputs), the same S8 -> U8
-activation rewrite (without it 20 of the tiny all-E network's 74 convs stayed float in ONNX Runtime: every
-conv whose output feeds two ops), and the same weight range (7 bits where this CPU's ONNX Runtime saturates
-INT8 pairs) as finalize, with ranges max-calibrated on two random images: latency depends on the graph, not on
-the values. ``ens`` registers it with :mod:`profilers.int8_graphs`, so ``--precision int8`` times this graph.
+Same ModelOpt Q/DQ placement (``placement_for("onnx_int8")``: conv inputs and outputs, residual sums, layer
+scales folded), the same S8 -> U8 activation rewrite (without it 20 of the tiny all-E network's 74 convs
+stayed float in ONNX Runtime: every conv whose output feeds two ops), and the same weight range (7 bits where
+this CPU's ONNX Runtime saturates INT8 pairs) as finalize, with ranges max-calibrated on two random images:
+latency depends on the graph, not on the values. ``ens`` registers it with :mod:`profilers.int8_graphs`, so
+``--precision int8`` times this graph.
 """
 
 from __future__ import annotations
