@@ -7,7 +7,7 @@ With ``u = LN(x)`` and SG the simple gate ``SG([a, b]) = a * b`` (split over cha
 
     f  = SG(DW3x3(PW_in(u)))                              # C channels, receptive field 3x3
     m  = sigmoid(PW_m2(relu(DW3x3_m(PW_m1(u)))))          # LDG: degradation map, [B, G, H, W]
-    f' = f * (1 + m_g)                                    # each gate g modulates its C/G channels
+    f' = f + f * m_g  (= f * (1 + m_g))                   # each gate g modulates its C/G channels
     x  = x + beta * PW_out(f')
     x  = x + gamma * PW_f2(SG(PW_f1(LN(x))))             # gated feed-forward
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from blocks.norm import LayerNorm2d
-from blocks.ops import Add
+from blocks.ops import Add, Mul, Sigmoid
 
 
 def _scaled(scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -31,9 +31,13 @@ def _scaled(scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
 
 
 class SimpleGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mul = Mul()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x.chunk(2, dim=1)
-        return a * b
+        return self.mul(a, b)
 
 
 class LearnableDegradationGate(nn.Module):
@@ -46,9 +50,10 @@ class LearnableDegradationGate(nn.Module):
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.act = nn.ReLU()
         self.to_map = nn.Conv2d(hidden, gates, 1, bias=True)
+        self.sigmoid = Sigmoid()
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.to_map(self.act(self.dw(self.reduce(u)))))
+        return self.sigmoid(self.to_map(self.act(self.dw(self.reduce(u)))))
 
 
 class EFMBlock(nn.Module):
@@ -72,7 +77,7 @@ class EFMBlock(nn.Module):
         self.norm1 = LayerNorm2d(dim, layernorm)
         self.pw_in = nn.Conv2d(dim, hidden, 1, bias=bias)
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
-        self.sg = SimpleGate()
+        self.sg, self.ffn_sg = SimpleGate(), SimpleGate()
         self.pw_out = nn.Conv2d(hidden // 2, dim, 1, bias=bias)
         self.ldg = LearnableDegradationGate(dim, gates)
         self.norm2 = LayerNorm2d(dim, layernorm)
@@ -80,6 +85,9 @@ class EFMBlock(nn.Module):
         self.pw_f2 = nn.Conv2d(ffn_hidden // 2, dim, 1, bias=bias)
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        # f * (1 + m) written as f + f * m: the same value, but each op has quantized inputs, so an INT8 runtime
+        # runs the gate as QLinearMul + QLinearAdd (``1 + m`` adds a float constant, which no QLinearAdd takes)
+        self.gate_mul, self.gate_add = Mul(), Add()
         self.add1, self.add2 = Add(), Add()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,8 +96,8 @@ class EFMBlock(nn.Module):
         m = self.ldg(u)
         if self.gates > 1:
             m = m.repeat_interleave(f.shape[1] // self.gates, dim=1)
-        x = self.add1(x, _scaled(self.beta, self.pw_out(f * (1.0 + m))))
-        return self.add2(x, _scaled(self.gamma, self.pw_f2(self.sg(self.pw_f1(self.norm2(x))))))
+        x = self.add1(x, _scaled(self.beta, self.pw_out(self.gate_add(f, self.gate_mul(f, m)))))
+        return self.add2(x, _scaled(self.gamma, self.pw_f2(self.ffn_sg(self.pw_f1(self.norm2(x))))))
 
     @torch.no_grad()
     def fold_layer_scales(self) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocks.ops import Concat
 from blocks.registry import build_block
 
 STAGES: tuple[str, ...] = ("enc1", "enc2", "enc3", "lat", "dec3", "dec2", "dec1", "ref")
@@ -163,6 +164,7 @@ class HybridUNet(nn.Module):
         self.up4_3, self.up3_2, self.up2_1 = Upsample(8 * c), Upsample(4 * c), Upsample(2 * c)
         self.reduce3 = nn.Conv2d(8 * c, 4 * c, 1, bias=cfg.bias)
         self.reduce2 = nn.Conv2d(4 * c, 2 * c, 1, bias=cfg.bias)
+        self.join3, self.join2, self.join1 = Concat(), Concat(), Concat()  # the skip joins (blocks.ops)
         self.output = nn.Conv2d(2 * c, cfg.out_channels, 3, padding=1, bias=cfg.bias)
 
     # -- choosing kinds -------------------------------------------------------------------------
@@ -192,7 +194,7 @@ class HybridUNet(nn.Module):
         if stage == "enc1":
             if up is None:
                 raise ValueError("the tail after an enc1 block needs up, the output of up2_1")
-            h = torch.cat([up, st["enc1"][index + 1:](h)], dim=1)
+            h = self.join1(up, st["enc1"][index + 1:](h))
             stage, index = "dec1", -1
         if stage == "dec1":
             h = st["dec1"][index + 1:](h)
@@ -208,9 +210,9 @@ class HybridUNet(nn.Module):
         e2 = st["enc2"](self.down1_2(e1))
         e3 = st["enc3"](self.down2_3(e2))
         lat = st["lat"](self.down3_4(e3))
-        d3 = st["dec3"](self.reduce3(torch.cat([self.up4_3(lat), e3], dim=1)))
-        d2 = st["dec2"](self.reduce2(torch.cat([self.up3_2(d3), e2], dim=1)))
-        d1 = st["dec1"](torch.cat([self.up2_1(d2), e1], dim=1))
+        d3 = st["dec3"](self.reduce3(self.join3(self.up4_3(lat), e3)))
+        d2 = st["dec2"](self.reduce2(self.join2(self.up3_2(d3), e2)))
+        d1 = st["dec1"](self.join1(self.up2_1(d2), e1))
         out = self.output(st["ref"](d1)) + inp
         if ph or pw:
             out = out[..., :h, :w]

@@ -38,8 +38,10 @@ FILENAME = "latency.sqlite"
 #: Bumped whenever the exported ONNX graph of a block or network changes (not its weights): latencies
 #: measured on an older graph are not served for the new one (the cache and the latency tables are keyed
 #: by it). 2: LayerNorm exports as one LayerNormalization (``blocks.norm``); the INT8 graph has U8 activations,
-#: quantized residual sums (QLinearAdd) and layer scales folded into the convs.
-GRAPH_REVISION = 2
+#: quantized residual sums (QLinearAdd) and layer scales folded into the convs. 3: the EFM gate exports as
+#: ``f + f * m`` and, in INT8, its simple gates, sigmoid and gate product run as QLinearMul / QLinearSigmoid /
+#: QLinearAdd (``blocks.efm``, ``blocks.ops``).
+GRAPH_REVISION = 3
 TABLE = f"results_g{GRAPH_REVISION}"
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's companions of a database file
 

@@ -6,7 +6,7 @@ node by its module path, e.g. ``/enc2/enc2.0/M/scan/Conv``: stage ``enc2``, slot
 :func:`stage_of` reads that path; :func:`stage_summary` sums the per-scope times of an ort-cpu breakdown
 (``details["breakdown"]["by_scope"]``, where ORT's fused and layout nodes already count under the node they
 work for) into one row per slot, down/up sampler, the stem (``patch_embed``), the output convolution and
-"other" (the skip concatenations, the 1x1 reduce convolutions, the residual add, anything unnamed).
+"other" (the skip joins ``join1-3``, the 1x1 reduce convolutions, the residual add, anything unnamed).
 """
 
 from __future__ import annotations

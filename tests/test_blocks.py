@@ -124,6 +124,23 @@ def test_efm_gate_modulates_features():
     assert not torch.allclose(y1, y0)
 
 
+def test_efm_forward_is_the_figure_written_out():
+    """The block computes f' = f * (1 + m) (QDR's LDG), though it is written f + f * m for INT8 fusion."""
+    torch.manual_seed(2)
+    b = EFMBlock(8)
+    with torch.no_grad():
+        b.beta.normal_()
+        b.gamma.normal_()
+        b.ldg.to_map.bias.fill_(0.3)
+    x = torch.randn(2, 8, 7, 9)
+    u = b.norm1(x)
+    a, g = b.dw(b.pw_in(u)).chunk(2, dim=1)
+    m = torch.sigmoid(b.ldg.to_map(torch.relu(b.ldg.dw(b.ldg.reduce(u)))))
+    x1 = x + b.beta * b.pw_out(a * g * (1.0 + m))
+    h1, h2 = b.pw_f1(b.norm2(x1)).chunk(2, dim=1)
+    torch.testing.assert_close(b(x), x1 + b.gamma * b.pw_f2(h1 * h2))
+
+
 def test_registry_rejects_duplicates_and_unknown():
     with pytest.raises(ValueError, match="already registered"):
         register_block("T", "again", "dup")(lambda d, h: torch.nn.Identity())

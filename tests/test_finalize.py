@@ -223,6 +223,7 @@ def test_report_fields(trt_run):
     assert r["training"]["compute"]["device"] == "cpu"
     qz = r["quantization"]
     assert qz["quantized_layers"] > 20 and "CumSum" in qz["ops"]["float"] and "SSM scan" in qz["higher_precision_note"]
+    assert qz["higher_precision_note"].startswith("Only convolutions are INT8")
     assert qz["placement"] == "trt" and qz["activation_type"] == "int8" and qz["quantized_outputs"] == 0
     assert qz["ort_cpu_convs"]["float"] > 0  # TensorRT's placement: convs feeding float ops stay float in ORT
     assert qz["weight_bits"] == 8 and "full INT8 range" in qz["weight_bits_note"]  # TensorRT does not saturate
@@ -432,20 +433,25 @@ class _EfmNet(torch.nn.Module):
         return self.output(self.block(self.stem(x))) + x
 
 
-def test_ort_placement_quantizes_the_residual_sums_into_qlinearadd(tmp_path):
-    """With the ``ort`` placement each residual sum's output gets a fake quantizer (its inputs come quantized
-    from a conv and the previous sum), the ONNX Runtime CPU graph runs them as QLinearAdd and matches the
-    fake-quant model; ``trt`` leaves them float."""
+def test_ort_placement_quantizes_the_elementwise_ops_into_qlinear_kernels(tmp_path):
+    """With the ``ort`` placement each residual sum, simple gate, LDG sigmoid and LDG gate product gets an output
+    fake quantizer (their inputs come quantized from convs and earlier ops), the ONNX Runtime CPU graph runs them
+    as QLinearAdd / QLinearMul / QLinearSigmoid and matches the fake-quant model; ``trt`` leaves them float."""
     from ens.finalize.qat import quant_summary, quantize_model
 
     x = torch.rand(2, 3, 16, 16)
-    for placement, adds in (("trt", 0), ("ort", 2)):
+    # one EFM block: sums add1, add2 and the gate's f + f*m; products: the two simple gates and f*m; one sigmoid
+    for placement, (adds, muls, sigmoids) in (("trt", (0, 0, 0)), ("ort", (3, 3, 1))):
         torch.manual_seed(0)
         q = quantize_model(_EfmNet(), [x], placement=placement)
-        assert quant_summary(q)["quantized_adds"] == adds
+        assert quant_summary(q)["quantized_elementwise"] == {"Add": adds, "Mul": muls, "Sigmoid": sigmoids,
+                                                             "Concat": 0}
         path = tmp_path / f"{placement}.onnx"
         ex.export_int8(q, (1, 3, 16, 16), path, uint8_activations=placement == "ort")
-        assert ex.ort_kernels(path)["QLinearAdd"] == adds
+        kernels = ex.ort_kernels(path)
+        assert (kernels["QLinearAdd"], kernels["QLinearMul"], kernels["QLinearSigmoid"]) == (adds, muls, sigmoids)
+        if placement == "ort":  # nothing element-wise is left in float
+            assert kernels["Add"] == kernels["Mul"] == kernels["Sigmoid"] == 0
         assert ex.check_int8(q, path, x)["rmse"] < 1e-3
 
 
@@ -522,7 +528,10 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
     qz = r["quantization"]  # onnx_int8: the placement ONNX Runtime fuses, U8 activations
     assert qz["placement"] == "ort" and qz["activation_type"].startswith("uint8") and qz["quantized_outputs"] > 20
     assert qz["ort_cpu_convs"]["int8"] > qz["ort_cpu_convs"]["float"]
-    assert 0 < qz["ort_cpu_integer_kernels"]["QLinearAdd"] <= qz["quantized_adds"]
+    ew = qz["quantized_elementwise"]
+    assert "skip joins" in qz["higher_precision_note"] and "residual sums" in qz["higher_precision_note"]
+    for op in ("Add", "Mul", "Sigmoid", "Concat"):
+        assert 0 < qz["ort_cpu_integer_kernels"][f"QLinear{op}"] <= ew[op], op
     assert r["training"]["config"]["placement"] == "ort"
     from ens.finalize.qat import weight_bits_for
 

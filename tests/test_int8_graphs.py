@@ -92,3 +92,34 @@ def test_the_timed_int8_graph_runs_every_conv_but_the_last_as_qlinearconv(micro_
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     convs = sum(n.op_type == "Conv" for n in g.node if "quantizer" not in n.name)
     assert ops.count("QLinearConv") >= convs - 1 > 10 and ops.count("Conv") <= 1
+
+
+def test_pixel_shuffles_run_on_8_bit_data_and_the_skip_joins_fuse(micro_net, tmp_path):
+    """finalize's INT8 graph moves each up-sampler's DequantizeLinear after its DepthToSpace (an exact rewrite:
+    ORT's unfused Q/DQ run gives bit-identical outputs), so the shuffle runs on U8 data and the three skip joins
+    run as QLinearConcat."""
+    import torch
+
+    from ens.finalize import export as ex
+    from ens.finalize.qat import quantize_model
+    from ens.finalize.qdq_movement import dequantize_after_movers
+    from ens.finalize.qdq_uint8 import activations_to_uint8
+    from profilers.networks import build_network
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32)
+    q = quantize_model(build_network(micro_net).eval(), [x], placement="ort")
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    ex.export_onnx(q, (1, 3, 32, 32), before)
+    activations_to_uint8(before)
+    assert dequantize_after_movers(before, after) == 3  # the three up-samplers
+    assert dequantize_after_movers(after, tmp_path / "again.onnx") == 0
+    g = onnx.load(str(after)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    assert all(producer[n.input[0]].op_type != "DequantizeLinear" for n in g.node if n.op_type == "DepthToSpace")
+    assert torch.equal(ex.OnnxModel(before, fuse_qdq=False)(x), ex.OnnxModel(after, fuse_qdq=False)(x))
+    shipped = export_network(micro_net, tmp_path / "n.onnx", precision="int8")
+    kernels = ex.ort_kernels(shipped)
+    fp32 = ex.ort_kernels(export_network(micro_net, tmp_path / "f.onnx", precision="fp32"))
+    assert kernels["QLinearConcat"] == 3 and kernels["Concat"] == fp32["Concat"] - 3  # the others: inside T/M blocks
+    assert kernels["QLinearConv"] > 10

@@ -67,7 +67,9 @@ def export_fp32(model: nn.Module, shape: Sequence[int], path: Path, check_input:
 def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path, uint8_activations: bool = False) -> None:
     """Export a ModelOpt fake-quant model to a Q/DQ ONNX (legacy TorchScript exporter, opset 17);
     ``uint8_activations``: rewrite the activations S8 -> U8 for ONNX Runtime's fused kernels
-    (:mod:`ens.finalize.qdq_uint8`; without it no ``DQ -> Conv -> Q`` whose Q feeds two ops fuses)."""
+    (:mod:`ens.finalize.qdq_uint8`; without it no ``DQ -> Conv -> Q`` whose Q feeds two ops fuses), and move
+    the dequantize after each pixel shuffle, which then runs on 8-bit data (:mod:`ens.finalize.qdq_movement`)."""
+    from ens.finalize.qdq_movement import dequantize_after_movers
     from ens.finalize.qdq_uint8 import activations_to_uint8
 
     export_onnx(qmodel, tuple(shape), path)
@@ -76,6 +78,7 @@ def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path, uint8_activ
         raise ExportError(f"{path.name} has no QuantizeLinear/DequantizeLinear nodes: the model was not quantized")
     if uint8_activations:
         activations_to_uint8(path)
+        dequantize_after_movers(path)
 
 
 def check_int8(qmodel: nn.Module, path: Path, x: torch.Tensor, fuse_qdq: bool = True) -> dict[str, float]:

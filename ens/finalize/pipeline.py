@@ -44,11 +44,19 @@ from ens.finalize.targets import ExportTarget, get_target
 LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
                 "L_kd = |lat_S - lat_T|_1 at the bottleneck (T = the fine-tuned FP32 model)")
 LMR_FORMULA = "L = sum_i exp(-s_i) * L_i + s_i, s_i learnable, initialised to log L_i of the first batch"
-HIGHER_PRECISION_NOTE = (
-    "Only convolutions are INT8 (per-channel weights, per-tensor inputs). Kept in floating point (FP32 in "
-    "ONNX Runtime, FP16 in a TensorRT --int8 --fp16 engine): the SSM scan of M blocks (softplus of dt, exp of "
-    "A and of the decay segment sums, cumsum, the chunk matmuls), the attention of T blocks (L2 normalise, "
-    "q.k^T and attn.v matmuls, softmax), every LayerNorm, GELU/SiLU and the sigmoid gates of E blocks' LDG.")
+_FLOAT_ISLANDS = (
+    "the SSM scan of M blocks (softplus of dt, exp of A and of the decay segment sums, cumsum, the chunk "
+    "matmuls), the attention of T blocks (L2 normalise, q.k^T and attn.v matmuls, softmax), every LayerNorm, "
+    "GELU/SiLU")
+HIGHER_PRECISION_NOTE = {
+    "trt": "Only convolutions are INT8 (per-channel weights, per-tensor inputs). Kept in floating point (FP32 in "
+           f"ONNX Runtime, FP16 in a TensorRT --int8 --fp16 engine): {_FLOAT_ISLANDS}, the residual sums, and the "
+           "simple gates and sigmoid gates of E blocks' LDG.",
+    "ort": "INT8: the convolutions (all but the final one), the residual sums, E blocks' simple gates, LDG "
+           "sigmoid and gate, and the U-Net's skip joins (QLinearConv / Add / Mul / Sigmoid / Concat in ONNX "
+           f"Runtime). Kept in floating point: {_FLOAT_ISLANDS}, the LDG's ReLU, the final convolution and the "
+           "global residual (output + input).",
+}
 INT8_RUNTIME = {
     True: "ONNX Runtime CPU with all graph optimizations: the fused integer kernels onnx_int8 is deployed with",
     False: "ONNX Runtime CPU with QDQ fusion off (basic optimizations): every Q/DQ runs as written, the integer "
@@ -63,9 +71,9 @@ WEIGHT_BITS_NOTE = {
 }
 PLACEMENT_TEXT = {
     "trt": "conv inputs, TensorRT's placement",
-    "ort": "conv inputs and outputs except the final conv's, and the output of every residual sum (whose inputs "
-           "arrive quantized; layer scales folded into the conv before it), so ONNX Runtime fuses QLinearConv and "
-           "QLinearAdd",
+    "ort": "conv inputs and outputs except the final conv's, and the output of every residual sum, gate product, "
+           "LDG sigmoid and skip join (whose inputs arrive quantized; layer scales folded into the conv before the "
+           "sums), so ONNX Runtime fuses QLinearConv, QLinearAdd, QLinearMul, QLinearSigmoid and QLinearConcat",
 }
 ABLATION_TEXT = {
     "no_kd": "QAT, reconstruction loss only",
@@ -486,7 +494,7 @@ def _quantization_info(run: _Run, student: Any, int8_file: Path, to_u8: bool) ->
         "placement": cfg.placement,
         "activation_type": "uint8 (ModelOpt's int8 rewritten, exact)" if to_u8 else "int8",
         **quant_summary(student), "ops": ex.precision_breakdown(int8_file),
-        "ort_cpu_convs": ex.conv_kernels(kernels), "higher_precision_note": HIGHER_PRECISION_NOTE,
+        "ort_cpu_convs": ex.conv_kernels(kernels), "higher_precision_note": HIGHER_PRECISION_NOTE[cfg.placement],
         "ort_cpu_integer_kernels": ex.integer_kernels(kernels),
     }
 

@@ -1,11 +1,12 @@
 """FP32 fine-tuning and QDR quantization-aware training with distillation (NVIDIA ModelOpt fake quantization).
 
-Quantization scheme: INT8, symmetric; weights per output channel (``axis=0``), activations per tensor
-(the input of every ``Conv2d``, and its output with the ``ort`` placement), max calibration on training
-batches, then QAT with straight-through gradients. ModelOpt replaces each ``nn.Conv2d`` by a
-``QuantConv2d`` whose input and weight pass through a ``TensorQuantizer``; everything else (LayerNorm,
-the attention matmuls and softmax, the SSD scan's softplus / exp / cumsum / chunk matmuls, GELU, sigmoid
-gates) is left in floating point (FP32 in ONNX Runtime, FP16 in a TensorRT ``--int8 --fp16`` engine).
+Quantization scheme: INT8, symmetric; weights per output channel (``axis=0``), activations per tensor (the
+input of every ``Conv2d``; with the ``ort`` placement its output and every element-wise op's of
+:mod:`blocks.ops` too), max calibration on training batches, then QAT with straight-through gradients.
+ModelOpt replaces each ``nn.Conv2d`` by a ``QuantConv2d`` whose input and weight pass through a
+``TensorQuantizer``; everything else (LayerNorm, the attention matmuls and softmax, the SSD scan's softplus /
+exp / cumsum / chunk matmuls, GELU; with the ``trt`` placement the element-wise ops too) is left in floating
+point (FP32 in ONNX Runtime, FP16 in a TensorRT ``--int8 --fp16`` engine).
 ``keep_fp`` patterns (fnmatch on module names, e.g. ``*x_proj``) keep chosen convolutions in floating
 point too.
 
@@ -25,14 +26,15 @@ Why ModelOpt (measured on this 2-core CPU, tiny preset with T, M and E blocks, 6
 
 Placement (``QDRConfig.placement``). ``trt``, for ``trt_int8`` and ``qnn_int8``: conv inputs only, as
 TensorRT wants. ``ort``, for ``onnx_int8``: conv outputs too (all but the final conv), the output of every
-residual sum (:class:`blocks.ops.Add`; the layer scales before them folded into the convs), and the
-exported activations rewritten S8 -> U8 (:mod:`ens.finalize.qdq_uint8`). ONNX Runtime fuses ``DQ -> Conv
--> Q`` into ``QLinearConv`` only when the conv output is quantized and both sides are U8, and ``DQ, DQ ->
-Add -> Q`` into ``QLinearAdd``: a sum's two inputs are the quantized outputs of a conv and of the
-previous sum, so each tensor is quantized once, where it is made. Quantizing the sum's inputs again
-(their own quantizers) fused one more sum but cost quality: denoise winner, 200 QAT steps, 29.99 against
-30.03 dB. With the ``trt`` placement no conv fuses and INT8 runs slower than FP32 on this CPU
-(bench/bench_int8_width.py).
+element-wise op of :mod:`blocks.ops` (residual sums, simple gates, the LDG sigmoid and gate, the skip joins;
+the layer scales before the sums folded into the convs), and the exported activations rewritten S8 -> U8
+(:mod:`ens.finalize.qdq_uint8`) with each pixel shuffle moved onto the 8-bit side of its dequantize
+(:mod:`ens.finalize.qdq_movement`). ONNX Runtime fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` only when the
+conv output is quantized and both sides are U8, and ``DQ, DQ -> Add|Mul|Concat -> Q`` into ``QLinearAdd`` /
+``QLinearMul`` / ``QLinearConcat``: each op's inputs are the quantized outputs of earlier convs and ops, so each
+tensor is quantized once, where it is made. Quantizing the sums' inputs again (their own quantizers) fused one
+more sum but cost quality: denoise winner, 200 QAT steps, 29.99 against 30.03 dB. With the ``trt`` placement
+no conv fuses and INT8 runs slower than FP32 on this CPU (bench/bench_int8_width.py).
 
 Schedules (INT8-SR's Stage 3, as fractions of the QAT steps): until ``observer_freeze`` (0.3) each
 activation range follows an EMA (momentum 0.9) of the batch max ("observers on"); until
@@ -192,26 +194,28 @@ def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[st
     return {"quant_cfg": cfg, "algorithm": "max"}
 
 
-def register_quant_add(mtq: Any) -> None:
-    """Teach ModelOpt to quantize :class:`blocks.ops.Add` (once per process)."""
-    from blocks.ops import Add
+def register_quant_elementwise(mtq: Any) -> None:
+    """Teach ModelOpt to quantize the output of :mod:`blocks.ops`' element-wise modules (``Add``, ``Mul``,
+    ``Sigmoid``; once per process). ``quant_config`` enables those quantizers for the ``ort`` placement."""
+    from blocks.ops import ELEMENTWISE
 
-    if Add in mtq.QuantModuleRegistry:
-        return
     from modelopt.torch.quantization.nn import QuantModule, TensorQuantizer
     from modelopt.torch.quantization.tensor_quant import QUANT_DESC_8BIT_PER_TENSOR
 
-    class QuantAdd(QuantModule):
-        """``a + b`` with a fake quantizer on the sum; ``quant_config`` enables it for the ``ort`` placement."""
+    class QuantElementwise(QuantModule):
+        """The element-wise op with a fake quantizer on its output (disabled until a config enables it)."""
 
         def _setup(self) -> None:
             self._register_temp_attribute("output_quantizer", TensorQuantizer(QUANT_DESC_8BIT_PER_TENSOR))
             self.output_quantizer.disable()
 
-        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return self.output_quantizer(super().forward(a, b))
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.output_quantizer(super().forward(*args))
 
-    mtq.QuantModuleRegistry.register({Add: "blocks.ops.Add"})(QuantAdd)
+    for cls in ELEMENTWISE:
+        if cls not in mtq.QuantModuleRegistry:
+            mtq.QuantModuleRegistry.register({cls: f"blocks.ops.{cls.__name__}"})(
+                type(f"Quant{cls.__name__}", (QuantElementwise,), {}))
 
 
 def fold_layer_scales(model: nn.Module) -> int:
@@ -232,11 +236,13 @@ def activation_quantizers(model: nn.Module) -> Iterator[nn.Module]:
             yield q
 
 
-def quantized_adds(model: nn.Module) -> int:
-    """How many residual sums (:class:`blocks.ops.Add`) have their output quantized."""
-    from blocks.ops import Add
+def quantized_elementwise(model: nn.Module) -> dict[str, int]:
+    """How many of :mod:`blocks.ops`' element-wise ops have their output quantized, by op (``Add``: the residual
+    sums and the LDG gate's sum; ``Mul``: simple gates and the LDG gate; ``Sigmoid``: the LDG maps)."""
+    from blocks.ops import ELEMENTWISE
 
-    return sum(isinstance(m, Add) and _enabled(getattr(m, "output_quantizer", None)) for m in model.modules())
+    return {cls.__name__: sum(isinstance(m, cls) and _enabled(getattr(m, "output_quantizer", None))
+                              for m in model.modules()) for cls in ELEMENTWISE}
 
 
 def quant_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -256,7 +262,7 @@ def quant_summary(model: nn.Module) -> dict[str, Any]:
         (quantized if _enabled(m.input_quantizer) and _enabled(m.weight_quantizer) else kept).append(name)
         outputs += _enabled(getattr(m, "output_quantizer", None))
     return {"quantized_layers": len(quantized), "float_layers": kept, "quantized_outputs": outputs,
-            "quantized_adds": quantized_adds(model)}
+            "quantized_elementwise": quantized_elementwise(model)}
 
 
 @torch.no_grad()
@@ -294,7 +300,7 @@ def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Seq
     ``weight_bits=7`` the weight ranges are doubled, so the exported INT8 weights lie in [-64, 64]. With the
     ``ort`` placement the blocks' layer scales are folded into their convs first (:func:`fold_layer_scales`)."""
     mtq = require_modelopt()
-    register_quant_add(mtq)
+    register_quant_elementwise(mtq)
     if placement == "ort":
         fold_layer_scales(model)
     was = model.training
