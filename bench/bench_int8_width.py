@@ -9,7 +9,8 @@ For each preset and uniform network (random weights: latency only, no quality):
 - ``int8_modelopt``: the Q/DQ graph finalize's QAT exports for ``trt_int8`` (ModelOpt, INT8 on every
   conv's input and weights, max-calibrated on random inputs; TensorRT's placement);
 - ``int8_modelopt_ort``: the one it exports for ``onnx_int8`` (conv outputs quantized too, all but the
-  final conv's, and the residual sums; activations rewritten S8 -> U8; 7-bit weight ranges where this
+  final conv's, and every element-wise op of blocks.ops: sums, gates, sigmoids, skip joins; activations
+  rewritten S8 -> U8, pixel shuffles on the 8-bit side (``export_int8(uint8_activations=True)``); 7-bit weight ranges where this
   CPU's kernels saturate, as finalize does: ``ens.finalize.qat.weight_bits_for``);
 - ``int8_ort``: ONNX Runtime ``quantize_static`` of the FP32 file (QDQ, its own placement: conv
   outputs, Add, Mul, MatMul as well; ``reduce_range`` where the weights are 7-bit above).
@@ -55,7 +56,6 @@ def main() -> None:
 
     from ens.finalize import export as ex
     from ens.finalize.qat import quantize_model, weight_bits_for
-    from ens.finalize.qdq_uint8 import activations_to_uint8
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -80,8 +80,7 @@ def main() -> None:
                     qnet = quantize_model(copy.deepcopy(net), calib)
                     ex.export_int8(qnet, shape, files["int8_modelopt"])
                     qnet = quantize_model(copy.deepcopy(net), calib, placement="ort", weight_bits=bits)
-                    ex.export_int8(qnet, shape, files["int8_modelopt_ort"])
-                    activations_to_uint8(files["int8_modelopt_ort"])
+                    ex.export_int8(qnet, shape, files["int8_modelopt_ort"], uint8_activations=True)
                     ex.ptq_int8(files["fp32"], files["int8_ort"], calib_np, reduce_range=bits == 7)
                 lat = ex.ort_cpu_latency(files, shape, threads=args.threads, rounds=args.rounds, runs=args.runs,
                                          clock=args.clock)
