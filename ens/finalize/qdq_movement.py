@@ -38,7 +38,7 @@ def dequantize_after_movers(src: Path, dst: Path | None = None) -> int:
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         scale = constant_value(dq.input[1], inits, consts)
-        if scale is None or scale.size != 1:  # per-channel: the channels move, so the scales would have to
+        if scale is None or scale.size != 1:  # per-channel: the scales would have to move too
             continue
         out = n.output[0]
         n.input[0] = dq.input[0]
@@ -47,7 +47,7 @@ def dequantize_after_movers(src: Path, dst: Path | None = None) -> int:
                                       name=f"{n.name}/DequantizeLinear_moved",
                                       **{a.name: helper.get_attribute_value(a) for a in dq.attribute}))
         moved += 1
-    if moved:  # the old DQ's output keeps its name and float type (the moved DQ makes it); the old DQ may be dead
+    if moved:  # each mover's output name is now made by its new DQ (same float tensor); an old DQ may be dead
         del g.node[:]
         g.node.extend(nodes)
         prune_dead_nodes(model)
