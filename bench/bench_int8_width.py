@@ -10,8 +10,8 @@ For each preset and uniform network (random weights: latency only, no quality):
   conv's input and weights, max-calibrated on random inputs; TensorRT's placement);
 - ``int8_modelopt_ort``: the one it exports for ``onnx_int8`` (conv outputs quantized too, all but the
   final conv's, and every element-wise op of blocks.ops: sums, gates, sigmoids, skip joins; activations
-  rewritten S8 -> U8, pixel shuffles on the 8-bit side (``export_int8(uint8_activations=True)``); 7-bit weight ranges where this
-  CPU's kernels saturate, as finalize does: ``ens.finalize.qat.weight_bits_for``);
+  rewritten S8 -> U8, pixel shuffles on the 8-bit side (``export_int8(uint8_activations=True)``); 7-bit
+  weight ranges where this CPU's kernels saturate, as finalize does: ``ens.finalize.qat.weight_bits_for``);
 - ``int8_ort``: ONNX Runtime ``quantize_static`` of the FP32 file (QDQ, its own placement: conv
   outputs, Add, Mul, MatMul as well; ``reduce_range`` where the weights are 7-bit above).
 

@@ -3,9 +3,9 @@
 ``x + branch`` written as ``self.residual(x, branch)`` computes and exports exactly the same (one ONNX
 ``Add``; likewise ``Mul``, ``Sigmoid`` and ``Concat``), but is a module a quantization toolkit can wrap: ``ens finalize
 --export onnx_int8`` puts a fake quantizer on each one's output (an NVIDIA ModelOpt custom quant module), so
-that ONNX Runtime fuses it into a ``QLinearAdd`` / ``QLinearMul`` / ``QLinearSigmoid`` / ``QLinearConcat`` instead of computing in
-float between a dequantize and a quantize. An instance stands for one tensor of the graph: use one per call
-site (a shared instance would share one quantizer between tensors of different ranges).
+that ONNX Runtime fuses it into a ``QLinearAdd`` / ``QLinearMul`` / ``QLinearSigmoid`` / ``QLinearConcat``
+instead of computing in float between a dequantize and a quantize. An instance stands for one tensor of the
+graph: use one per call site (a shared instance would share one quantizer between tensors of different ranges).
 """
 
 from __future__ import annotations

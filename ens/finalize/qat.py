@@ -197,10 +197,10 @@ def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[st
 def register_quant_elementwise(mtq: Any) -> None:
     """Teach ModelOpt to quantize the output of :mod:`blocks.ops`' element-wise modules (``Add``, ``Mul``,
     ``Sigmoid``; once per process). ``quant_config`` enables those quantizers for the ``ort`` placement."""
-    from blocks.ops import ELEMENTWISE
-
     from modelopt.torch.quantization.nn import QuantModule, TensorQuantizer
     from modelopt.torch.quantization.tensor_quant import QUANT_DESC_8BIT_PER_TENSOR
+
+    from blocks.ops import ELEMENTWISE
 
     class QuantElementwise(QuantModule):
         """The element-wise op with a fake quantizer on its output (disabled until a config enables it)."""
