@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -208,11 +209,12 @@ class VerifyReport:
     calibration_s: float = 0.0
     table_path: str = ""
     statistic: str = "median"
+    repeats: list[dict[str, Any]] = field(default_factory=list)  # archs measured twice: arch, first_ms, second_ms
 
     def summary(self) -> dict[str, Any]:
         errs = np.array([r["error_pct"] for r in self.rows], dtype=float)
         n = len(self.rows)
-        return {
+        out = {
             "archs": n,
             "median_abs_error_pct": float(np.median(np.abs(errs))) if n else None,
             "mean_abs_error_pct": float(np.mean(np.abs(errs))) if n else None,
@@ -226,6 +228,17 @@ class VerifyReport:
             "calibration_vs_measure_all": (self.calibration_s / self.measure_s) if self.measure_s else None,
             "table": self.table_path,
         }
+        if self.repeats:
+            # the same file measured twice in one batch: how well a measurement predicts the next one, the noise
+            # floor under the table's error (each measurement is one side of the comparison)
+            diffs = np.array([100.0 * (r["second_ms"] - r["first_ms"]) / r["first_ms"] for r in self.repeats])
+            out["repeatability"] = {
+                "archs": len(self.repeats),
+                "median_abs_diff_pct": float(np.median(np.abs(diffs))),
+                "within_10pct": float(np.mean(np.abs(diffs) <= 10.0)),
+                "within_5pct": float(np.mean(np.abs(diffs) <= 5.0)),
+            }
+        return out
 
 
 def verify(
@@ -237,13 +250,19 @@ def verify(
     seed: int = 0,
     precision: str | None = None,
     progress: Progress | None = None,
+    repeat: int = 0,
 ) -> VerifyReport:
-    """Measure ``n`` seeded random architectures and compare them with the table's predictions."""
+    """Measure ``n`` seeded random architectures and compare them with the table's predictions.
+
+    ``repeat``: the first ``repeat`` of them are measured a second time in the same interleaved batch (a
+    separate session each time); the report's ``repeatability`` says how far two measurements of one file
+    disagree on this machine, which bounds how close any table can be shown to come."""
     prof = measurer_of(profiler, "verify")
     shape = parse_shape(input_shape)
     prec = (precision or table.precision).lower()
     table.check_compatible(cfg.to_dict(), shape, prec)
     archs = random_archs(n, cfg, table.kinds, seed)
+    again = min(max(0, repeat), len(archs))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ens-verify-") as tmp:
         paths = []
@@ -251,13 +270,17 @@ def verify(
             if progress:
                 progress("export", i, len(archs))
             paths.append(export_arch(arch, cfg, shape, Path(tmp) / f"{arch.hash}.onnx", precision=prec))
+        for p in paths[:again]:  # a second name for the same bytes: measured as one more network
+            twin = p.with_name(f"{p.stem}.again.onnx")
+            shutil.copyfile(p, twin)
+            paths.append(twin)
         if progress:
-            progress("measure", 0, len(archs))
+            progress("measure", 0, len(paths))
         results = prof.measure_many(paths, shape, prec)
     measure_s = time.perf_counter() - t0
     rep = VerifyReport(measure_s=measure_s, calibration_s=table.calibration_s, table_path=str(table.path or ""),
                        statistic=table.statistic)
-    for arch, res in zip(archs, results, strict=True):
+    for arch, res in zip(archs, results, strict=False):
         pred = table.predict(arch.block_kinds(cfg))
         got = statistic_of(res, table.statistic)
         rep.rows.append(
@@ -268,6 +291,9 @@ def verify(
                 "error_pct": 100.0 * (pred - got) / got,
             }
         )
+    for row, res in zip(rep.rows[:again], results[len(archs):], strict=True):
+        rep.repeats.append({"arch": row["arch"], "first_ms": row["measured_ms"],
+                            "second_ms": statistic_of(res, table.statistic)})
     return rep
 
 

@@ -130,12 +130,36 @@ def test_calibrate_and_verify_json(capsys, fast_exports, tmp_path):
     assert s["table"] == str(table) and table.is_file() and s["networks_measured"] == 1 + 2 + 16
     assert s["archs"] == 5 and s["within_10pct"] == 1.0 and s["median_abs_error_pct"] < 1e-6
     assert s["calibration_s"] > 0 and s["measure_all_s"] > 0 and "calibration_vs_measure_all" in s
+    assert s["repeatability"] == {"archs": 5, "median_abs_diff_pct": 0.0, "within_10pct": 1.0, "within_5pct": 1.0}
     saved = json.loads(table.read_text())["verify"]  # the measured error travels with the table
     assert saved["archs"] == 5 and saved["median_abs_error_pct"] == s["median_abs_error_pct"]
+    assert saved["repeatability"] == s["repeatability"]
     # a second run reuses the table for --verify
     out, err = run_ok(["calibrate", "--profiler", "fake-additive", "--kinds", "T,E", "--table", str(table),
                        "--verify", "3", *SMALL], capsys)
     assert "using the table" in err and "prediction error" in out
+
+
+def test_verify_measures_its_own_noise_floor(fast_exports, tmp_path):
+    """On a noisy device the table cannot be shown closer than two measurements of one file agree: verify
+    measures the first archs twice in its batch and reports how far the pairs disagree."""
+    from blocks import get_preset
+    from ens.profiling import verify
+    from profilers.lut import calibrate_table
+
+    cfg = get_preset("tiny")
+    quiet = F.AdditiveProfiler()
+    table = calibrate_table(quiet, cfg, (1, 3, 32, 32), ["T", "E"])
+    noisy = F.AdditiveProfiler(noise=0.3)
+    rep = verify(table, noisy, cfg, (1, 3, 32, 32), n=8, repeat=4)
+    assert noisy.batches == 1 and noisy.calls == 12, "the repeats are measured in the same batch"
+    s = rep.summary()
+    assert [r["arch"] for r in rep.repeats] == [r["arch"] for r in rep.rows[:4]]
+    diffs = [abs(r["second_ms"] - r["first_ms"]) / r["first_ms"] for r in rep.repeats]
+    assert s["repeatability"]["archs"] == 4 and s["repeatability"]["median_abs_diff_pct"] > 0
+    assert s["repeatability"]["within_10pct"] == pytest.approx(sum(d <= 0.1 for d in diffs) / 4)
+    assert s["within_10pct"] < 1.0, "the noise shows in the table's error too"
+    assert "repeatability" not in verify(table, quiet, cfg, (1, 3, 32, 32), n=3).summary()
 
 
 def test_calibrate_rich_output(capsys, fast_exports):

@@ -282,48 +282,68 @@ def test_cuda_only_lines_on_a_fake_gpu(fake_cuda, monkeypatch, micro_cfg):
     assert seen["ids"] is None
 
 
-@pytest.mark.xfail(strict=False, reason="known race (2026-12-02): a SIGINT can leave a rank in a Gloo all-reduce and "
-                   "the parent does not exit within 60 s; failed twice in clean-clone CI, passes alone; fix: the "
-                   "ranks agree on the stop step")
-def test_ctrl_c_stops_every_rank_and_the_teacher_resumes(tmp_path):
-    """SIGINT to the parent of a two-process (Gloo) teacher run: the ranks are stopped (rank 0 saving its
-    checkpoint), none is left behind, and a second run resumes from that checkpoint."""
-    import os
-    import signal
+def _start_ddp_driver(folder, preexec):
+    """``tests/ddp_driver.py`` running two Gloo ranks, once rank 0 has written its first checkpoint:
+    (process, rank pids)."""
     import subprocess
     import sys
     import time
     from pathlib import Path
 
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.ddp_driver", str(folder), "100000"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec)
+    ckpt = folder / "teacher.ckpt.safetensors"
+    deadline = time.monotonic() + 120
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not ckpt.is_file():
+        proc.kill()
+        pytest.fail("the ranks did not start training and checkpointing: " + proc.communicate()[0][-2000:])
+    ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                            text=True).stdout.split()]
+    assert len(ranks) >= 2
+    return proc, ranks
+
+
+def _running(pids, within_s):
+    """The pids still running (not zombies) after waiting up to ``within_s`` for them to go."""
+    import os
+    import time
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+            return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+
+    deadline = time.monotonic() + within_s
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in pids if alive(p)]
+
+
+def test_ctrl_c_stops_every_rank_and_the_teacher_resumes(tmp_path):
+    """SIGINT to the parent of a two-process (Gloo) teacher run: the ranks are stopped (rank 0 saving its
+    checkpoint), none is left behind, and a second run resumes from that checkpoint."""
+    import os
+    import signal
+
     from ens.training import checkpoint_step
     from tests.ddp_driver import CFG, job
+    from tests.interrupts import sigint_reachable
 
-    root = Path(__file__).resolve().parents[1]
     ckpt = tmp_path / "teacher.ckpt.safetensors"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.ddp_driver", str(tmp_path), "100000"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, ranks = _start_ddp_driver(tmp_path, sigint_reachable)
     try:
-        deadline = time.monotonic() + 120
-        while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ckpt.is_file(), "the ranks started training and checkpointing"
-        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                   text=True).stdout.split()]
-        assert len(children) >= 2
         os.kill(proc.pid, signal.SIGINT)  # the parent only, as `kill -INT` would
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0 and "done" not in out
-    time.sleep(0.5)
-    for pid in children:
-        try:
-            os.kill(pid, 0)
-            alive = open(f"/proc/{pid}/stat").read().split()[2] != "Z"
-        except (ProcessLookupError, FileNotFoundError):
-            alive = False
-        assert not alive, f"rank process {pid} was left running"
+    assert not _running(ranks, 0.5), "a rank process was left running"
     stopped = checkpoint_step(ckpt)
     assert 0 < stopped < 100000
     from blocks.unet import HybridUNet
@@ -332,3 +352,25 @@ def test_ctrl_c_stops_every_rank_and_the_teacher_resumes(tmp_path):
     resumed = job(tmp_path, stopped + 2)
     stats = train_teacher_parallel(HybridUNet(CFG), 2, resumed)
     assert checkpoint_step(ckpt) == stopped + 2 and stats["train_loss"] == stats["train_loss"]
+
+
+def test_a_killed_parent_leaves_no_rank_behind(tmp_path):
+    """The parent of a two-rank run dies (SIGKILL, OOM killer) and it was started in the background, so the ranks
+    inherited an ignored SIGINT: torch's parent-death signal (SIGINT) must still stop them, not leave them
+    training (and holding GPUs) until the collectives time out."""
+    import os
+    import signal
+
+    def background_launch():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell does
+
+    proc, ranks = _start_ddp_driver(tmp_path, background_launch)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)  # not communicate(): a rank left running holds the output pipe open
+        left = _running(ranks, 30)
+    finally:
+        for pid in _running(ranks, 0):
+            os.kill(pid, signal.SIGKILL)
+        proc.stdout.close()
+    assert not left, f"rank processes {left} outlived their killed parent"

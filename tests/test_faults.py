@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ens.cli import main
 from ens.training import checkpoint_step
 from studies.lock import StudyLock
+from tests.interrupts import sigint_reachable
 
 
 def _complete(db) -> int:
@@ -39,7 +40,7 @@ def test_sigint_during_search_keeps_completed_trials_and_resumes(tmp_path, micro
     db = tmp_path / "study.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(_search_cmd(40), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_reachable)
     deadline = time.monotonic() + 240
     while _complete(db) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -76,7 +77,8 @@ def test_sigint_during_the_zoo_build_keeps_the_steps_done_and_resumes(tmp_path):
            "--distill-steps", "2", "--calib-steps", "0", "--rank-steps", "0", "--quality-crop", "64",
            "--out", str(tmp_path / "zoo")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_reachable)
     for line in proc.stdout:
         if "[1/5] teacher" in line:
             break

@@ -385,8 +385,9 @@ class _Skip(torch.nn.Module):
 
 
 def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path):
+    from ens.finalize.onnx_graph import GraphIndex
     from ens.finalize.qat import quant_summary, quantize_model
-    from ens.finalize.qdq_uint8 import activations_to_uint8, constant_value
+    from ens.finalize.qdq_uint8 import activations_to_uint8
 
     x = torch.rand(2, 3, 16, 16)
     files = {}
@@ -400,12 +401,11 @@ def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path)
     u8 = tmp_path / "ort_u8.onnx"
     changed = activations_to_uint8(files["ort"], u8)
     model = onnx.load(str(u8))
-    inits = {i.name: i for i in model.graph.initializer}
-    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    index = GraphIndex.of(model.graph)
     zps = {"QuantizeLinear": set(), "DequantizeLinear": set()}
     for n in model.graph.node:
         if n.op_type in zps:
-            zps[n.op_type].add(str(constant_value(n.input[2], inits, consts).dtype))
+            zps[n.op_type].add(str(index.value(n.input[2]).dtype))
     assert changed >= 8 and "uint8" in zps["QuantizeLinear"] and "int8" in zps["DequantizeLinear"]  # weights stay S8
     s8_out, u8_out = ex.OnnxModel(files["ort"], fuse_qdq=False)(x), ex.OnnxModel(u8, fuse_qdq=False)(x)
     assert torch.equal(s8_out, u8_out)  # the rewrite changes no value (every Q/DQ run as written)
@@ -470,8 +470,9 @@ def _ort_load_log(path) -> str:
 def test_uint8_int8_file_loads_without_warnings(tmp_path):
     """The onnx_int8 file (ModelOpt Q/DQ, activations rewritten to U8): no dead Constant is left for ONNX Runtime
     to warn about ("Removing initializer ... It is not used by any node"), and pruning changes no value."""
+    from ens.finalize.onnx_graph import prune_dead_nodes
     from ens.finalize.qat import quantize_model
-    from ens.finalize.qdq_uint8 import activations_to_uint8, prune_dead_nodes
+    from ens.finalize.qdq_uint8 import activations_to_uint8
 
     x = torch.rand(2, 3, 16, 16)
     torch.manual_seed(0)

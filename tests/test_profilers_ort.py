@@ -99,8 +99,29 @@ def test_parse_ort_profile_synthetic():
     ]
     bd = parse_ort_profile(events, runs=2)
     assert bd["runs"] == 2 and bd["model_run_ms"] == pytest.approx(1.1)
-    assert bd["by_op_type"][0] == {"op": "Conv", "ms": 0.4, "share": 0.8, "nodes": 1}
+    assert bd["by_op_type"][0] == {"op": "Conv", "ms": 0.4, "share": 0.8, "nodes": 1, "eight_bit_ms": 0.0}
     assert bd["top_nodes"][0]["node"] == "/a/Conv"
+
+
+def test_precision_shares_count_8_bit_data_movement_as_integer():
+    """A DepthToSpace or Transpose of a quantized tensor moves 8-bit data: it is not a float island. The element
+    type comes from each event's ``input_type_shape``, as ONNX Runtime writes it."""
+    from profilers.ort_cpu import precision_shares
+
+    def node(name, op, dur, dtype):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur,
+                "args": {"op_name": op, "input_type_shape": [{dtype: [1, 8, 16, 16]}, {"float": [1]}]}}
+
+    events = [{"cat": "Session", "name": "model_run", "dur": 1000},
+              node("/c", "QLinearConv", 400, "uint8"), node("/d2s_q", "DepthToSpace", 100, "uint8"),
+              node("/d2s_f", "DepthToSpace", 100, "float"), node("/t", "Transpose", 50, "int8"),
+              node("/ln", "LayerNormalization", 250, "float"), node("/dq", "DequantizeLinear", 100, "uint8"),
+              {"cat": "Node", "name": "/old_kernel_time", "dur": 0, "args": {"op_name": "Relu"}}]  # no types
+    shares = precision_shares(parse_ort_profile(events, runs=1))
+    assert shares["integer_pct"] == 55.0 and shares["eight_bit_movement_pct"] == 15.0
+    assert shares["qdq_pct"] == 10.0 and shares["float_pct"] == 35.0
+    assert [(o["op"], o["pct"]) for o in shares["top_float_ops"]] == [("LayerNormalization", 25.0),
+                                                                        ("DepthToSpace", 10.0)]
 
 
 def test_ort_cpu_errors(exported, tmp_path):

@@ -170,6 +170,9 @@ def calibrate(
     table: Path | None = typer.Option(None, "--table", help="Table file (default: $ENS_CACHE_DIR/latency/tables/...)."),
     force: bool = typer.Option(False, "--force", help="Recalibrate even if the table exists."),
     verify_n: int = typer.Option(0, "--verify", min=0, help="Then measure N random architectures against it."),
+    repeat: int = typer.Option(
+        10, "--repeat", min=0,
+        help="With --verify: measure this many of them twice, to show how far two measurements disagree here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random architectures."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="ort-cpu intra-op threads (default 2)."),
     runs: int | None = typer.Option(None, "--runs", min=1, help="ort-cpu timed runs per network (default 20)."),
@@ -221,7 +224,7 @@ def calibrate(
             def vstep(what: str, done: int, total: int) -> None:
                 bar.update(task, description=f"verify: {what}", completed=done, total=total)
 
-            rep = verify(tab, prof, cfg, dims, n=verify_n, seed=seed, precision=prec, progress=vstep)
+            rep = verify(tab, prof, cfg, dims, n=verify_n, seed=seed, precision=prec, progress=vstep, repeat=repeat)
         summary = {**summary, **rep.summary()}
         tab.verify = {k: v for k, v in rep.summary().items() if k != "table"}  # the error travels with the table
         tab.save(path)
@@ -255,6 +258,14 @@ def _print_verify(rep, n: int) -> None:
     for row in sorted(rep.rows, key=lambda r: -abs(r["error_pct"]))[:15]:
         vt.add_row(row["arch"], f"{row['measured_ms']:.2f}", f"{row['predicted_ms']:.2f}", f"{row['error_pct']:+.1f}%")
     console.print(vt)
+    s = rep.summary()
+    line = (f"table: {100 * s['within_10pct']:.0f}% of {s['archs']} within ±10% of the measurement "
+            f"(median |error| {s['median_abs_error_pct']:.1f}%)")
+    r = s.get("repeatability")
+    if r:
+        line += (f"; the same file measured twice: {100 * r['within_10pct']:.0f}% of {r['archs']} within ±10% "
+                 f"(median |difference| {r['median_abs_diff_pct']:.1f}%), the noise under that figure")
+    console.print(line)
 
 
 def _print_table(tab, path: Path) -> None:

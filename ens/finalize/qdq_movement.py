@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from ens.finalize.qdq_uint8 import constant_value, prune_dead_nodes
+from ens.finalize.onnx_graph import GraphIndex, prune_dead_nodes
 
 #: element-moving ops a per-tensor DequantizeLinear commutes with
 MOVERS = ("DepthToSpace", "SpaceToDepth")
@@ -27,17 +27,15 @@ def dequantize_after_movers(src: Path, dst: Path | None = None) -> int:
     """Rewrite ``src`` (in place unless ``dst``); returns how many ops now run on quantized data."""
     model = onnx.load(str(src))
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-    producer = {o: n for n in g.node for o in n.output}
+    index = GraphIndex.of(g)
     moved = 0
     nodes: list[onnx.NodeProto] = []
     for n in g.node:
         nodes.append(n)
-        dq = producer.get(n.input[0]) if n.op_type in MOVERS else None
+        dq = index.producer.get(n.input[0]) if n.op_type in MOVERS else None
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
-        scale = constant_value(dq.input[1], inits, consts)
+        scale = index.value(dq.input[1])
         if scale is None or scale.size != 1:  # per-channel: the scales would have to move too
             continue
         out = n.output[0]

@@ -23,32 +23,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-
-def constant_value(name: str, inits: dict[str, onnx.TensorProto],
-                   consts: dict[str, onnx.NodeProto]) -> np.ndarray | None:
-    """The value of an initializer or Constant node output ``name``, or None."""
-    if name in inits:
-        return numpy_helper.to_array(inits[name])
-    node = consts.get(name)
-    if node is None:
-        return None
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-    return None
+from ens.finalize.onnx_graph import GraphIndex, prune_dead_nodes
 
 
 def activations_to_uint8(src: Path, dst: Path | None = None) -> int:
     """Rewrite ``src`` (in place unless ``dst``); returns how many Q/DQ nodes were changed."""
     model = onnx.load(str(src))
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-    producer = {o: n for n in g.node for o in n.output}
-
-    def is_constant(name: str) -> bool:
-        return name in inits or name in consts
-
+    index = GraphIndex.of(g)
     renamed: dict[str, str] = {}
     u8_outputs: set[str] = set()
     changed = 0
@@ -56,13 +38,13 @@ def activations_to_uint8(src: Path, dst: Path | None = None) -> int:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
             continue
         if n.op_type == "QuantizeLinear":
-            if is_constant(n.input[0]):
+            if index.is_constant(n.input[0]):
                 continue
         else:
-            p = producer.get(n.input[0])
-            if p is None or p.op_type != "QuantizeLinear" or is_constant(p.input[0]):
+            p = index.producer.get(n.input[0])
+            if p is None or p.op_type != "QuantizeLinear" or index.is_constant(p.input[0]):
                 continue  # a weight DQ (constant input) stays signed
-        zp = constant_value(n.input[2], inits, consts)
+        zp = index.value(n.input[2])
         if zp is None or zp.dtype != np.int8:
             continue
         if n.input[2] not in renamed:
@@ -80,29 +62,3 @@ def activations_to_uint8(src: Path, dst: Path | None = None) -> int:
     onnx.save(model, str(dst or src))
     return changed
 
-
-def prune_dead_nodes(model: onnx.ModelProto) -> tuple[int, int]:
-    """Remove the nodes none of whose outputs reaches a graph output, then the initializers no node reads;
-    returns (nodes, initializers) removed. Subgraphs (If/Loop bodies) count as readers of what they name."""
-    g = model.graph
-    outputs = {o.name for o in g.output}
-
-    def sub_reads(n: onnx.NodeProto) -> set[str]:
-        names: set[str] = set()
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= {i for m in sub.node for i in m.input} | {sm for m in sub.node for sm in sub_reads(m)}
-        return names
-
-    nodes_before, inits_before = len(g.node), len(g.initializer)
-    while True:
-        read = outputs | {i for n in g.node for i in n.input} | {i for n in g.node for i in sub_reads(n)}
-        keep = [n for n in g.node if any(o in read for o in n.output if o)]
-        if len(keep) == len(g.node):
-            break
-        del g.node[:]
-        g.node.extend(keep)
-    inits = [i for i in g.initializer if i.name in read]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    return nodes_before - len(g.node), inits_before - len(g.initializer)

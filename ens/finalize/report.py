@@ -155,8 +155,10 @@ def _card_latency(r: dict[str, Any]) -> list[str]:
 def time_shares_line(t: dict[str, Any]) -> str:
     """Where the INT8 graph's kernel time goes, in one line."""
     tops = ", ".join(f"{o['op']} {o['pct']:.0f}%" for o in t.get("top_float_ops", [])[:5]) or "none"
+    moved = t.get("eight_bit_movement_pct") or 0
+    movement = f"; {moved:.0f}% of it moving 8-bit data" if moved >= 0.5 else ""
     return (f"INT8 kernel time (ORT profiler, separate pass): {t['integer_pct']:.0f}% in integer kernels "
-            f"({', '.join(t.get('integer_ops') or []) or 'none'}), {t['qdq_pct']:.0f}% in Q/DQ conversions, "
+            f"({', '.join(t.get('integer_ops') or []) or 'none'}{movement}), {t['qdq_pct']:.0f}% in Q/DQ conversions, "
             f"{t['float_pct']:.0f}% in float ops (largest: {tops})")
 
 

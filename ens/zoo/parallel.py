@@ -72,6 +72,9 @@ def _rank_main(rank: int, world: int, job: TeacherJob) -> None:
     from ens.tasks import get_task
     from ens.zoo.teacher import train_teacher
 
+    # A rank's SIGINT comes from its parent only (the forward in stop_ranks, or torch's parent-death signal): it
+    # must stop the rank even when the parent was started in the background, which makes children ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(max(1, job.threads))
     compute = job.compute
     if compute.cuda:
