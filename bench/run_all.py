@@ -194,8 +194,16 @@ def table(res: dict[str, Any]) -> str:
                     f"{s['ssd_scan_max_abs_err']:.1e} | | same |")
     lut = res.get("lut")
     if lut:
+        extra = ""
+        if lut.get("drift"):
+            d = lut["drift"]
+            extra += (f"; {100 * d['within_10pct']:.0f}% with the machine's drift since calibration "
+                      f"({d['now_vs_calibration']:.2f}x) taken out")
+        if lut.get("repeatability"):
+            r = lut["repeatability"]
+            extra += f"; the same file measured twice: {100 * r['within_10pct']:.0f}% within ±10%"
         rows.append(f"| latency table: share within ±10% on {lut['archs']} random archs | "
-                    f"{100 * lut['within_10pct']:.0f}% (median error {lut['median_abs_error_pct']:.1f}%) | | "
+                    f"{100 * lut['within_10pct']:.0f}% (median error {lut['median_abs_error_pct']:.1f}%){extra} | | "
                     f"`{lut['command']}` |")
     return "\n".join(_fix(r) for r in rows)
 

@@ -32,7 +32,7 @@ from blocks.registry import build_block
 from ens.errors import EnsError
 from profilers.base import Profiler, parse_shape
 from profilers.cache import LatencyCache
-from profilers.lut import LatencyTable, calibrate_table, statistic_of
+from profilers.lut import LatencyTable, calibrate_table, export_calibration_networks, statistic_of
 from profilers.networks import NetworkSpec, export_network
 from profilers.networks import build_network as profiler_network
 from profilers.registry import get_profiler
@@ -210,6 +210,7 @@ class VerifyReport:
     table_path: str = ""
     statistic: str = "median"
     repeats: list[dict[str, Any]] = field(default_factory=list)  # archs measured twice: arch, first_ms, second_ms
+    anchors: dict[str, float] = field(default_factory=dict)  # calibration network -> now / at calibration
 
     def summary(self) -> dict[str, Any]:
         errs = np.array([r["error_pct"] for r in self.rows], dtype=float)
@@ -238,6 +239,19 @@ class VerifyReport:
                 "within_10pct": float(np.mean(np.abs(diffs) <= 10.0)),
                 "within_5pct": float(np.mean(np.abs(diffs) <= 5.0)),
             }
+        if self.anchors:
+            # the machine's speed now against at calibration, from the calibration's own networks measured again in
+            # this batch: a uniform drift scales every prediction alike and changes no ranking
+            ratio = float(np.median(list(self.anchors.values())))
+            fixed = np.array([100.0 * (r["predicted_ms"] * ratio - r["measured_ms"]) / r["measured_ms"]
+                              for r in self.rows], dtype=float)
+            out["drift"] = {
+                "anchors": len(self.anchors),
+                "now_vs_calibration": ratio,
+                "median_abs_error_pct": float(np.median(np.abs(fixed))) if n else None,
+                "within_10pct": float(np.mean(np.abs(fixed) <= 10.0)) if n else None,
+                "within_5pct": float(np.mean(np.abs(fixed) <= 5.0)) if n else None,
+            }
         return out
 
 
@@ -251,12 +265,17 @@ def verify(
     precision: str | None = None,
     progress: Progress | None = None,
     repeat: int = 0,
+    anchors: bool = True,
 ) -> VerifyReport:
     """Measure ``n`` seeded random architectures and compare them with the table's predictions.
 
     ``repeat``: the first ``repeat`` of them are measured a second time in the same interleaved batch (a
     separate session each time); the report's ``repeatability`` says how far two measurements of one file
-    disagree on this machine, which bounds how close any table can be shown to come."""
+    disagree on this machine, which bounds how close any table can be shown to come.
+
+    ``anchors``: the table's uniform calibration networks (every block one kind) are measured again in the same
+    batch; the report's ``drift`` gives the machine's speed now against at calibration, and the table's error
+    with that uniform factor taken out (what a search's ranking sees)."""
     prof = measurer_of(profiler, "verify")
     shape = parse_shape(input_shape)
     prec = (precision or table.precision).lower()
@@ -274,6 +293,10 @@ def verify(
             twin = p.with_name(f"{p.stem}.again.onnx")
             shutil.copyfile(p, twin)
             paths.append(twin)
+        then = _anchor_times(table) if anchors else {}
+        anchor_paths = export_calibration_networks(cfg, table.kinds, shape, Path(tmp) / "anchors", prec,
+                                                   seed=seed, only=list(then)) if then else {}
+        paths += list(anchor_paths.values())
         if progress:
             progress("measure", 0, len(paths))
         results = prof.measure_many(paths, shape, prec)
@@ -291,10 +314,24 @@ def verify(
                 "error_pct": 100.0 * (pred - got) / got,
             }
         )
-    for row, res in zip(rep.rows[:again], results[len(archs):], strict=True):
+    for row, res in zip(rep.rows[:again], results[len(archs):len(archs) + again], strict=True):
         rep.repeats.append({"arch": row["arch"], "first_ms": row["measured_ms"],
                             "second_ms": statistic_of(res, table.statistic)})
+    for name, res in zip(anchor_paths, results[len(archs) + again:], strict=True):
+        rep.anchors[name] = statistic_of(res, table.statistic) / then[name]
     return rep
+
+
+def _anchor_times(table: LatencyTable) -> dict[str, float]:
+    """The table's uniform networks and their calibration times in its statistic (none if it did not keep them:
+    tables fitted to the minimum before the minimum was stored)."""
+    key = "min_ms" if table.statistic == "min" else "median_ms"
+    out = {}
+    for k in table.kinds:
+        v = (table.measurements.get(f"uniform:{k}") or {}).get(key)
+        if isinstance(v, (int, float)) and v > 0:
+            out[f"uniform:{k}"] = float(v)
+    return out
 
 
 __all__ = [

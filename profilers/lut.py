@@ -328,12 +328,16 @@ def export_calibration_networks(
     precision: str = "fp32",
     progress: Progress | None = None,
     seed: int = 0,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Export every calibration network of ``cfg`` into ``directory``; name -> ONNX path."""
+    """Export every calibration network of ``cfg`` (or those named in ``only``) into ``directory``; name -> ONNX
+    path."""
     from profilers.onnx_export import export_onnx
 
     shape = parse_shape(input_shape)
     nets = calibration_networks(cfg, kinds)
+    if only is not None:
+        nets = {name: ks for name, ks in nets.items() if name in set(only)}
     out: dict[str, Path] = {}
     for i, (name, ks) in enumerate(nets.items()):
         if progress:
@@ -403,7 +407,7 @@ def table_from_results(
         costs=costs,
         scales=scales,
         measurements={n: {"median_ms": r.median_ms, "p90_ms": None if math.isnan(r.p90_ms) else r.p90_ms,
-                          "runs": r.runs} for n, r in results.items()},
+                          "min_ms": r.details.get("min_ms"), "runs": r.runs} for n, r in results.items()},
         preset=preset,
         versions=versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

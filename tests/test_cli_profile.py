@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -131,6 +132,7 @@ def test_calibrate_and_verify_json(capsys, fast_exports, tmp_path):
     assert s["archs"] == 5 and s["within_10pct"] == 1.0 and s["median_abs_error_pct"] < 1e-6
     assert s["calibration_s"] > 0 and s["measure_all_s"] > 0 and "calibration_vs_measure_all" in s
     assert s["repeatability"] == {"archs": 5, "median_abs_diff_pct": 0.0, "within_10pct": 1.0, "within_5pct": 1.0}
+    assert s["drift"]["anchors"] == 2 and s["drift"]["now_vs_calibration"] == pytest.approx(1.0)
     saved = json.loads(table.read_text())["verify"]  # the measured error travels with the table
     assert saved["archs"] == 5 and saved["median_abs_error_pct"] == s["median_abs_error_pct"]
     assert saved["repeatability"] == s["repeatability"]
@@ -152,7 +154,7 @@ def test_verify_measures_its_own_noise_floor(fast_exports, tmp_path):
     table = calibrate_table(quiet, cfg, (1, 3, 32, 32), ["T", "E"])
     noisy = F.AdditiveProfiler(noise=0.3)
     rep = verify(table, noisy, cfg, (1, 3, 32, 32), n=8, repeat=4)
-    assert noisy.batches == 1 and noisy.calls == 12, "the repeats are measured in the same batch"
+    assert noisy.batches == 1 and noisy.calls == 8 + 4 + 2, "the repeats and the T, E anchors: one batch"
     s = rep.summary()
     assert [r["arch"] for r in rep.repeats] == [r["arch"] for r in rep.rows[:4]]
     diffs = [abs(r["second_ms"] - r["first_ms"]) / r["first_ms"] for r in rep.repeats]
@@ -160,6 +162,29 @@ def test_verify_measures_its_own_noise_floor(fast_exports, tmp_path):
     assert s["repeatability"]["within_10pct"] == pytest.approx(sum(d <= 0.1 for d in diffs) / 4)
     assert s["within_10pct"] < 1.0, "the noise shows in the table's error too"
     assert "repeatability" not in verify(table, quiet, cfg, (1, 3, 32, 32), n=3).summary()
+
+
+def test_verify_takes_the_machines_drift_out_with_the_calibration_networks(fast_exports):
+    """A machine that runs 30% slower than when the table was calibrated: every raw error is -23%, the uniform
+    networks measured again in the batch show the 1.3x, and with it taken out the table is exact again."""
+    from blocks import get_preset
+    from ens.profiling import verify
+    from profilers.lut import calibrate_table
+
+    cfg = get_preset("tiny")
+    table = calibrate_table(F.AdditiveProfiler(), cfg, (1, 3, 32, 32), ["T", "E"])
+    assert table.measurements["uniform:T"]["min_ms"] > 0, "the table keeps each network's fastest run too"
+
+    class Slower(F.AdditiveProfiler):
+        def measure(self, onnx_path, input_shape, precision=None):
+            r = super().measure(onnx_path, input_shape, precision)
+            return dataclasses.replace(r, median_ms=1.3 * r.median_ms)
+
+    s = verify(table, Slower(), cfg, (1, 3, 32, 32), n=6).summary()
+    assert s["within_10pct"] == 0.0 and s["mean_error_pct"] == pytest.approx(100 * (1 / 1.3 - 1))
+    assert s["drift"]["now_vs_calibration"] == pytest.approx(1.3)
+    assert s["drift"]["within_10pct"] == 1.0 and s["drift"]["median_abs_error_pct"] == pytest.approx(0, abs=1e-9)
+    assert "drift" not in verify(table, Slower(), cfg, (1, 3, 32, 32), n=2, anchors=False).summary()
 
 
 def test_calibrate_rich_output(capsys, fast_exports):

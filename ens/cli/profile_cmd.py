@@ -265,6 +265,11 @@ def _print_verify(rep, n: int) -> None:
     if r:
         line += (f"; the same file measured twice: {100 * r['within_10pct']:.0f}% of {r['archs']} within ±10% "
                  f"(median |difference| {r['median_abs_diff_pct']:.1f}%), the noise under that figure")
+    d = s.get("drift")
+    if d:
+        line += (f"; the machine runs at {d['now_vs_calibration']:.2f}x its calibration times now, and with that "
+                 f"factor out {100 * d['within_10pct']:.0f}% are within ±10% (median |error| "
+                 f"{d['median_abs_error_pct']:.1f}%)")
     console.print(line)
 
 
