@@ -295,7 +295,7 @@ def verify(
             paths.append(twin)
         then = _anchor_times(table) if anchors else {}
         anchor_paths = export_calibration_networks(cfg, table.kinds, shape, Path(tmp) / "anchors", prec,
-                                                   seed=seed, only=list(then)) if then else {}
+                                                   only=list(then)) if then else {}  # calibrate_table's seed
         paths += list(anchor_paths.values())
         if progress:
             progress("measure", 0, len(paths))
@@ -303,7 +303,7 @@ def verify(
     measure_s = time.perf_counter() - t0
     rep = VerifyReport(measure_s=measure_s, calibration_s=table.calibration_s, table_path=str(table.path or ""),
                        statistic=table.statistic)
-    for arch, res in zip(archs, results, strict=False):
+    for arch, res in zip(archs, results[:len(archs)], strict=True):
         pred = table.predict(arch.block_kinds(cfg))
         got = statistic_of(res, table.statistic)
         rep.rows.append(
