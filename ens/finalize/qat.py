@@ -195,8 +195,9 @@ def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[st
 
 
 def register_quant_elementwise(mtq: Any) -> None:
-    """Teach ModelOpt to quantize the output of :mod:`blocks.ops`' element-wise modules (``Add``, ``Mul``,
-    ``Sigmoid``; once per process). ``quant_config`` enables those quantizers for the ``ort`` placement."""
+    """Teach ModelOpt to quantize the output of :mod:`blocks.ops`' element-wise modules (``ELEMENTWISE``: ``Add``,
+    ``Mul``, ``Sigmoid``, ``Concat``; once per process). ``quant_config`` enables those quantizers for the ``ort``
+    placement."""
     from modelopt.torch.quantization.nn import QuantModule, TensorQuantizer
     from modelopt.torch.quantization.tensor_quant import QUANT_DESC_8BIT_PER_TENSOR
 
