@@ -15,6 +15,8 @@ With ``u = LN(x)`` and SG the simple gate ``SG([a, b]) = a * b`` (split over cha
 amplifies the restoration branch there and leaves clean regions near the identity path.
 ``beta`` and ``gamma`` are per-channel residual scales initialised to zero (NAFNet), so the block
 starts as the identity, which is what a residual surrogate of a transformer block should be.
+With ``layernorm="none"`` (kinds F and G) both LNs are dropped: every op of the block is then one that
+INT8 runtimes run in integer arithmetic (see :func:`blocks.norm.channel_norm`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blocks.norm import LayerNorm2d
+from blocks.norm import channel_norm
 from blocks.ops import Add, Mul, Sigmoid
 
 
@@ -74,13 +76,13 @@ class EFMBlock(nn.Module):
         hidden = int(dim * expansion) // 2 * 2
         ffn_hidden = int(dim * ffn_expansion) // 2 * 2
         self.gates = gates
-        self.norm1 = LayerNorm2d(dim, layernorm)
+        self.norm1 = channel_norm(dim, layernorm)
         self.pw_in = nn.Conv2d(dim, hidden, 1, bias=bias)
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.sg, self.ffn_sg = SimpleGate(), SimpleGate()
         self.pw_out = nn.Conv2d(hidden // 2, dim, 1, bias=bias)
         self.ldg = LearnableDegradationGate(dim, gates)
-        self.norm2 = LayerNorm2d(dim, layernorm)
+        self.norm2 = channel_norm(dim, layernorm)
         self.pw_f1 = nn.Conv2d(dim, ffn_hidden, 1, bias=bias)
         self.pw_f2 = nn.Conv2d(ffn_hidden // 2, dim, 1, bias=bias)
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))

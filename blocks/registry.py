@@ -21,19 +21,21 @@ class BlockKind:
     name: str
     description: str
     factory: BlockFactory
+    passthrough: bool = False  # the block returns its input (no ops): its latency and distillation are nil
 
 
 _KINDS: dict[str, BlockKind] = {}
 
 
-def register_block(letter: str, name: str, description: str) -> Callable[[BlockFactory], BlockFactory]:
+def register_block(letter: str, name: str, description: str,
+                   passthrough: bool = False) -> Callable[[BlockFactory], BlockFactory]:
     if len(letter) != 1 or not letter.isupper():
         raise ValueError(f"a block kind is one upper-case letter, got {letter!r}")
 
     def wrap(factory: BlockFactory) -> BlockFactory:
         if letter in _KINDS:
             raise ValueError(f"block kind {letter!r} is already registered as {_KINDS[letter].name}")
-        _KINDS[letter] = BlockKind(letter, name, description, factory)
+        _KINDS[letter] = BlockKind(letter, name, description, factory, passthrough)
         return factory
 
     return wrap
@@ -90,8 +92,23 @@ def _efm_lite(dim: int, heads: int, **options: Any) -> nn.Module:
     return EFMBlock(dim, heads, **{"expansion": 1.0, "ffn_expansion": 1.0, **options})
 
 
-@register_block("I", "skip", "no block: the position passes its input through (no parameters)")
+@register_block("I", "skip", "no block: the position passes its input through (no parameters)", passthrough=True)
 def _skip(dim: int, heads: int, **options: Any) -> nn.Module:
     from blocks.skip import SkipBlock
 
     return SkipBlock(dim, heads)
+
+
+# -- EFM without its LayerNorms: the whole block runs in integer kernels on an INT8 runtime ---------
+@register_block("F", "efm-nonorm", "EFM block without LayerNorms (its 1x1 convs take the residual stream as is)")
+def _efm_nonorm(dim: int, heads: int, **options: Any) -> nn.Module:
+    from blocks.efm import EFMBlock
+
+    return EFMBlock(dim, heads, **{**options, "layernorm": "none"})
+
+
+@register_block("G", "efm-lite-nonorm", "EFM-lite (L) without LayerNorms")
+def _efm_lite_nonorm(dim: int, heads: int, **options: Any) -> nn.Module:
+    from blocks.efm import EFMBlock
+
+    return EFMBlock(dim, heads, **{"expansion": 1.0, "ffn_expansion": 1.0, **options, "layernorm": "none"})

@@ -20,7 +20,8 @@ The model (additive, in context)::
   captures what isolated stages miss when every stage is busy (caches, allocator, threads) and
   is what made the table accurate on this CPU (see ``bench/bench_profilers.py``).
 
-``1 + (stages + 1) x kinds`` networks are measured once each, all in one interleaved batch when
+``1 + (stages + 1) x kinds`` networks are measured once each (the skip kind, ``I``, is the skeleton and costs
+0 without a measurement), all in one interleaved batch when
 the profiler supports it (``ort-cpu``), so a slow drift of the machine's load affects every
 entry alike. Any measured profiler can calibrate a table (``lut:ort-cpu``, ``lut:trt:ssh://...``,
 ``lut:qaihub:...``); predictions carry ``details["source"] == "predicted"``.
@@ -273,12 +274,23 @@ def default_table_path(
 
 
 # -- calibration --------------------------------------------------------------------------------
+def passthrough_kinds(kinds: Sequence[str]) -> set[str]:
+    """The kinds whose block returns its input (the skip, ``I``): a network of them *is* the skeleton, so they
+    cost nothing by construction and are not measured (their measured differences were noise: -5 ms a stage
+    in one 8-kind table, which predicted -2.6 ms for the all-skip network)."""
+    from blocks.registry import block_kinds
+
+    known = block_kinds()
+    return {k for k in kinds if k in known and known[k].passthrough}
+
+
 def calibration_networks(cfg: Any, kinds: Sequence[str]) -> dict[str, dict[str, list[str | None]]]:
     """Name -> kinds per stage (``None`` = identity) of every network the calibration measures."""
     from blocks.unet import stage_layout
 
     layout = stage_layout(cfg)
     nets: dict[str, dict[str, list[str | None]]] = {"skeleton": {s.name: [None] * s.depth for s in layout}}
+    kinds = [k for k in kinds if k not in passthrough_kinds(kinds)]
     for k in kinds:
         nets[f"uniform:{k}"] = {s.name: [k] * s.depth for s in layout}
     for s in layout:
@@ -308,11 +320,17 @@ def build_calibration_network(cfg: Any, kinds: Mapping[str, Sequence[str | None]
 def fit_table(
     medians: Mapping[str, float], stages: Mapping[str, int], kinds: Sequence[str]
 ) -> tuple[float, dict[str, dict[str, float]], dict[str, float]]:
-    """(skeleton, costs, scales) from the medians of :func:`calibration_networks`' networks."""
+    """(skeleton, costs, scales) from the medians of :func:`calibration_networks`' networks. A pass-through kind
+    costs 0; a stage cost measured below 0 (a block faster than no block: the machine's noise) counts as 0."""
     skeleton = float(medians["skeleton"])
-    raw = {s: {k: (float(medians[f"stage:{s}:{k}"]) - skeleton) / d for k in kinds} for s, d in stages.items()}
+    nil = passthrough_kinds(kinds)
+    raw = {s: {k: 0.0 if k in nil else max(0.0, (float(medians[f"stage:{s}:{k}"]) - skeleton) / d) for k in kinds}
+           for s, d in stages.items()}
     scales: dict[str, float] = {}
     for k in kinds:
+        if k in nil:
+            scales[k] = 1.0
+            continue
         total = sum(raw[s][k] * d for s, d in stages.items())
         target = float(medians[f"uniform:{k}"]) - skeleton
         scales[k] = target / total if total > 0 and target > 0 else 1.0

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocks import HybridUNet
+from blocks import HybridUNet, block_kinds
 from profilers.onnx_export import export_onnx, max_abs_error, op_types
 from search_spaces import Arch, ArchError, arch_from_params, arch_to_params, param_names, sample_arch
 
@@ -82,8 +82,9 @@ _granularity = st.sampled_from(["stage", "block"])
 @given(data=st.data(), granularity=_granularity, h=st.integers(9, 30), w=st.integers(9, 30))
 def test_every_sampled_arch_builds_runs_and_exports(micro_cfg, tmp_path, data, granularity, h, w):
     names = param_names(micro_cfg, granularity)
-    params = {n: data.draw(st.sampled_from(["T", "M", "E"]), label=n) for n in names}
-    arch = sample_arch(optuna.trial.FixedTrial(params), micro_cfg, granularity=granularity)
+    kinds = sorted(block_kinds())
+    params = {n: data.draw(st.sampled_from(kinds), label=n) for n in names}
+    arch = sample_arch(optuna.trial.FixedTrial(params), micro_cfg, kinds, granularity=granularity)
     assert Arch.parse(str(arch)) == arch
     torch.manual_seed(0)
     model = HybridUNet(micro_cfg, arch.block_kinds(micro_cfg)).eval()

@@ -5,7 +5,7 @@ import torch
 
 from blocks import HybridUNet, UNetConfig, block_kinds, build_block, get_preset, register_block, stage_layout
 from blocks.efm import EFMBlock
-from blocks.norm import LayerNorm2d
+from blocks.norm import LayerNorm2d, channel_norm
 from blocks.stats import count_macs, count_params
 from blocks.transformer import MDTA, TransformerBlock
 from blocks.unet import uniform_kinds
@@ -54,6 +54,34 @@ def test_layernorm_exports_as_one_fused_onnx_op(tmp_path):
 def test_layernorm_rejects_unknown_variant():
     with pytest.raises(ValueError, match="unknown LayerNorm"):
         LayerNorm2d(4, "batch")
+
+
+def test_channel_norm_builds_each_variant_and_none_is_the_identity():
+    assert isinstance(channel_norm(4, "withbias"), LayerNorm2d) and channel_norm(4, "biasfree").bias is None
+    x = torch.randn(1, 4, 3, 3)
+    assert channel_norm(4, "none")(x) is x
+    with pytest.raises(ValueError, match="unknown norm"):
+        channel_norm(4, "batch")
+
+
+@pytest.mark.parametrize(("nonorm", "normed"), [("F", "E"), ("G", "L")])
+def test_the_norm_free_efm_kinds_are_their_normed_kinds_without_layernorms(nonorm, normed):
+    """F and G hold exactly E's and L's convolutions and scales, and no LayerNorm; with a layer norm that is the
+    identity on the input (one channel-constant map), they compute what E and L compute from the same weights."""
+    torch.manual_seed(0)
+    a, b = build_block(nonorm, 8, 1), build_block(normed, 8, 1)
+    assert not any(isinstance(m, LayerNorm2d) for m in a.modules())
+    ref = {k: v for k, v in b.state_dict().items() if "norm" not in k}
+    assert set(a.state_dict()) == set(ref)
+    a.load_state_dict(ref)
+    with torch.no_grad():
+        for blk in (a, b):
+            blk.beta.fill_(0.5)
+            blk.gamma.fill_(0.5)
+    x = torch.randn(1, 8, 6, 6)
+    assert not torch.allclose(a(x), b(x), atol=1e-3)  # the norms matter on a general input
+    b.norm1, b.norm2 = torch.nn.Identity(), torch.nn.Identity()
+    torch.testing.assert_close(a(x), b(x))
 
 
 def test_mdta_is_channel_attention_with_temperature():

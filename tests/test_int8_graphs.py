@@ -123,3 +123,23 @@ def test_pixel_shuffles_run_on_8_bit_data_and_the_skip_joins_fuse(micro_net, tmp
     fp32 = ex.ort_kernels(export_network(micro_net, tmp_path / "f.onnx", precision="fp32"))
     assert kernels["QLinearConcat"] == 3 and kernels["Concat"] == fp32["Concat"] - 3  # the others: inside T/M blocks
     assert kernels["QLinearConv"] > 10
+
+
+
+def test_the_norm_free_efm_leaves_no_layernorm_in_the_int8_graph(micro_cfg, tmp_path):
+    """E's two LayerNorms per block are float islands between INT8 kernels; F drops them, and ORT then runs the
+    block's convs, sums and gates in integer kernels as it does E's."""
+    from blocks.unet import uniform_kinds
+    from ens.finalize import export as ex
+
+    kernels = {}
+    for kind in ("E", "F"):
+        net = NetworkSpec(uniform_kinds(micro_cfg, kind), micro_cfg.to_dict(), (1, 3, 32, 32), label=f"all-{kind}")
+        kernels[kind] = ex.ort_kernels(export_network(net, tmp_path / f"{kind}.onnx", precision="int8"))
+    blocks = sum(len(v) for v in uniform_kinds(micro_cfg, "E").values())
+    assert kernels["E"]["LayerNormalization"] == 2 * blocks and kernels["F"]["LayerNormalization"] == 0
+    assert ex.conv_kernels(kernels["F"]) == ex.conv_kernels(kernels["E"]) and kernels["F"]["QLinearConv"] > 10
+    assert kernels["F"]["QLinearMul"] == kernels["E"]["QLinearMul"] > 0  # the gates
+    float_ops = {k: sum(v for op, v in kernels[k].items() if op in ("LayerNormalization", "Add", "Mul", "Sigmoid"))
+                 for k in kernels}
+    assert float_ops["F"] <= float_ops["E"] - 2 * blocks + 3  # at most 3 sums after the down-samplers go float

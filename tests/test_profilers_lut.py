@@ -62,6 +62,22 @@ def test_fit_table_recovers_additive_costs():
     assert costs["lat"]["T"] == pytest.approx(6.0) and costs["enc1"]["E"] == pytest.approx(2.4)
 
 
+def test_the_skip_kind_costs_nothing_and_no_block_costs_less_than_nothing():
+    """The skip (I) network is the skeleton: it is not measured, and costs 0 (measured, its noise gave -5 ms a
+    stage and a negative prediction for all-I). A block measured faster than no block counts as 0."""
+    nets = calibration_networks(CFG, ["T", "I"])
+    assert len(nets) == 1 + 1 + len(STAGES) and not [n for n in nets if n.endswith(":I")]
+    stages = {s.name: s.depth for s in stage_layout(CFG)}
+    med = {"skeleton": 10.0, "uniform:T": 10.0 + 3.0 * sum(stages.values())}
+    med.update({f"stage:{s}:T": 10.0 + 3.0 * d for s, d in stages.items()})
+    med["stage:lat:T"] = 9.0  # noise: below the skeleton
+    sk, costs, scales = fit_table(med, stages, ["T", "I"])
+    assert all(costs[s]["I"] == 0.0 for s in stages) and scales["I"] == 1.0
+    assert costs["lat"]["T"] == 0.0 and all(costs[s]["T"] > 0 for s in stages if s != "lat")
+    table_sum = sum(costs[s]["T"] * d for s, d in stages.items())
+    assert table_sum == pytest.approx(med["uniform:T"] - sk)  # the uniform network is still reproduced
+
+
 @pytest.mark.parametrize("context", [0.0, 0.15])
 def test_calibrate_pipeline_predicts_additive_device_exactly(fast_export, context):
     prof = F.AdditiveProfiler(context=context)

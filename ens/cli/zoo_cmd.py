@@ -30,7 +30,7 @@ def build(
                                             "side for a quick quality report (default: whole images)."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for training (default: all cores). Two "
                                        "builds side by side with 1 thread each beat one with 2 on 2 cores."),
-    kinds: str = typer.Option("M,E,S,L,I", "--kinds", help="Surrogate kinds to distil for every slot (see "
+    kinds: str = typer.Option("M,E,S,L,I,F,G", "--kinds", help="Surrogate kinds to distil for every slot (see "
                               "'ens zoo kinds')."),
     from_zoo: Path | None = typer.Option(None, "--from-zoo", help="Keep this zoo's teacher and surrogates and "
                                          "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
