@@ -145,3 +145,22 @@ def test_each_shipped_extension_reruns_through_the_cli(tmp_path, monkeypatch):
         rebuilt = Zoo.load(tmp_path / "zoo" / "derain-tiny")
         # ``--from-zoo derain-tiny`` names the shipped zoo, which now holds every kind: it is the base
         assert rebuilt.manifest.kinds == m.kinds and rebuilt.manifest.build["extended"][-1]["from"] == m.zoo_id
+
+
+def test_zoo_list_names_each_figure_and_counts_every_build_run(capsys, monkeypatch):
+    """``ens zoo list`` labels each uniform network's delta (eight numbers in a row said nothing) and times the
+    whole build, extensions included."""
+    from ens.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit) as exc:
+        main(["zoo", "list"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in SHIPPED:
+        m = ZooManifest.read(prebuilt_dir(*name.split("-")))
+        row = next(line for line in out.splitlines() if line.startswith(f"│ {name}"))
+        assert all(f"all-{k} " in row for k in m.kinds[1:]) and "mixed " in row
+        runs = 1 + len(m.build.get("extended", []))
+        total = (m.build["wall_time_s"] + sum(e["wall_time_s"] for e in m.build.get("extended", []))) / 60
+        assert f"{total:.0f} min" in row and (runs == 1 or f"({runs} runs)" in row)

@@ -102,16 +102,18 @@ def list_zoos() -> None:
     from ens.zoo.prebuilt import PREBUILT_ROOT, prebuilt_names
 
     t = Table(title="prebuilt zoos (used by 'ens search' when you pass neither --data nor --zoo)")
-    for c in ("name", "zoo id", "teacher gain", "all-M / all-E / mixed", "rank tau", "built in"):
+    for c in ("name", "zoo id", "teacher gain", "uniform networks and mixed, dB vs teacher", "rank tau", "built in"):
         t.add_column(c)
     for name in prebuilt_names():
         m = ZooManifest.read(PREBUILT_ROOT / name)
         q = json.loads((PREBUILT_ROOT / name / "quality.json").read_text())
         u = q.get("uniform", {})
-        deltas = " / ".join(f"{u[k]['delta_psnr']:+.2f}" for k in m.kinds[1:] if k in u)
-        t.add_row(name, m.zoo_id, f"{q['teacher']['psnr'] - q['input']['psnr']:+.2f} dB",
-                  f"{deltas} / {q.get('mixed_mean_delta_psnr', float('nan')):+.2f} dB",
-                  f"{m.rank.get('tau', float('nan')):+.2f}", f"{m.build.get('wall_time_s', 0) / 60:.0f} min")
+        deltas = [f"all-{k} {u[k]['delta_psnr']:+.2f}" for k in m.kinds[1:] if k in u]
+        deltas.append(f"mixed {q.get('mixed_mean_delta_psnr', float('nan')):+.2f}")
+        builds = [m.build.get("wall_time_s", 0.0)] + [e.get("wall_time_s", 0.0) for e in m.build.get("extended", [])]
+        t.add_row(name, m.zoo_id, f"{q['teacher']['psnr'] - q['input']['psnr']:+.2f} dB", ", ".join(deltas),
+                  f"{m.rank.get('tau', float('nan')):+.2f}",
+                  f"{sum(builds) / 60:.0f} min" + (f" ({len(builds)} runs)" if len(builds) > 1 else ""))
     console.print(t)
 
 
