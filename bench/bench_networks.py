@@ -79,7 +79,7 @@ def main() -> None:
         for preset in args.presets.split(","):
             cfg = get_preset(preset)
             nets = {f"all-{k}": HybridUNet(cfg, uniform_kinds(cfg, k)) for k in kinds}
-            for net in nets.values():  # non-zero residual scales (zero-initialised in E/L/F/G): every block counts
+            for net in nets.values():  # non-zero residual scales, as in a trained network (E/L/F/G start at zero)
                 for p in net.parameters():
                     if p.dim() == 4 and p.shape[0] == 1 and not p.any():
                         p.data.fill_(0.1)

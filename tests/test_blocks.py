@@ -66,8 +66,8 @@ def test_channel_norm_builds_each_variant_and_none_is_the_identity():
 
 @pytest.mark.parametrize(("nonorm", "normed"), [("F", "E"), ("G", "L")])
 def test_the_norm_free_efm_kinds_are_their_normed_kinds_without_layernorms(nonorm, normed):
-    """F and G hold exactly E's and L's convolutions and scales, and no LayerNorm; with a layer norm that is the
-    identity on the input (one channel-constant map), they compute what E and L compute from the same weights."""
+    """F and G hold exactly E's and L's convolutions and scales, and no LayerNorm: from the same weights they
+    compute what E and L compute once E's and L's norms are replaced by identities."""
     torch.manual_seed(0)
     a, b = build_block(nonorm, 8, 1), build_block(normed, 8, 1)
     assert not any(isinstance(m, LayerNorm2d) for m in a.modules())

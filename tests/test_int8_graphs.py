@@ -125,7 +125,6 @@ def test_pixel_shuffles_run_on_8_bit_data_and_the_skip_joins_fuse(micro_net, tmp
     assert kernels["QLinearConv"] > 10
 
 
-
 def test_the_norm_free_efm_leaves_no_layernorm_in_the_int8_graph(micro_cfg, tmp_path):
     """E's two LayerNorms per block are float islands between INT8 kernels; F drops them, and ORT then runs the
     block's convs, sums and gates in integer kernels as it does E's."""
