@@ -355,7 +355,8 @@ def export_calibration_networks(
     shape = parse_shape(input_shape)
     nets = calibration_networks(cfg, kinds)
     if only is not None:
-        nets = {name: ks for name, ks in nets.items() if name in set(only)}
+        wanted = set(only)
+        nets = {name: ks for name, ks in nets.items() if name in wanted}
     out: dict[str, Path] = {}
     for i, (name, ks) in enumerate(nets.items()):
         if progress:

@@ -30,8 +30,8 @@ def build(
                                             "side for a quick quality report (default: whole images)."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for training (default: all cores). Two "
                                        "builds side by side with 1 thread each beat one with 2 on 2 cores."),
-    kinds: str = typer.Option("M,E,S,L,I,F,G", "--kinds", help="Surrogate kinds to distil for every slot (see "
-                              "'ens zoo kinds')."),
+    kinds: str | None = typer.Option(None, "--kinds", help="Surrogate kinds to distil for every slot (default: "
+                                     "every surrogate kind; see 'ens zoo kinds')."),
     from_zoo: Path | None = typer.Option(None, "--from-zoo", help="Keep this zoo's teacher and surrogates and "
                                          "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
@@ -45,7 +45,7 @@ def build(
 ) -> None:
     """Train the teacher, distil Mamba and EFM surrogates for every slot, and write the zoo."""
     from ens.compute import make_compute
-    from ens.zoo.build import build_zoo
+    from ens.zoo.build import SURROGATE_KINDS, build_zoo
     from ens.zoo.manifest import ZooManifest
 
     compute = make_compute(device, amp, compile)
@@ -58,9 +58,10 @@ def build(
         from ens.errors import EnsError
 
         raise EnsError(f"data directory {data} does not exist")
+    chosen = tuple(k.strip().upper() for k in kinds.split(",") if k.strip()) if kinds else SURROGATE_KINDS
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
                      log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
-                     kinds=tuple(k.strip().upper() for k in kinds.split(",") if k.strip()),
+                     kinds=chosen,
                      base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus)
     _print_manifest(ZooManifest.read(path), path)
 
