@@ -40,8 +40,10 @@ FILENAME = "latency.sqlite"
 #: by it). 2: LayerNorm exports as one LayerNormalization (``blocks.norm``); the INT8 graph has U8 activations,
 #: quantized residual sums (QLinearAdd) and layer scales folded into the convs. 3: the EFM gate exports as
 #: ``f + f * m`` and, in INT8, its simple gates, sigmoid and gate product run as QLinearMul / QLinearSigmoid /
-#: QLinearAdd (``blocks.efm``, ``blocks.ops``).
-GRAPH_REVISION = 3
+#: QLinearAdd (``blocks.efm``, ``blocks.ops``). 4: each down-sampler's conv + pixel_unshuffle is one strided
+#: conv (``profilers.unshuffle_fusion``); in INT8 the up-samplers' pixel shuffles run channels-last
+#: (``ens.finalize.shuffle_layout``).
+GRAPH_REVISION = 4
 TABLE = f"results_g{GRAPH_REVISION}"
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's companions of a database file
 

@@ -31,7 +31,10 @@ def export_onnx(
 
     The TorchScript exporter (``dynamo=False``) is the default: it is ~7x faster here, supports
     opset 17, and is the path NVIDIA ModelOpt's Q/DQ export uses. Only the first output is named.
+    Each ``conv -> pixel_unshuffle`` is written as one strided conv (:mod:`profilers.unshuffle_fusion`).
     """
+    from profilers.unshuffle_fusion import fuse_unshuffles
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -51,6 +54,7 @@ def export_onnx(
                 opset_version=opset,
                 dynamo=dynamo,
             )
+        fuse_unshuffles(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -34,6 +34,28 @@ def micro_cfg():
     return UNetConfig(dim=8, num_blocks=(1, 2, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2))
 
 
+@pytest.fixture
+def u8_qdq_export():
+    """``(net, path) -> x``: ``net``'s onnx_int8 fake-quant model (ORT placement, seeded weights, calibrated on
+    ``x``) exported to ``path`` as a Q/DQ graph with U8 activations, before the pixel-shuffle rewrites."""
+
+    def export(net, path):
+        import torch
+
+        from ens.finalize import export as ex
+        from ens.finalize.qat import quantize_model
+        from ens.finalize.qdq_uint8 import activations_to_uint8
+        from profilers.networks import build_network
+
+        torch.manual_seed(0)
+        x = torch.rand(*net.shape)
+        ex.export_onnx(quantize_model(build_network(net).eval(), [x], placement="ort"), net.shape, path)
+        activations_to_uint8(path)
+        return x
+
+    return export
+
+
 @pytest.fixture(scope="session")
 def micro_recipe():
     from ens.zoo.build import ZooRecipe

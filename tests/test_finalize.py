@@ -385,9 +385,9 @@ class _Skip(torch.nn.Module):
 
 
 def test_ort_placement_with_uint8_activations_is_exact_and_fuses_convs(tmp_path):
-    from ens.finalize.onnx_graph import GraphIndex
     from ens.finalize.qat import quant_summary, quantize_model
     from ens.finalize.qdq_uint8 import activations_to_uint8
+    from profilers.onnx_graph import GraphIndex
 
     x = torch.rand(2, 3, 16, 16)
     files = {}
@@ -470,9 +470,9 @@ def _ort_load_log(path) -> str:
 def test_uint8_int8_file_loads_without_warnings(tmp_path):
     """The onnx_int8 file (ModelOpt Q/DQ, activations rewritten to U8): no dead Constant is left for ONNX Runtime
     to warn about ("Removing initializer ... It is not used by any node"), and pruning changes no value."""
-    from ens.finalize.onnx_graph import prune_dead_nodes
     from ens.finalize.qat import quantize_model
     from ens.finalize.qdq_uint8 import activations_to_uint8
+    from profilers.onnx_graph import prune_dead_nodes
 
     x = torch.rand(2, 3, 16, 16)
     torch.manual_seed(0)

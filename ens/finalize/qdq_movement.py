@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from ens.finalize.onnx_graph import GraphIndex, prune_dead_nodes
+from profilers.onnx_graph import GraphIndex, prune_dead_nodes
 
 #: element-moving ops a per-tensor DequantizeLinear commutes with
 MOVERS = ("DepthToSpace", "SpaceToDepth")

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ens.finalize.onnx_graph import GraphIndex, prune_dead_nodes
+from profilers.onnx_graph import GraphIndex, prune_dead_nodes
 
 
 def activations_to_uint8(src: Path, dst: Path | None = None) -> int:
