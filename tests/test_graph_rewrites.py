@@ -26,6 +26,7 @@ def test_a_conv_then_pixel_unshuffle_exports_as_one_strided_conv(tmp_path, k, r,
     model = nn.Sequential(nn.Conv2d(6, 4, k, padding=k // 2, bias=bias), nn.PixelUnshuffle(r)).eval()
     x = torch.randn(1, 6, 6 * r, 4 * r)
     path = export_onnx(model, tuple(x.shape), tmp_path / "down.onnx")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     ops = _ops(path)
     assert ops["Conv"] == 1 and ops["Reshape"] == ops["Transpose"] == 0
     conv = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv")
@@ -85,6 +86,7 @@ def test_the_int8_up_samplers_shuffle_channels_last_and_change_no_output(micro_c
     dequantize_after_movers(before)
     assert shuffles_channels_last(before, after) == (3, 3)
     assert _ops(before)["DepthToSpace"] == 3 and _ops(after)["DepthToSpace"] == 0
+    onnx.checker.check_model(onnx.load(str(after)), full_check=True)
     for fuse in (False, True):  # ORT's plain Q/DQ run, and its fused integer kernels
         assert torch.equal(ex.OnnxModel(before, fuse_qdq=fuse)(x), ex.OnnxModel(after, fuse_qdq=fuse)(x))
     opt_before, opt_after = _optimized_ops(before, tmp_path), _optimized_ops(after, tmp_path)
