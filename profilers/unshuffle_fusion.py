@@ -108,5 +108,6 @@ def fuse_unshuffles(src: str | Path, dst: str | Path | None = None) -> int:
         g.node.extend(keep)
         del g.value_info[:]  # shapes inside the fused region changed
         prune_dead_nodes(model)
-    onnx.save(model, str(dst or src))
+    if fused or dst is not None:  # an export with no down-sampler is not written twice
+        onnx.save(model, str(dst or src))
     return fused

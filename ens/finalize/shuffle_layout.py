@@ -102,5 +102,6 @@ def shuffles_channels_last(src: str | Path, dst: str | Path | None = None) -> tu
         g.initializer.extend(inits)
         del g.value_info[:]
         prune_dead_nodes(model)
-    onnx.save(model, str(dst or src))
+    if replace or dst is not None:
+        onnx.save(model, str(dst or src))
     return len(replace), dcr
