@@ -4,7 +4,7 @@ attributes, a conv's weight rewritten with its quantizer, and the removal of wha
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ class GraphIndex:
     inits: dict[str, onnx.TensorProto]
     consts: dict[str, onnx.NodeProto]  # output name -> Constant node
     producer: dict[str, onnx.NodeProto]  # tensor name -> the node that writes it
-    readers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)  # tensor name -> nodes that read it
+    readers: dict[str, list[onnx.NodeProto]]  # tensor name -> the nodes that read it
 
     @classmethod
     def of(cls, graph: onnx.GraphProto) -> GraphIndex:
