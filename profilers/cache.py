@@ -42,8 +42,9 @@ FILENAME = "latency.sqlite"
 #: ``f + f * m`` and, in INT8, its simple gates, sigmoid and gate product run as QLinearMul / QLinearSigmoid /
 #: QLinearAdd (``blocks.efm``, ``blocks.ops``). 4: each down-sampler's conv + pixel_unshuffle is one strided
 #: conv (``profilers.unshuffle_fusion``); in INT8 the up-samplers' pixel shuffles run channels-last
-#: (``ens.finalize.shuffle_layout``).
-GRAPH_REVISION = 4
+#: (``ens.finalize.shuffle_layout``). 5: in INT8 each EFM gate map has as many channels as the features it gates
+#: (``profilers.gate_expansion``: the gate product is element-wise, not a broadcast).
+GRAPH_REVISION = 5
 TABLE = f"results_g{GRAPH_REVISION}"
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's companions of a database file
 

@@ -103,19 +103,25 @@ def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def _per_tensor(q_or_dq: onnx.NodeProto, index: GraphIndex) -> bool:
+    """A Q/DQ whose scale and zero point are scalars (ModelOpt exports a 1-output conv's weight scale so)."""
+    values = [index.value(n) for n in q_or_dq.input[1:] if n]
+    return all(v is not None and v.ndim == 0 for v in values)
+
+
 def rewrite_conv_weight(conv: onnx.NodeProto, index: GraphIndex, weight_fn: Callable[[np.ndarray], np.ndarray],
                         channel_fn: Callable[[np.ndarray], np.ndarray]) -> list[onnx.TensorProto] | None:
     """Give ``conv`` the weight ``weight_fn(w)`` and output-channel vectors (bias, per-channel weight scales and
     zero points) ``channel_fn(v)``, as new initializers (returned; the caller adds them to the graph).
 
-    The weight is a constant, or ``[constant ->] QuantizeLinear -> DequantizeLinear(axis 0)`` read by ``conv``
-    alone (a fake-quant export); the bias, if any, a constant. Returns None, changing nothing, for any other
+    The weight is a constant, or ``[constant ->] QuantizeLinear -> DequantizeLinear(axis 0, or per-tensor)`` read
+    by ``conv`` alone (a fake-quant export); the bias, if any, a constant. Returns None, changing nothing, for any other
     form."""
     new: list[onnx.TensorProto] = []
 
     def fresh(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> str:
         value = index.value(name)
-        if value.size == 1:  # a per-tensor scale or zero point
+        if value.ndim == 0:  # a per-tensor scale or zero point (a 1-element vector is a 1-output conv's)
             return name
         new.append(numpy_helper.from_array(np.ascontiguousarray(fn(value)), f"{conv.name}/{name}/rewritten"))
         return new[-1].name
@@ -127,14 +133,15 @@ def rewrite_conv_weight(conv: onnx.NodeProto, index: GraphIndex, weight_fn: Call
         conv.input[1] = fresh(w, weight_fn)
     else:
         dq = index.producer.get(w)
-        if dq is None or dq.op_type != "DequantizeLinear" or attr(dq, "axis", 1) != 0 \
-                or index.sole_reader(w) is not conv:
+        if dq is None or dq.op_type != "DequantizeLinear" or index.sole_reader(w) is not conv \
+                or not (attr(dq, "axis", 1) == 0 or _per_tensor(dq, index)):
             return None
         q = index.producer.get(dq.input[0])
         if q is None:
             if not index.is_constant(dq.input[0]):
                 return None
-        elif (q.op_type != "QuantizeLinear" or not index.is_constant(q.input[0]) or attr(q, "axis", 1) != 0
+        elif (q.op_type != "QuantizeLinear" or not index.is_constant(q.input[0])
+              or not (attr(q, "axis", 1) == 0 or _per_tensor(q, index))
               or list(q.input[1:]) != list(dq.input[1:]) or index.sole_reader(dq.input[0]) is not dq):
             return None
         params = [fresh(n, channel_fn) for n in dq.input[1:]]

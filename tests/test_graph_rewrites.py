@@ -93,3 +93,50 @@ def test_the_int8_up_samplers_shuffle_channels_last_and_change_no_output(micro_c
     assert opt_after["Transpose"] <= opt_before["Transpose"] - 3 * 2  # at least each shuffle's NCHW round trip
     shipped = export_network(net, tmp_path / "n.onnx", precision="int8")
     assert _ops(shipped)["DepthToSpace"] == 0 and _ops(shipped)["Transpose"] == 3 * 3
+
+
+def test_int8_gate_maps_get_the_features_channels_and_change_no_output(micro_cfg, u8_qdq_export, tmp_path):
+    """Each EFM gate ``f * sigmoid(conv(h, 1))`` of the INT8 graph becomes element-wise: the one-output conv's row
+    (weight, bias, weight scale) repeated once per channel of f. ORT's outputs are bit-identical before and after,
+    with plain Q/DQ and with fused integer kernels, and no Mul of the shipped graph broadcasts over channels."""
+    from blocks.unet import uniform_kinds
+    from ens.finalize import export as ex
+    from profilers.gate_expansion import expand_gate_maps
+
+    net = NetworkSpec(uniform_kinds(micro_cfg, "F"), micro_cfg.to_dict(), (1, 3, 32, 32), label="all-F")
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    x = u8_qdq_export(net, before)
+    n_gates = len([n for n in onnx.load(str(before)).graph.node if n.name.endswith("gate_mul/Mul")])
+    assert n_gates == sum(len(v) for v in net.kinds.values()) > 0
+    assert expand_gate_maps(before, after) == n_gates
+    onnx.checker.check_model(onnx.load(str(after)), full_check=True)
+    for fuse in (False, True):
+        assert torch.equal(ex.OnnxModel(before, fuse_qdq=fuse)(x), ex.OnnxModel(after, fuse_qdq=fuse)(x))
+    assert expand_gate_maps(after) == 0  # nothing left to expand; the file is not rewritten
+    shipped = export_network(net, tmp_path / "n.onnx", precision="int8")
+    _, shapes = _gate_shapes(shipped)
+    assert shapes and all(a == b for a, b in shapes)  # every gate product is element-wise
+
+
+def test_fp32_exports_keep_the_broadcast_gate(micro_cfg, tmp_path):
+    """In FP32 the broadcast product was the faster form on this CPU (measured), so plain exports keep it; the
+    rewrite itself is exact there too."""
+    from blocks.unet import uniform_kinds
+    from profilers.gate_expansion import expand_gate_maps
+
+    net = NetworkSpec(uniform_kinds(micro_cfg, "E"), micro_cfg.to_dict(), (1, 3, 32, 32), label="all-E")
+    fp32, expanded = export_network(net, tmp_path / "e.onnx"), tmp_path / "e_gx.onnx"
+    _, shapes = _gate_shapes(fp32)
+    assert shapes and all(a[1] > 1 and b[1] == 1 for a, b in shapes)
+    assert expand_gate_maps(fp32, expanded) == len(shapes)
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    assert np.array_equal(run_onnx(fp32, x), run_onnx(expanded, x))
+
+
+def _gate_shapes(path) -> tuple[onnx.ModelProto, list[tuple[list[int], list[int]]]]:
+    """The (features, map) shapes of each gate product in ``path``."""
+    from profilers.gate_expansion import _shapes
+
+    model = onnx.load(str(path))
+    shapes = _shapes(model)
+    return model, [tuple(shapes[i] for i in n.input) for n in model.graph.node if n.name.endswith("gate_mul/Mul")]

@@ -281,3 +281,34 @@ def test_a_zoo_extended_with_new_kinds_keeps_its_teacher_and_old_surrogates(tmp_
     assert set(m.distill["relative_error"]["enc1.0"]) == {"M", "E", "S", "I"}
     assert abs(m.distill["relative_error"]["enc1.0"]["I"] - 1.0) < 1e-6  # skipping is no better than skipping
     assert any("teacher and M, E from zoo" in x for x in logs)
+
+
+def test_refine_distils_a_base_kind_further_from_its_weights_and_leaves_the_rest(tmp_path, micro_cfg, micro_recipe):
+    """``--from-zoo Z --refine E``: E's surrogates train on from Z's weights; T and M stay Z's, bit for bit."""
+    from dataclasses import replace
+
+    import torch
+
+    from ens.errors import EnsError
+    from ens.zoo.build import build_zoo
+    from ens.zoo.manifest import ZooManifest
+    from ens.zoo.store import Zoo
+
+    quick = replace(micro_recipe, rank_archs=0, quality_mixed=1)
+    kw = dict(config=micro_cfg, recipe=quick, show_progress=False, log=lambda m: None)
+    base = build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("M", "E"), **kw)
+    with pytest.raises(EnsError, match="--from-zoo"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", kinds=("M", "E"), refine=("E",), **kw)
+    with pytest.raises(EnsError, match="not a surrogate kind of zoo"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", base=base, kinds=("M", "E"), refine=("S",), **kw)
+    ref = build_zoo("denoise", "tiny", out_root=tmp_path / "b", base=base, kinds=("M", "E"), refine=("E",), **kw)
+    m = ZooManifest.read(ref)
+    assert m.kinds == ["T", "M", "E"] and m.distill["kinds"] == ["E"] and m.distill["refined"] == ["E"]
+    assert "--refine E" in m.build["extended"][0]["command"]
+    old, new = Zoo.load(base).state, Zoo.load(ref).state
+    assert old.keys() == new.keys()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(".choices.E." in k for k in changed)
+    # it started from the base's weights, not from scratch: closer to them than to a fresh initialisation
+    k = next(k for k in sorted(changed) if k.endswith("weight") and new[k].dim() == 4)
+    assert (new[k] - old[k]).abs().mean() < old[k].abs().mean()

@@ -34,6 +34,8 @@ def build(
                                      "every surrogate kind; see 'ens zoo kinds')."),
     from_zoo: Path | None = typer.Option(None, "--from-zoo", help="Keep this zoo's teacher and surrogates and "
                                          "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
+    refine: str | None = typer.Option(None, "--refine", help="With --from-zoo: distil these kinds of that zoo "
+                                      "further, from their current weights (e.g. M,E), for --distill-steps."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
     device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA when available), cpu, cuda or "
                                "cuda:N. A build stopped on one device resumes on another."),
@@ -58,12 +60,16 @@ def build(
         from ens.errors import EnsError
 
         raise EnsError(f"data directory {data} does not exist")
-    chosen = tuple(k.strip().upper() for k in kinds.split(",") if k.strip()) if kinds else SURROGATE_KINDS
+    chosen = _kinds_list(kinds) if kinds else SURROGATE_KINDS
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
                      log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
-                     kinds=chosen,
+                     kinds=chosen, refine=_kinds_list(refine) if refine else (),
                      base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus)
     _print_manifest(ZooManifest.read(path), path)
+
+
+def _kinds_list(text: str) -> tuple[str, ...]:
+    return tuple(k.strip().upper() for k in text.split(",") if k.strip())
 
 
 def _zoo_path(zoo: Path) -> Path:

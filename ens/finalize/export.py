@@ -69,10 +69,13 @@ def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path, uint8_activ
     ``uint8_activations``: rewrite the activations S8 -> U8 for ONNX Runtime's fused kernels
     (:mod:`ens.finalize.qdq_uint8`; without it no ``DQ -> Conv -> Q`` whose Q feeds two ops fuses), and move
     the dequantize after each pixel shuffle, which then runs on 8-bit data (:mod:`ens.finalize.qdq_movement`),
-    channels-last like ORT's integer convs (:mod:`ens.finalize.shuffle_layout`)."""
+    channels-last like ORT's integer convs (:mod:`ens.finalize.shuffle_layout`), and give each EFM gate map as many
+    channels as the features it gates, so the gate product is an element-wise QLinearMul
+    (:mod:`profilers.gate_expansion`; in FP32 the broadcast is the faster form, so only here)."""
     from ens.finalize.qdq_movement import dequantize_after_movers
     from ens.finalize.qdq_uint8 import activations_to_uint8
     from ens.finalize.shuffle_layout import shuffles_channels_last
+    from profilers.gate_expansion import expand_gate_maps
 
     export_onnx(qmodel, tuple(shape), path)
     ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
@@ -82,6 +85,7 @@ def export_int8(qmodel: nn.Module, shape: Sequence[int], path: Path, uint8_activ
         activations_to_uint8(path)
         dequantize_after_movers(path)
         shuffles_channels_last(path)
+        expand_gate_maps(path)
 
 
 def check_int8(qmodel: nn.Module, path: Path, x: torch.Tensor, fuse_qdq: bool = True) -> dict[str, float]:

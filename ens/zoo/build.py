@@ -155,6 +155,7 @@ def build_zoo(
     base: str | Path | None = None,
     compute: Compute = CPU,
     gpus: int = 1,
+    refine: Sequence[str] = (),
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset) on ``compute``'s device; returns its folder.
 
@@ -162,7 +163,9 @@ def build_zoo(
     A build interrupted on one device resumes on another: every checkpoint is device-neutral safetensors.
 
     ``base``: an existing zoo of the same task and preset whose teacher and surrogates are kept; only the
-    ``kinds`` it lacks are distilled, then the report is remade for every kind (``ens zoo build --from-zoo``)."""
+    ``kinds`` it lacks are distilled, then the report is remade for every kind (``ens zoo build --from-zoo``).
+    ``refine``: kinds of ``base`` whose surrogates are distilled further, starting from their weights in ``base``
+    (``--refine``; the distillation budget is the limit of a CPU-built zoo, measured in issue 16)."""
     task = get_task(task)
     try:
         cfg = config or get_preset(preset)
@@ -176,6 +179,9 @@ def build_zoo(
 
     check_world(gpus, compute)
     base_zoo = _base_zoo(base, task, preset) if base is not None else None
+    refine = tuple(dict.fromkeys(refine))
+    if refine:
+        _check_refine(refine, base_zoo)
     if base_zoo is not None:
         cfg = base_zoo.config
     recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
@@ -196,7 +202,16 @@ def build_zoo(
             log(f"zoo {final} was built meanwhile by another process")
             return final
         run = BuildRun(task, preset, cfg, recipe, seed, show_progress, log, compute, gpus, threads, data_dir)
-        return _build(run, data_dir, out_root, final, kinds, base_zoo)
+        return _build(run, data_dir, out_root, final, kinds, base_zoo, refine)
+
+
+def _check_refine(refine: Sequence[str], base: Zoo | None) -> None:
+    if base is None:
+        raise EnsError("--refine continues distilling a zoo's surrogates: name that zoo with --from-zoo")
+    bad = [k for k in refine if k == "T" or k not in base.manifest.kinds]
+    if bad:
+        raise EnsError(f"--refine: {', '.join(bad)} is not a surrogate kind of zoo {base.zoo_id} (it has "
+                       f"{', '.join(k for k in base.manifest.kinds if k != 'T')})")
 
 
 def _base_zoo(base: str | Path, task: Task, preset: str) -> Zoo:
@@ -226,7 +241,8 @@ class BuildRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence[str], base: Zoo | None = None) -> Path:
+def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence[str], base: Zoo | None = None,
+           refine: Sequence[str] = ()) -> Path:
     task, preset, cfg, recipe, seed, log = run.task, run.preset, run.cfg, run.recipe, run.seed, run.log
     t0 = time.monotonic()
     work = run.work = out_root / f".{zoo_name(task.name, preset)}.work"
@@ -234,6 +250,7 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
     data_source = str(Path(data_dir).resolve()) if data_dir else "embedded:scikit-image"
     _check_work_spec(work, {"task": task.name, "preset": preset, "config": cfg.to_dict(), "seed": seed,
                             "kinds": list(kinds), "data": data_source, "base": base.zoo_id if base else None,
+                            "refine": list(refine),
                             "recipe": json.loads(json.dumps(asdict(recipe)))})
     seed_everything(seed)
     torch.set_num_threads(run.threads or max(1, os.cpu_count() or 1))
@@ -246,9 +263,11 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
         init, train_kinds = teacher.state_dict(), list(kinds)
     else:
         kinds = [*[k for k in base.manifest.kinds if k != "T"], *[k for k in kinds if k not in base.manifest.kinds]]
-        init, train_kinds, t_stats = base.state, [k for k in kinds if k not in base.manifest.kinds], {}
+        new = [k for k in kinds if k not in base.manifest.kinds]
+        init, train_kinds, t_stats = base.state, [*new, *refine], {}
         seconds["teacher"] = 0.0
-        log(f"[1/5] teacher and {', '.join(base.manifest.kinds[1:])} from zoo {base.zoo_id}")
+        log(f"[1/5] teacher and {', '.join(base.manifest.kinds[1:])} from zoo {base.zoo_id}"
+            + (f"; {', '.join(refine)} distilled further from there" if refine else ""))
     supernet = _surrogate_stages(run, init, kinds, train_kinds, data)
     report, rel = _report_stages(run, supernet, kinds, data)
     report["teacher_curve"] = (held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"]) if base is None
@@ -265,6 +284,7 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
                      "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
                  "resample_every": recipe.distill.resample_every, "kinds": train_kinds,
+                 **({"refined": list(refine)} if refine else {}),
                  "relative_error": rel, "seconds": seconds["distill"]}
         | ({"base": {k: v for k, v in base.manifest.distill.items() if k != "relative_error"}} if base else {}),
         calibration={"steps": recipe.distill.calib_steps, "loss": _calib_loss(recipe.distill.calib_clean_weight),
@@ -273,7 +293,7 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
         versions=versions(),
         wall_time_s=wall,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build=_build_record(task.name, preset, data_dir, out_root, seed, recipe, kinds, base, wall, seconds)
+        build=_build_record(task.name, preset, data_dir, out_root, seed, recipe, kinds, base, wall, seconds, refine)
         | {"compute": run.compute.to_dict(), "gpus": run.gpus},
     )
     _publish(final, supernet.cpu(), manifest, report, rel)
@@ -424,9 +444,10 @@ def machine() -> dict[str, object]:
 
 
 def _build_record(task: str, preset: str, data_dir, out_root: Path, seed: int, recipe: ZooRecipe,
-                  kinds: Sequence[str], base: Zoo | None, wall: float, seconds: dict[str, float]) -> dict:
+                  kinds: Sequence[str], base: Zoo | None, wall: float, seconds: dict[str, float],
+                  refine: Sequence[str] = ()) -> dict:
     """How the zoo was made: the command, the machine, the time; an extension keeps its base's record."""
-    here = {"command": zoo_command(task, preset, data_dir, out_root, seed, recipe, kinds, _base_name(base)),
+    here = {"command": zoo_command(task, preset, data_dir, out_root, seed, recipe, kinds, _base_name(base), refine),
             "machine": machine(), "wall_time_s": wall, "stage_seconds": seconds}
     if base is None:
         return here
@@ -445,7 +466,8 @@ def _base_name(base: Zoo | None) -> str | None:
 
 
 def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: Path, seed: int,
-                recipe: ZooRecipe, kinds: Sequence[str] = SURROGATE_KINDS, base: str | None = None) -> str:
+                recipe: ZooRecipe, kinds: Sequence[str] = SURROGATE_KINDS, base: str | None = None,
+                refine: Sequence[str] = ()) -> str:
     """The ``ens zoo build`` command line that rebuilds this zoo (the recipe's step counts spelled out)."""
     args = ["ens", "zoo", "build", "--task", task, "--preset", preset, "--out", str(out_root), "--seed", str(seed),
             "--steps", str(recipe.teacher.steps), "--distill-steps", str(recipe.distill.steps),
@@ -453,6 +475,8 @@ def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: P
             "--kinds", ",".join(kinds)]
     if base is not None:
         args += ["--from-zoo", str(base)]
+    if refine:
+        args += ["--refine", ",".join(refine)]
     if recipe.quality_crop:
         args += ["--quality-crop", str(recipe.quality_crop)]
     if data_dir is not None:
