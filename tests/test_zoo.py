@@ -312,3 +312,11 @@ def test_refine_distils_a_base_kind_further_from_its_weights_and_leaves_the_rest
     # it started from the base's weights, not from scratch: closer to them than to a fresh initialisation
     k = next(k for k in sorted(changed) if k.endswith("weight") and new[k].dim() == 4)
     assert (new[k] - old[k]).abs().mean() < old[k].abs().mean()
+
+
+def test_unstable_kinds_names_the_uniform_networks_whose_held_out_psnr_is_not_a_number():
+    from ens.zoo.build import unstable_kinds
+
+    report = {"uniform": {"M": {"psnr": 28.1}, "F": {"psnr": float("nan")}, "G": {"psnr": float("inf")}}}
+    assert unstable_kinds(report) == ["F", "G"]
+    assert unstable_kinds({"uniform": {"E": {"psnr": 30.0}}}) == [] and unstable_kinds({}) == []

@@ -99,7 +99,8 @@ def weight_range_scale(bits: int) -> float:
 
 
 #: the final convolution of a HybridUNet: its output is the residual added to the input image, kept in
-#: floating point (an 8-bit residual would cost quality for one conv's worth of speed)
+#: floating point. Measured on this CPU (deblur winner, tiny, 256², ORT per-node profile): as a QLinearConv with
+#: its 3 output channels quantized it took 4.9 ms, against 3.6 ms for the float conv, so INT8 would not even pay.
 FINAL_CONV = "output"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -359,7 +360,7 @@ def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Seque
     supernet = HybridUNet(run.cfg, candidates=["T", *kinds])
     supernet.load_state_dict(init, strict=False)
     kinds = train_kinds
-    log(f"[2/5] distilling {len(kinds)} surrogate kinds ({', '.join(kinds)}) for "
+    log(f"[2/5] distilling {len(kinds)} surrogate kind{'s' if len(kinds) != 1 else ''} ({', '.join(kinds)}) for "
         f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
         f"{_resuming(work / 'distill.ckpt.safetensors')}")
     with _timed(seconds, "distill"):
@@ -386,6 +387,12 @@ def _report_stages(run: BuildRun, supernet: HybridUNet, kinds: Sequence[str], da
         rel = relative_errors(supernet, kinds, val_inputs)
         report = quality_report(supernet, kinds, data.val_full, task, seed, mixed=recipe.quality_mixed)
         report["patch_check"] = quick_check(supernet, data.val_patches, task)
+    unstable = unstable_kinds(report)
+    if unstable:
+        log(f"warning: all-{'/all-'.join(unstable)} gives non-finite output on the whole held-out images (its "
+            "blocks' activations overflow in a chain); the search scores 48-px patches, so check a network of "
+            "these kinds on whole images before you ship it")
+        report["unstable_kinds"] = unstable
     log(f"[5/5] rank fidelity: {recipe.rank_archs} random hybrids, zero-shot vs {recipe.rank_finetune_steps} "
         "fine-tuning steps" if recipe.rank_archs else "[5/5] rank fidelity: skipped")
     with _timed(seconds, "rank"):
@@ -395,6 +402,11 @@ def _report_stages(run: BuildRun, supernet: HybridUNet, kinds: Sequence[str], da
                                            run.compute)
     supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
     return report, rel
+
+
+def unstable_kinds(report: dict) -> list[str]:
+    """The kinds whose uniform network's held-out PSNR is not a number (measured once: a refined deblur F)."""
+    return [k for k, q in report.get("uniform", {}).items() if not math.isfinite(float(q.get("psnr", 0.0)))]
 
 
 def held_out_images(task: Task, data_dir: str | Path | None, limit: int, crop: int | None = None) -> list:
