@@ -19,38 +19,21 @@ import onnx
 from profilers.onnx_graph import GraphIndex, attr, prune_dead_nodes, rewrite_conv_weight
 
 
-def _through_qdq(x: str, index: GraphIndex) -> onnx.NodeProto | None:
-    """The node behind tensor ``x``, skipping one per-tensor Q -> DQ pair that nothing else reads."""
-    node = index.producer.get(x)
-    if node is not None and node.op_type == "DequantizeLinear":
-        q = index.producer.get(node.input[0])
-        if not (index.scalar_scale(node) and q is not None and q.op_type == "QuantizeLinear"
-                and index.scalar_scale(q) and index.sole_reader(q.output[0]) is node
-                and index.sole_reader(node.input[0]) is node):
-            return None
-        node = index.producer.get(q.input[0])
-        if node is None or index.sole_reader(node.output[0]) is not q:
-            return None
-    return node
-
-
 def gate_conv(x: str, index: GraphIndex) -> onnx.NodeProto | None:
     """The one-output-channel 1x1 conv behind ``x = sigmoid(conv(h))``, Q/DQ pairs allowed on either side, when
     every tensor on the way has that chain's next node as its only reader."""
     if index.sole_reader(x) is None:
         return None
-    sig = _through_qdq(x, index)
+    sig = index.behind_qdq(x)
     if sig is None or sig.op_type != "Sigmoid" or index.sole_reader(sig.input[0]) is not sig:
         return None
-    conv = _through_qdq(sig.input[0], index)
+    conv = index.behind_qdq(sig.input[0])
     if conv is None or conv.op_type != "Conv" or attr(conv, "group", 1) != 1:
         return None
-    w = index.value(conv.input[1])
-    if w is None:  # a fake-quant weight: its Q/DQ pair's constant
-        dq = index.producer.get(conv.input[1])
-        q = index.producer.get(dq.input[0]) if dq is not None else None
-        w = index.value(q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0]) \
-            if dq is not None else None
+    w, dq = index.value(conv.input[1]), index.producer.get(conv.input[1])
+    if w is None and dq is not None:  # a fake-quant weight: the constant behind its Q/DQ pair
+        q = index.producer.get(dq.input[0])
+        w = index.value(q.input[0] if q is not None else dq.input[0])
     if w is None or w.ndim != 4 or w.shape[0] != 1 or w.shape[2:] != (1, 1):
         return None
     return conv

@@ -44,6 +44,19 @@ class GraphIndex:
         scale = self.value(q_or_dq.input[1]) if len(q_or_dq.input) > 1 else None
         return scale is not None and scale.size == 1
 
+    def behind_qdq(self, x: str) -> onnx.NodeProto | None:
+        """The node that writes tensor ``x``, looking through one per-tensor ``Q -> DQ`` pair on the way (None when
+        that pair's tensors have other readers). The node's own output may still have other readers."""
+        node = self.producer.get(x)
+        if node is None or node.op_type != "DequantizeLinear":
+            return node
+        q = self.producer.get(node.input[0])
+        if not (self.scalar_scale(node) and q is not None and q.op_type == "QuantizeLinear"
+                and self.scalar_scale(q) and self.sole_reader(q.output[0]) is node):
+            return None
+        node = self.producer.get(q.input[0])
+        return node if node is not None and self.sole_reader(node.output[0]) is q else None
+
     def is_constant(self, name: str) -> bool:
         return name in self.inits or name in self.consts
 

@@ -58,15 +58,7 @@ def _conv_feeding(x: str, index: GraphIndex) -> tuple[onnx.NodeProto, onnx.NodeP
     """(conv, last node) when tensor ``x`` is a plain conv's output, directly or through a per-tensor Q/DQ pair,
     and read by nothing else on the way."""
     last = index.producer.get(x)
-    node = last
-    if node is not None and node.op_type == "DequantizeLinear":
-        q = index.producer.get(node.input[0])
-        if not (index.scalar_scale(node) and q is not None and q.op_type == "QuantizeLinear"
-                and index.scalar_scale(q) and index.sole_reader(q.output[0]) is node):
-            return None
-        node = index.producer.get(q.input[0])
-        if node is None or index.sole_reader(node.output[0]) is not q:
-            return None
+    node = index.behind_qdq(x)
     if node is None or node.op_type != "Conv" or attr(node, "group", 1) != 1 \
             or set(attr(node, "strides", [1])) != {1} or set(attr(node, "dilations", [1])) != {1} \
             or attr(node, "auto_pad", "NOTSET") != "NOTSET":

@@ -114,7 +114,7 @@ def test_int8_gate_maps_get_the_features_channels_and_change_no_output(micro_cfg
         assert torch.equal(ex.OnnxModel(before, fuse_qdq=fuse)(x), ex.OnnxModel(after, fuse_qdq=fuse)(x))
     assert expand_gate_maps(after) == 0  # nothing left to expand; the file is not rewritten
     shipped = export_network(net, tmp_path / "n.onnx", precision="int8")
-    _, shapes = _gate_shapes(shipped)
+    shapes = _gate_shapes(shipped)
     assert shapes and all(a == b for a, b in shapes)  # every gate product is element-wise
 
 
@@ -126,17 +126,17 @@ def test_fp32_exports_keep_the_broadcast_gate(micro_cfg, tmp_path):
 
     net = NetworkSpec(uniform_kinds(micro_cfg, "E"), micro_cfg.to_dict(), (1, 3, 32, 32), label="all-E")
     fp32, expanded = export_network(net, tmp_path / "e.onnx"), tmp_path / "e_gx.onnx"
-    _, shapes = _gate_shapes(fp32)
+    shapes = _gate_shapes(fp32)
     assert shapes and all(a[1] > 1 and b[1] == 1 for a, b in shapes)
     assert expand_gate_maps(fp32, expanded) == len(shapes)
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     assert np.array_equal(run_onnx(fp32, x), run_onnx(expanded, x))
 
 
-def _gate_shapes(path) -> tuple[onnx.ModelProto, list[tuple[list[int], list[int]]]]:
+def _gate_shapes(path) -> list[tuple[list[int], list[int]]]:
     """The (features, map) shapes of each gate product in ``path``."""
     from profilers.gate_expansion import _shapes
 
     model = onnx.load(str(path))
     shapes = _shapes(model)
-    return model, [tuple(shapes[i] for i in n.input) for n in model.graph.node if n.name.endswith("gate_mul/Mul")]
+    return [tuple(shapes[i] for i in n.input) for n in model.graph.node if n.name.endswith("gate_mul/Mul")]
