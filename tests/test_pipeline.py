@@ -29,6 +29,7 @@ CFG = UNetConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.timeout(900)  # the whole pipeline, Ray start-up included: over 300 s once on a loaded 2-core machine
 def test_zoo_search_with_two_workers_then_finalize_int8(tmp_path, micro_recipe):
     zoo_root = tmp_path / "zoo"
     zoo_dir = build_zoo("deblur", "tiny", out_root=zoo_root, config=CFG, recipe=micro_recipe, show_progress=False,

@@ -119,3 +119,19 @@ def test_search_in_int8_times_the_shipped_graph_and_records_its_precision(micro_
     assert precision_warning("int8", get_target("onnx_int8")) is None
     assert "ranked latencies in INT8" in precision_warning("int8", get_target("onnx_fp32"))
     assert "--precision int8" in precision_warning(None, get_target("trt_int8"))
+
+
+def test_enqueued_architectures_are_evaluated_once_and_bad_ones_refused(tmp_path, zoo_root):
+    """--enqueue: the named arch is a trial of the study (after the uniform references), not repeated on resume."""
+    arch = "enc:E,M,T|lat:E|dec:M,E,T|ref:E"
+    study, _ = run_search(_opts(tmp_path, zoo_root, trials=4, kinds="T,M,E", enqueue=(arch,)), log=lambda m: None)
+    archs = [t.user_attrs["arch"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert archs[0] == ALL_T and archs[3] == arch
+    study, _ = run_search(_opts(tmp_path, zoo_root, trials=6, kinds="T,M,E", enqueue=(arch,)), log=lambda m: None)
+    archs = [t.user_attrs["arch"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(archs) == 6 and archs.count(arch) == 1
+    for bad, msg in [("enc:E,M,S|lat:E|dec:M,E,T|ref:E", "not searched here"), ("enc:E|lat:E", "malformed")]:
+        with pytest.raises(EnsError, match=msg):
+            run_search(_opts(tmp_path, zoo_root, study_name="other", kinds="T,M,E", enqueue=(bad,)),
+                       log=lambda m: None)
+    assert [s.study_name for s in optuna.get_all_study_summaries(study._storage)] == ["deblur-tiny"]

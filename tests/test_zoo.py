@@ -320,3 +320,68 @@ def test_unstable_kinds_names_the_uniform_networks_whose_held_out_psnr_is_not_a_
     report = {"uniform": {"M": {"psnr": 28.1}, "F": {"psnr": float("nan")}, "G": {"psnr": float("inf")}}}
     assert unstable_kinds(report) == ["F", "G"]
     assert unstable_kinds({"uniform": {"E": {"psnr": 30.0}}}) == [] and unstable_kinds({}) == []
+
+
+def test_hybrid_block_inputs_are_the_hybrids_and_leave_the_teacher_active(micro_cfg):
+    from blocks.unet import HybridUNet, uniform_kinds
+    from ens.zoo.distill import hybrid_block_inputs, teacher_pass
+
+    torch.manual_seed(0)
+    net = HybridUNet(micro_cfg, candidates=["T", "E"])
+    torch.nn.init.normal_(net.output.weight, std=0.1)
+    x = torch.rand(2, 3, 16, 16)
+    tp = teacher_pass(net, x)
+    same = hybrid_block_inputs(net, x, uniform_kinds(micro_cfg, "T"))
+    assert all(torch.equal(same[k], tp.blocks[k][0]) for k in tp.blocks)
+    kinds = uniform_kinds(micro_cfg, "T")
+    kinds["enc1"][0] = "E"
+    mixed = hybrid_block_inputs(net, x, kinds)
+    assert torch.equal(mixed[("enc1", 0)], tp.blocks[("enc1", 0)][0])  # upstream of the swap: the teacher's
+    assert not torch.allclose(mixed[("enc2", 0)], tp.blocks[("enc2", 0)][0])  # downstream: the hybrid's
+    assert all(b.active == "T" for _, _, b in net.slot_blocks())
+
+
+def test_in_context_term_feeds_each_surrogate_the_hybrids_input(micro_cfg):
+    """With ``context_weight`` each surrogate also runs on a random hybrid's input at its slot (one call more per
+    step); without it, only on the teacher's. At the last slot the two inputs differ once a block upstream is not T."""
+    import pathlib
+    import tempfile
+
+    from blocks.unet import HybridUNet
+    from ens.zoo.distill import DistillRecipe, distill_surrogates
+
+    clean = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    start = HybridUNet(micro_cfg, candidates=["T", "E"]).state_dict()
+
+    def inputs_seen(w: float) -> list[torch.Tensor]:
+        net = HybridUNet(micro_cfg, candidates=["T", "E"])
+        net.load_state_dict(start)
+        seen: list[torch.Tensor] = []
+        _, _, last = net.slot_blocks()[-1]
+        last.choices["E"].register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach().clone()))
+        recipe = DistillRecipe(steps=1, batch_size=4, lr=1e-3, downstream_weight=0.0, context_weight=w)
+        with tempfile.TemporaryDirectory() as d:
+            distill_surrogates(net, ["E"], [(c, c) for c in clean], recipe, 3, pathlib.Path(d) / "c.ckpt",
+                               show_progress=False)
+        return seen
+
+    plain, ctx = inputs_seen(0.0), inputs_seen(1.0)
+    assert len(plain) == 1 and len(ctx) >= 2
+    assert torch.equal(plain[0], ctx[0])  # the teacher's input, as before
+    assert not torch.allclose(ctx[0], ctx[-1])  # the hybrid's
+
+
+def test_context_weight_is_recorded_and_checked(tmp_path, micro_cfg, micro_recipe):
+    from dataclasses import replace
+
+    from ens.zoo.build import zoo_command
+    from ens.zoo.manifest import ZooManifest
+
+    quick = replace(micro_recipe, rank_archs=0, quality_mixed=1)
+    kw = dict(config=micro_cfg, recipe=quick, show_progress=False, log=lambda m: None)
+    with pytest.raises(EnsError, match="--context-weight"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", kinds=("E",), context_weight=-1.0, **kw)
+    m = ZooManifest.read(build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("E",), context_weight=0.5, **kw))
+    assert "--context-weight 0.5" in m.build["command"] and "random hybrid" in m.distill["loss"]
+    assert "--context-weight" not in zoo_command("denoise", "tiny", None, tmp_path, 0, quick)

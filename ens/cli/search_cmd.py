@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -51,6 +52,9 @@ def search(
                                          "ort-cpu and lut:ort-cpu). Default: the profiler's (fp32 on the CPU)."),
     kinds: str | None = typer.Option(None, "--kinds", help="Block kinds a slot may take, e.g. T,M,E (see 'ens zoo "
                                      "kinds'). Default: every kind the zoo holds."),
+    enqueue: list[str] | None = typer.Option(None, "--enqueue", help="Evaluate this architecture (an Arch string, "
+                                             "e.g. 'enc:T,E,M|lat:E|dec:E,E,E|ref:E') before the sampler's; "
+                                             "repeatable. Skipped if the study already holds it."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
@@ -67,7 +71,7 @@ def search(
                          gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, from_scratch=from_scratch,
                          granularity=granularity, score_alpha=score_alpha,
                          precision=precision.lower() if precision else None, kinds=kinds, device=device,
-                         amp=amp)
+                         amp=amp, enqueue=tuple(enqueue or ()))
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}
@@ -94,7 +98,8 @@ def search(
         t.add_column(c, justify="left" if c == "arch" else "right", max_width=18 if c == lat else None)
     for _, r in front.iterrows():
         t.add_row(str(r["number"]), r["arch"] + (" (teacher)" if r["arch"] == ALL_T else ""), f"{r['psnr']:.2f}",
-                  f"{r['ssim']:.4f}", f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x", f"{r['transformer_count']:.0f}")
+                  f"{r['ssim']:.4f}", f"{r['latency_ms']:.1f}",
+                  f"{r['speedup']:.2f}x" if math.isfinite(r["speedup"]) else "-", f"{r['transformer_count']:.0f}")
     console.print(t)
     note = " (interrupted: re-run the same command to resume)" if summary.interrupted else ""
     console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "

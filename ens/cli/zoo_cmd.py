@@ -36,6 +36,9 @@ def build(
                                          "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
     refine: str | None = typer.Option(None, "--refine", help="With --from-zoo: distil these kinds of that zoo "
                                       "further, from their current weights (e.g. M,E), for --distill-steps."),
+    context_weight: float | None = typer.Option(None, "--context-weight", min=0.0, help="Weight of the in-context "
+                                                "distillation term: each surrogate also maps a random hybrid's input "
+                                                "at its slot to the teacher's output there (0: off)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
     device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA when available), cpu, cuda or "
                                "cuda:N. A build stopped on one device resumes on another."),
@@ -64,7 +67,8 @@ def build(
     path = build_zoo(task, preset, data, out, seed, steps, distill_steps, calib_steps, force=force,
                      log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
                      kinds=chosen, refine=_kinds_list(refine) if refine else (),
-                     base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus)
+                     base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus,
+                     context_weight=context_weight)
     _print_manifest(ZooManifest.read(path), path)
 
 

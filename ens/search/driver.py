@@ -16,6 +16,7 @@ from ens.search.objectives import latency_naming, metric_names, parse_objectives
 from ens.search.trial import TrialContext, TrialEvaluator, load_sample
 from ens.tasks import get_task
 from search_spaces.arch import Arch
+from search_spaces.errors import ArchError
 from search_spaces.sampling import GRANULARITIES, arch_to_params, sample_arch
 from studies.errors import StudyError
 from studies.heartbeat import HeartbeatConfig
@@ -54,6 +55,7 @@ class SearchOptions:
     amp: str = "auto"
     max_retries: int = 1
     artifacts: str | None = None
+    enqueue: tuple[str, ...] = ()  # architectures evaluated before the sampler's (Optuna's enqueue_trial)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
@@ -184,6 +186,23 @@ def _search_kinds(requested: str | None, zoo_kinds: list[str]) -> list[str]:
     return want
 
 
+def _enqueued_params(archs: tuple[str, ...], cfg, kinds: list[str], granularity: str) -> list[dict[str, str]]:
+    """Trial parameters for each ``--enqueue`` architecture; a clear error for one outside the search space."""
+    out = []
+    for text in archs:
+        try:
+            arch = Arch.parse(text)
+            params = arch_to_params(arch, cfg, granularity)
+        except (ArchError, ValueError, KeyError) as exc:
+            raise EnsError(f"--enqueue {text!r}: {exc}") from None
+        outside = sorted({k for k in params.values() if k not in kinds})
+        if outside:
+            raise EnsError(f"--enqueue {text!r}: kind {', '.join(outside)} is not searched here (--kinds "
+                           f"{','.join(kinds)})")
+        out.append(params)
+    return out
+
+
 def _patch_size(zoo_dir: Path, preset: str) -> int:
     from ens.zoo.build import RECIPES
     from ens.zoo.manifest import ZooManifest
@@ -225,6 +244,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     zoo = _open_zoo(choice, task, opts, log)
     cfg = zoo.config
     kinds = _search_kinds(opts.kinds, zoo.manifest.kinds)
+    wanted = _enqueued_params(opts.enqueue, cfg, kinds, opts.granularity)
     val, train = _trial_data(task, zoo, opts)
 
     name = opts.study_name or f"{task.name}-{opts.preset}"
@@ -241,6 +261,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
+        for params in wanted:
+            study.enqueue_trial(params, skip_if_exists=True)
         ref_ms = None
         if any(o.metric == "score" for o in objectives):
             ref_ms = profile_arch(Arch.uniform("T"), prof, cfg, shape, precision=opts.precision).median_ms

@@ -108,7 +108,8 @@ def versions() -> dict[str, str]:
 
 
 def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | None,
-                calib_steps: int | None, rank_steps: int | None = None) -> ZooRecipe:
+                calib_steps: int | None, rank_steps: int | None = None,
+                context_weight: float | None = None) -> ZooRecipe:
     t, d = r.teacher, r.distill
     if rank_steps is not None:
         r = replace(r, rank_finetune_steps=rank_steps, rank_archs=r.rank_archs if rank_steps else 0)
@@ -118,6 +119,8 @@ def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | No
         d = replace(d, steps=distill_steps)
     if calib_steps is not None:
         d = replace(d, calib_steps=calib_steps)
+    if context_weight is not None:
+        d = replace(d, context_weight=context_weight)
     return replace(r, teacher=t, distill=d)
 
 
@@ -157,6 +160,7 @@ def build_zoo(
     compute: Compute = CPU,
     gpus: int = 1,
     refine: Sequence[str] = (),
+    context_weight: float | None = None,
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset) on ``compute``'s device; returns its folder.
 
@@ -185,8 +189,10 @@ def build_zoo(
         _check_refine(refine, base_zoo)
     if base_zoo is not None:
         cfg = base_zoo.config
+    if context_weight is not None and context_weight < 0:
+        raise EnsError(f"--context-weight must be >= 0, got {context_weight:g}")
     recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
-                         rank_steps)
+                         rank_steps, context_weight)
     if quality_crop is not None:
         recipe = replace(recipe, quality_crop=quality_crop)
     out_root = Path(out_root)
@@ -489,6 +495,8 @@ def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: P
         args += ["--from-zoo", str(base)]
     if refine:
         args += ["--refine", ",".join(refine)]
+    if recipe.distill.context_weight:
+        args += ["--context-weight", f"{recipe.distill.context_weight:g}"]
     if recipe.quality_crop:
         args += ["--quality-crop", str(recipe.quality_crop)]
     if data_dir is not None:
@@ -521,6 +529,8 @@ def _distill_loss(d: DistillRecipe) -> str:
     out = f"L1 + {d.cos_weight:g} * (1 - cos)"
     if d.downstream_weight:
         out += f" + {d.downstream_weight:g} * L1 of the output image through the teacher (full-resolution slots)"
+    if d.context_weight:
+        out += f" + {d.context_weight:g} * (the same L1 + cos terms on a random hybrid's inputs)"
     return out
 
 

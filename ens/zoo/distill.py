@@ -23,6 +23,15 @@ denoise tiny zoo (300 steps, lr 4e-3) the term took all-M / all-E from -2.09 / -
 resolution cost under 0.05 dB each when swapped and keep the feature loss only. The term uses the
 first ``downstream_batch`` samples of each batch, for its cost.
 
+An optional *in-context* term (``context_weight`` w_ctx) gives each surrogate the inputs it meets in a
+hybrid: on each batch one random hybrid H of T and the distilled kinds runs forward (no gradient), and at
+every position p each surrogate maps H's input there, x^H_p, to the teacher's output y_p:
+
+    w_ctx * (|S_p^k(x^H_p) - y_p|_1 + w_cos * (1 - cos_c(S_p^k(x^H_p) - x^H_p, y_p - x^H_p)))
+
+The gradient stays inside each block (x^H_p is detached), unlike the end-to-end calibration of step 3;
+the surrogate learns to undo the drift its upstream neighbours leave, which the per-slot term never shows it.
+
 The figure recorded per slot and kind is the relative error on held-out batches,
 ``mean|S(x) - y| / mean|y - x|``: 0 is perfect, 1 is no better than skipping the block.
 
@@ -68,6 +77,7 @@ class DistillRecipe:
     calib_clean_weight: float = 0.0  # w in (1 - w) * |net - teacher| + w * |net - clean|
     checkpoint_every_s: float = 120.0
     resample_every: int = 0  # draw a fresh training pool every N steps (0: one fixed pool)
+    context_weight: float = 0.0  # w_ctx of the in-context term (0: off)
 
 
 def surrogate_params(supernet: HybridUNet, kinds: Sequence[str]) -> list[torch.nn.Parameter]:
@@ -109,6 +119,18 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor, cos_
     if cos_weight:
         loss = loss + cos_weight * (1 - F.cosine_similarity(pred - x, target - x, dim=1, eps=1e-6).mean())
     return loss
+
+
+def hybrid_block_inputs(supernet: HybridUNet, deg: torch.Tensor,
+                        kinds: dict[str, list[str]]) -> dict[tuple[str, int], torch.Tensor]:
+    """The input of every block position when the hybrid ``kinds`` runs on ``deg`` (no gradient)."""
+    supernet.set_kinds(kinds)
+    try:
+        with torch.no_grad(), capture_block_io(supernet) as rec:
+            supernet(deg)
+    finally:
+        supernet.set_kinds({s: ["T"] * len(seq) for s, seq in supernet.stages.items()})
+    return {key: x for key, (x, _y) in rec.items()}
 
 
 @dataclass
@@ -184,6 +206,8 @@ def distill_surrogates(
         (deg,) = b
         tp = teacher_pass(supernet, deg)
         n = recipe.downstream_batch or len(deg)
+        context = (hybrid_block_inputs(supernet, deg, random_kinds(supernet, kinds, random.Random(seed * 7919 + step)))
+                   if recipe.context_weight else {})
         loss = torch.zeros((), device=deg.device)
         for stage, i, blk in supernet.slot_blocks():
             x, y = tp.blocks[(stage, i)]
@@ -192,6 +216,10 @@ def distill_surrogates(
                 loss = loss + feature_loss(o, y, x, recipe.cos_weight)
             if recipe.downstream_weight and stage in FULL_RES_STAGES:
                 loss = loss + recipe.downstream_weight * downstream_loss(supernet, stage, i, outs, tp, n)
+            xh = context.get((stage, i))
+            if xh is not None:
+                for k in kinds:
+                    loss = loss + recipe.context_weight * feature_loss(blk.choices[k](xh), y, xh, recipe.cos_weight)
         return loss
 
     return loop.run(batch, step_fn)
