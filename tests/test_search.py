@@ -119,6 +119,7 @@ def test_search_in_int8_times_the_shipped_graph_and_records_its_precision(micro_
     assert precision_warning("int8", get_target("onnx_int8")) is None
     assert "ranked latencies in INT8" in precision_warning("int8", get_target("onnx_fp32"))
     assert "--precision int8" in precision_warning(None, get_target("trt_int8"))
+    assert precision_warning(None, get_target("trt_int8"), "proxy") is None  # a block count has no precision
 
 
 def test_enqueued_architectures_are_evaluated_once_and_bad_ones_refused(tmp_path, zoo_root):

@@ -248,8 +248,11 @@ def training_compute(opts: FinalizeOptions):
     return compute if compute.cuda else replace(compute, channels_last=False)
 
 
-def precision_warning(study_precision: str | None, target: ExportTarget) -> str | None:
-    """A warning when the study ranked latencies in another precision than the file this target ships."""
+def precision_warning(study_precision: str | None, target: ExportTarget, profiler: str | None = None) -> str | None:
+    """A warning when the study ranked latencies in another precision than the file this target ships (none for
+    the transformer-count proxy, which times nothing)."""
+    if profiler == "proxy":
+        return None
     ships = "int8" if target.int8 else "fp32"
     ranked = study_precision or "fp32"  # studies made before --precision timed the profiler's default, FP32
     if ranked == ships:
@@ -263,7 +266,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
     """The steps of the module docstring: checks, the trial fine-tuned in FP32, QAT, exports, report."""
     run = _preflight(opts)
     _load_trial(run, log)
-    warning = precision_warning(run.attrs.get("precision"), run.target)
+    warning = precision_warning(run.attrs.get("precision"), run.target, run.attrs.get("profiler"))
     if warning:
         log(warning)
     t_start = time.monotonic()
