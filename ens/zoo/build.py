@@ -366,9 +366,12 @@ def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Seque
     supernet = HybridUNet(run.cfg, candidates=["T", *kinds])
     supernet.load_state_dict(init, strict=False)
     kinds = train_kinds
-    log(f"[2/5] distilling {len(kinds)} surrogate kind{'s' if len(kinds) != 1 else ''} ({', '.join(kinds)}) for "
-        f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
-        f"{_resuming(work / 'distill.ckpt.safetensors')}")
+    if kinds:
+        log(f"[2/5] distilling {len(kinds)} surrogate kind{'s' if len(kinds) != 1 else ''} ({', '.join(kinds)}) for "
+            f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
+            f"{_resuming(work / 'distill.ckpt.safetensors')}")
+    else:
+        log("[2/5] nothing to distil: every kind comes from the base zoo (its report and rank check are remade)")
     with _timed(seconds, "distill"):
         distill_surrogates(supernet, kinds, data.train, recipe.distill, seed, work / "distill.ckpt.safetensors",
                            show_progress, run.compute)

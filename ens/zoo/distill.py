@@ -31,6 +31,8 @@ every position p each surrogate maps H's input there, x^H_p, to the teacher's ou
 
 The gradient stays inside each block (x^H_p is detached), unlike the end-to-end calibration of step 3;
 the surrogate learns to undo the drift its upstream neighbours leave, which the per-slot term never shows it.
+Refining the shipped denoise zoo's M and E for 1000 steps with w_ctx 1 took all-M / all-E / mixed T-M-E from
+-0.71 / -0.65 / -0.50 to -0.60 / -0.59 / -0.42 dB of the teacher; 2000 steps without it gave -0.70 / -0.59.
 
 The figure recorded per slot and kind is the relative error on held-out batches,
 ``mean|S(x) - y| / mean|y - x|``: 0 is perfect, 1 is no better than skipping the block.
