@@ -385,3 +385,26 @@ def test_context_weight_is_recorded_and_checked(tmp_path, micro_cfg, micro_recip
     m = ZooManifest.read(build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("E",), context_weight=0.5, **kw))
     assert "--context-weight 0.5" in m.build["command"] and "random hybrid" in m.distill["loss"]
     assert "--context-weight" not in zoo_command("denoise", "tiny", None, tmp_path, 0, quick)
+
+
+def test_quality_report_keeps_a_mixed_figure_over_t_m_e_beside_the_all_kinds_one(micro_cfg):
+    """A zoo of more kinds than T/M/E also reports hybrids of T, M and E alone: the issue's figure, comparable
+    across zoos (the all-kinds mean includes the skip)."""
+    from blocks.unet import HybridUNet
+    from ens.tasks import get_task
+    from ens.zoo.quality import quality_markdown, quality_report
+
+    torch.manual_seed(0)
+    net = HybridUNet(micro_cfg, candidates=["T", "M", "E", "I"]).eval()
+    g = torch.Generator().manual_seed(2)
+    val = [(torch.rand(3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)) for _ in range(2)]
+    with torch.no_grad():
+        r = quality_report(net, ["M", "E", "I"], val, get_task("denoise"), seed=0, mixed=3, per_slot=False)
+    assert r["mixed_core_kinds"] == ["T", "M", "E"] and len(r["mixed_core"]) == 3
+    assert all(Arch.parse(m["arch"]).kinds_used() <= {"T", "M", "E"} for m in r["mixed_core"])
+    assert r["mixed_core_mean_delta_psnr"] == pytest.approx(sum(m["delta_psnr"] for m in r["mixed_core"]) / 3,
+                                                            abs=1e-4)
+    assert "| random mixed T/M/E (mean of 3) |" in quality_markdown(r, {}, ["M", "E", "I"])
+    with torch.no_grad():
+        only = quality_report(net, ["M", "E"], val, get_task("denoise"), seed=0, mixed=2, per_slot=False)
+    assert "mixed_core" not in only  # its mixed networks are already T/M/E
