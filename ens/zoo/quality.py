@@ -45,29 +45,25 @@ def quality_report(
         q = q_of(all_of[k])
         report["uniform"][k] = {**q, "delta_psnr": round(q["psnr"] - t_psnr, 4),
                                 "arch": str(Arch.from_block_kinds(all_of[k]))}
-    rng = random.Random(seed)
-    pool = ["T", *kinds]
-    for _ in range(mixed):
-        k = {s: [rng.choice(pool) for _ in seq] for s, seq in supernet.stages.items()}
-        q = q_of(k)
-        report["mixed"].append({**q, "delta_psnr": round(q["psnr"] - t_psnr, 4),
-                                "arch": str(Arch.from_block_kinds(k))})
-    if report["mixed"]:
-        report["mixed_mean_delta_psnr"] = round(
-            sum(m["delta_psnr"] for m in report["mixed"]) / len(report["mixed"]), 4
-        )
-    core = [k for k in CORE_KINDS if k in kinds]
-    if mixed and len(core) < len(kinds) and core:  # the T/M/E figure, comparable across zoos of more kinds
-        rng = random.Random(seed)
-        report["mixed_core"] = []
+    def random_hybrids(pool: list[str]) -> list[dict[str, Any]]:
+        rng, rows = random.Random(seed), []
         for _ in range(mixed):
-            k = {s: [rng.choice(["T", *core]) for _ in seq] for s, seq in supernet.stages.items()}
+            k = {s: [rng.choice(pool) for _ in seq] for s, seq in supernet.stages.items()}
             q = q_of(k)
-            report["mixed_core"].append({**q, "delta_psnr": round(q["psnr"] - t_psnr, 4),
-                                         "arch": str(Arch.from_block_kinds(k))})
+            rows.append({**q, "delta_psnr": round(q["psnr"] - t_psnr, 4), "arch": str(Arch.from_block_kinds(k))})
+        return rows
+
+    def mean_delta(rows: list[dict[str, Any]]) -> float:
+        return round(sum(m["delta_psnr"] for m in rows) / len(rows), 4)
+
+    report["mixed"] = random_hybrids(["T", *kinds])
+    if report["mixed"]:
+        report["mixed_mean_delta_psnr"] = mean_delta(report["mixed"])
+    core = [k for k in CORE_KINDS if k in kinds]
+    if mixed and core and len(core) < len(kinds):  # the T/M/E figure, comparable across zoos of more kinds
+        report["mixed_core"] = random_hybrids(["T", *core])
         report["mixed_core_kinds"] = ["T", *core]
-        report["mixed_core_mean_delta_psnr"] = round(
-            sum(m["delta_psnr"] for m in report["mixed_core"]) / len(report["mixed_core"]), 4)
+        report["mixed_core_mean_delta_psnr"] = mean_delta(report["mixed_core"])
     if per_slot:
         for stage, i, _ in supernet.slot_blocks():
             row = {}
