@@ -612,3 +612,45 @@ def test_ptq_calibration_does_not_depend_on_the_training_before_it():
     assert any(not np.array_equal(a, ds[i][0].unsqueeze(0).numpy()) for i, a in enumerate(first))  # epochs differ
     again = ptq_calibration(ds, 6)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def _recording_pool(n: int = 4, size: int = 8) -> tuple[object, list[int]]:
+    """A training pool whose factory records the rounds it is asked for; each round's pool differs."""
+    from ens.data.datasets import PatchDataset
+    from ens.tasks import get_task
+
+    rounds: list[int] = []
+
+    def factory(round_: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rounds.append(round_)
+        g = torch.Generator().manual_seed(round_)
+        clean = torch.rand(n, 3, size, size, generator=g)
+        return (clean + 0.1 * torch.randn(n, 3, size, size, generator=g)).half(), clean.half()
+
+    deg, clean = factory(0)
+    rounds.clear()
+    return PatchDataset(deg, clean, task=get_task("denoise"), split="train", info={}, factory=factory), rounds
+
+
+def test_fresh_pools_during_finetuning_and_qat_then_the_first_pool_back():
+    from ens.finalize.qat import QAT_ROUNDS, finetune_fp32, qdr_train
+
+    torch.manual_seed(0)
+    net = HybridUNet(CFG, candidates=["E"])
+    train, rounds = _recording_pool()
+    first = train.degraded.clone()
+    cfg = QDRConfig(finetune_steps=5, qat_steps=4, batch_size=2, calib_batches=1, resample_every=2)
+    finetune_fp32(net, train, cfg, show_progress=False)
+    assert rounds == [1, 2, 0]  # after steps 2 and 4 (not after the last), then round 0 restored
+    assert torch.equal(train.degraded, first)
+    rounds.clear()
+    finetune_fp32(net, train, cfg.variant(resample_every=0), show_progress=False)
+    assert rounds == []  # the default: one fixed pool
+    qdr_train(net, train, cfg, show_progress=False)
+    assert rounds == [QAT_ROUNDS + 1, 0]  # after step 2; step 4 is the last
+    assert torch.equal(train.degraded, first)
+
+
+def test_resample_every_must_not_be_negative():
+    with pytest.raises(EnsError, match="--resample-every"):
+        QDRConfig(resample_every=-1)

@@ -67,7 +67,7 @@ from ens.finalize.losses import (
     reconstruction_loss,
     weighted_output_kd,
 )
-from ens.train_loop import Loop, Schedule
+from ens.train_loop import Every, Loop, Schedule
 from ens.training import batch_indices, stack_batch
 
 KD_MODES = ("latent", "output", "none")
@@ -137,6 +137,9 @@ class QDRConfig:
     qat_lr: float = 5e-5
     lmr_lr: float = 1e-2
     dct_weight: float = 0.0
+    # draw a fresh training pool (new crops and degradations) every N steps of fine-tuning and of QAT; 0: one
+    # fixed pool (N steps of batch_size go round a pool of train_patches once per train_patches / batch_size)
+    resample_every: int = 0
     kd: str = "latent"
     lmr: bool = True
     kd_weight: float = 1.0  # the fixed KD multiplier when LMR is off
@@ -160,6 +163,8 @@ class QDRConfig:
         for name in ("finetune_steps", "qat_steps"):
             if getattr(self, name) < 0:
                 raise EnsError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.resample_every < 0:
+            raise EnsError("--resample-every must be >= 0 (0: one fixed pool)")
         if self.batch_size < 1 or self.calib_batches < 1:
             raise EnsError("--batch-size and calibration batches must be >= 1")
         if not (0.0 <= self.observer_freeze <= self.fakequant_freeze <= 1.0):
@@ -377,6 +382,34 @@ def _batch(train: Any, cfg: QDRConfig, salt: int, step: int) -> tuple[torch.Tens
     return stack_batch(train, batch_indices(len(train), cfg.batch_size, cfg.seed + salt, step), step)
 
 
+# pool rounds of each phase: fine-tuning draws rounds 1, 2, ..., QAT rounds QAT_ROUNDS + 1, ... (round 0 is the
+# pool the run loaded, restored afterwards for the PTQ baseline's calibration and the ablation's variants)
+QAT_ROUNDS = 100_000
+
+
+def pool_hooks(train: Any, every: int, steps: int, first_round: int = 0) -> list[Every]:
+    """The hook that replaces ``train``'s pool by round ``first_round + step // every`` every ``every`` of the
+    ``steps`` steps (not after the last); none when ``every`` is 0 or the dataset holds a fixed pool."""
+    if not every or not hasattr(train, "resample"):
+        return []
+
+    def at(step: int) -> None:
+        if step < steps:
+            train.resample(first_round + step // every)
+
+    return [Every(every, at, changes_data=True)]
+
+
+@contextlib.contextmanager
+def fresh_pools(train: Any, every: int) -> Iterator[None]:
+    """Put ``train``'s first pool (round 0) back however the training inside ended."""
+    try:
+        yield
+    finally:
+        if every and hasattr(train, "resample"):
+            train.resample(0)
+
+
 def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
                   log: Callable[[str], None] = lambda s: None, compute: Compute = CPU) -> TrainLog:
     """End-to-end FP32 fine-tuning of the assembled hybrid (Charbonnier + optional DCT term), in place, on
@@ -391,7 +424,8 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
     forward = compute.forward_of(model)
     loop = Loop("fine-tune FP32", Schedule(steps, cfg.lr, warmup=min(20, steps // 10)),
                 torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0), grad_clip=cfg.grad_clip or None,
-                show_progress=show_progress, info=lambda ema, terms: f"loss {terms['rec']:.4f}", compute=compute)
+                show_progress=show_progress, info=lambda ema, terms: f"loss {terms['rec']:.4f}", compute=compute,
+                hooks=pool_hooks(train, cfg.resample_every, steps))
 
     def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         deg, clean = b
@@ -399,7 +433,8 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
         return loss, {"rec": loss}
 
     try:
-        res = loop.run(lambda step: _batch(train, cfg, 101, step), step_fn)
+        with fresh_pools(train, cfg.resample_every):
+            res = loop.run(lambda step: _batch(train, cfg, 101, step), step_fn)
     finally:
         model.cpu()
     out.steps, out.seconds = steps, res.seconds
@@ -510,9 +545,10 @@ def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bo
 
     loop = Loop(description, Schedule(steps, cfg.qat_lr), opt, clip_params=groups[0]["params"],
                 grad_clip=cfg.grad_clip or None, after_step=after_step, show_progress=show_progress, info=info,
-                compute=compute)
+                compute=compute, hooks=pool_hooks(train, cfg.resample_every, steps, QAT_ROUNDS))
     try:
-        res = loop.run(lambda step: _batch(train, cfg, 303, step), step_fn)
+        with fresh_pools(train, cfg.resample_every):
+            res = loop.run(lambda step: _batch(train, cfg, 303, step), step_fn)
     finally:
         sched.close()
         student.cpu()
