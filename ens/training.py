@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -164,13 +165,49 @@ class PeriodicCheckpoint:
             raise
 
 
+PLAIN_PROGRESS_EVERY_S = 60.0  # a progress line at most this often when the output is not a terminal
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def plain_progress(description: str, total: int, completed: int = 0,
+                   every_s: float | None = None) -> Callable[..., None]:
+    """``advance(n=1, info="")`` that prints one line (done/total, info, elapsed, time left) at most every
+    ``every_s`` seconds and at the end: the progress of a run whose output goes to a log file, where a live bar
+    would show nothing until it finishes."""
+    every = PLAIN_PROGRESS_EVERY_S if every_s is None else every_s
+    start, first = time.monotonic(), completed
+    state = {"done": completed, "last": start}
+
+    def advance(n: int = 1, info: str = "") -> None:
+        state["done"] += n
+        now, done = time.monotonic(), state["done"]
+        if now - state["last"] < every and done < total:
+            return
+        state["last"] = now
+        elapsed = now - start
+        rate = (done - first) / elapsed if elapsed > 0 else 0.0
+        left = f", about {_clock((total - done) / rate)} left" if rate > 0 and done < total else ""
+        print(f"{description} {done}/{total}{' ' + info if info else ''} ({_clock(elapsed)} elapsed{left})",
+              flush=True)
+
+    return advance
+
+
 @contextmanager
 def progress_bar(
     description: str, total: int, completed: int = 0, enabled: bool = True
 ) -> Iterator[Callable]:
-    """A rich progress bar; yields ``advance(n=1, **fields)``; silent when not enabled."""
+    """A rich progress bar; yields ``advance(n=1, **fields)``; silent when not enabled; plain lines now and then
+    (:func:`plain_progress`) when the output is not a terminal."""
     if not enabled:
         yield lambda *a, **k: None
+        return
+    if not Console().is_terminal:
+        yield plain_progress(description, total, completed)
         return
     prog = Progress(
         TextColumn("[bold]{task.description}"),

@@ -93,6 +93,7 @@ def test_search_report_cli_end_to_end(tmp_path, capsys, micro_zoo, monkeypatch):
                            "1x3x32x32", "--device", "cpu", "--amp", "off"], capsys)
     assert code == 0, err
     assert "Pareto front" in out and "ens dashboard study.db" in out and "ens finalize study.db" in out
+    assert "search 3/3 last: enc:" in out  # redirected output (not a terminal) gets plain progress lines
     code, out, err = _run(["report", "study.db", "--out", "rep"], capsys)
     assert code == 0, err
     assert (tmp_path / "rep" / "pareto.png").stat().st_size > 1000

@@ -236,3 +236,24 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
     atomic_save_tensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
     atomic_write_text(target, "new")
     assert target.read_text() == "new" and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_progress_goes_to_plain_lines_when_the_output_is_not_a_terminal(capsys, monkeypatch):
+    """A log file (nohup, CI) gets a line now and then with the step, the loss and the time left, instead of a
+    live bar that prints nothing until the end."""
+    import ens.training as tr
+
+    monkeypatch.setattr(tr, "PLAIN_PROGRESS_EVERY_S", 0.0)
+    net = torch.nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    Loop("distil", Schedule(3, 0.01), torch.optim.SGD(net.parameters(), lr=0.01)).run(
+        lambda step: (x, y), lambda step, b: ((lambda loss: (loss, {"rec": loss}))(((net(b[0]) - b[1]) ** 2).mean())))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("distil ")]
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"]
+    assert "loss" in lines[0] and "elapsed" in lines[0] and "left)" in lines[0] and "left" not in lines[-1]
+    monkeypatch.setattr(tr, "PLAIN_PROGRESS_EVERY_S", 3600.0)
+    advance = tr.plain_progress("rank", 4)
+    for _ in range(4):
+        advance()
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("rank 4/4 (")  # only the last step within the interval

@@ -61,6 +61,7 @@ def search(
 
     from ens.report import ALL_T, latency_axis_label, pareto_frame, trials_frame
     from ens.search.driver import SearchOptions, run_search
+    from ens.training import plain_progress
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # ens prints its own progress; Optuna's INFO lines repeat it
 
@@ -77,13 +78,19 @@ def search(
     state: dict = {}
 
     def on_done(frozen, summary) -> None:
-        if "id" not in state:
-            state["id"] = prog.add_task("search", total=trials, completed=summary.completed, info="")
-            prog.start()
         info = f"failed {summary.failed}" if summary.failed else ""
         if frozen is not None:
             a = frozen.user_attrs
             info = f"last: {a.get('arch')}  {a.get('psnr', 0):.2f} dB  {a.get('latency', float('nan')):.1f} ms"
+        if not console.is_terminal:  # a log file: a plain line now and then, not a bar shown only at the end
+            if "plain" not in state:
+                state["plain"], state["done"] = plain_progress("search", trials, summary.completed), summary.completed
+            state["plain"](summary.completed - state["done"], info=info)
+            state["done"] = summary.completed
+            return
+        if "id" not in state:
+            state["id"] = prog.add_task("search", total=trials, completed=summary.completed, info="")
+            prog.start()
         prog.update(state["id"], completed=summary.completed, info=info)
 
     try:
