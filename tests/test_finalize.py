@@ -639,18 +639,20 @@ def test_fresh_pools_during_finetuning_and_qat_then_the_first_pool_back():
     net = HybridUNet(CFG, candidates=["E"])
     train, rounds = _recording_pool()
     first = train.degraded.clone()
-    cfg = QDRConfig(finetune_steps=5, qat_steps=4, batch_size=2, calib_batches=1, resample_every=2)
+    cfg = QDRConfig(finetune_steps=5, qat_steps=4, batch_size=2, calib_batches=1, resample_every=2,
+                    qat_resample_every=2)
     finetune_fp32(net, train, cfg, show_progress=False)
     assert rounds == [1, 2, 0]  # after steps 2 and 4 (not after the last), then round 0 restored
     assert torch.equal(train.degraded, first)
     rounds.clear()
     finetune_fp32(net, train, cfg.variant(resample_every=0), show_progress=False)
-    assert rounds == []  # the default: one fixed pool
+    assert rounds == []  # one fixed pool
     qdr_train(net, train, cfg, show_progress=False)
     assert rounds == [QAT_ROUNDS + 1, 0]  # after step 2; step 4 is the last
     assert torch.equal(train.degraded, first)
 
 
 def test_resample_every_must_not_be_negative():
-    with pytest.raises(EnsError, match="--resample-every"):
-        QDRConfig(resample_every=-1)
+    for bad in ({"resample_every": -1}, {"qat_resample_every": -1}):
+        with pytest.raises(EnsError, match="--resample-every"):
+            QDRConfig(**bad)

@@ -54,8 +54,9 @@ def finalize(
     shape: str | None = typer.Option(None, "--shape", help="Input shape of the deployed files (default: the "
                                      "study's latency shape)."),
     train_patches: int = typer.Option(512, min=1, help="Training patches drawn for fine-tuning and QAT."),
-    resample_every: int = typer.Option(0, min=0, help="Draw a fresh pool of --train-patches (new crops and "
-                                       "degradations) every N steps of fine-tuning and QAT (0: one fixed pool)."),
+    resample_every: int = typer.Option(64, min=0, help="Draw a fresh pool of --train-patches (new crops and "
+                                       "degradations) every N steps of the FP32 fine-tuning (0: one fixed pool)."),
+    qat_resample_every: int = typer.Option(0, min=0, help="The same during QAT (0: one fixed pool)."),
     init: Path | None = typer.Option(None, "--init", help="Start from these FP32 weights (a previous run's "
                                      "model_fp32.safetensors) instead of the zoo's."),
     trt_host: str | None = typer.Option(None, "--trt-host", help="Build the engine over SSH: ssh://user@host."),
@@ -82,7 +83,8 @@ def finalize(
     if weight_bits not in ("auto", "7", "8"):
         raise EnsError(f"--weight-bits must be 8, 7 or auto, got {weight_bits!r}")
     cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
-                    qat_lr=qat_lr, dct_weight=dct_weight, resample_every=resample_every, kd=kd, lmr=lmr,
+                    qat_lr=qat_lr, dct_weight=dct_weight, resample_every=resample_every,
+                    qat_resample_every=qat_resample_every, kd=kd, lmr=lmr,
                     conf_kd=conf_kd, spark=spark,
                     weight_clip=weight_clip or None, observer_freeze=observer_freeze,
                     fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), placement=placement,

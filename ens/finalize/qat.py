@@ -137,9 +137,12 @@ class QDRConfig:
     qat_lr: float = 5e-5
     lmr_lr: float = 1e-2
     dct_weight: float = 0.0
-    # draw a fresh training pool (new crops and degradations) every N steps of fine-tuning and of QAT; 0: one
-    # fixed pool (N steps of batch_size go round a pool of train_patches once per train_patches / batch_size)
-    resample_every: int = 0
+    # draw a fresh training pool (new crops and degradations) every N steps of the FP32 fine-tuning / of QAT; 0: one
+    # fixed pool (64 steps of 8 patches go once round finalize's pool of 512). Fresh pools in fine-tuning gave
+    # +0.06 (denoise) / +0.24 dB (derain) FP32 and +0.03 / +0.12 dB INT8 QDR; in QAT too, -0.19 dB on derain
+    # (bench/records/finalize-pools-2026-12-03.json)
+    resample_every: int = 64
+    qat_resample_every: int = 0
     kd: str = "latent"
     lmr: bool = True
     kd_weight: float = 1.0  # the fixed KD multiplier when LMR is off
@@ -163,8 +166,8 @@ class QDRConfig:
         for name in ("finetune_steps", "qat_steps"):
             if getattr(self, name) < 0:
                 raise EnsError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.resample_every < 0:
-            raise EnsError("--resample-every must be >= 0 (0: one fixed pool)")
+        if self.resample_every < 0 or self.qat_resample_every < 0:
+            raise EnsError("--resample-every and --qat-resample-every must be >= 0 (0: one fixed pool)")
         if self.batch_size < 1 or self.calib_batches < 1:
             raise EnsError("--batch-size and calibration batches must be >= 1")
         if not (0.0 <= self.observer_freeze <= self.fakequant_freeze <= 1.0):
@@ -545,9 +548,9 @@ def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bo
 
     loop = Loop(description, Schedule(steps, cfg.qat_lr), opt, clip_params=groups[0]["params"],
                 grad_clip=cfg.grad_clip or None, after_step=after_step, show_progress=show_progress, info=info,
-                compute=compute, hooks=pool_hooks(train, cfg.resample_every, steps, QAT_ROUNDS))
+                compute=compute, hooks=pool_hooks(train, cfg.qat_resample_every, steps, QAT_ROUNDS))
     try:
-        with fresh_pools(train, cfg.resample_every):
+        with fresh_pools(train, cfg.qat_resample_every):
             res = loop.run(lambda step: _batch(train, cfg, 303, step), step_fn)
     finally:
         sched.close()
