@@ -246,8 +246,12 @@ def test_progress_goes_to_plain_lines_when_the_output_is_not_a_terminal(capsys, 
     monkeypatch.setattr(tr, "PLAIN_PROGRESS_EVERY_S", 0.0)
     net = torch.nn.Linear(2, 1)
     x, y = torch.randn(8, 2), torch.randn(8, 1)
-    Loop("distil", Schedule(3, 0.01), torch.optim.SGD(net.parameters(), lr=0.01)).run(
-        lambda step: (x, y), lambda step, b: ((lambda loss: (loss, {"rec": loss}))(((net(b[0]) - b[1]) ** 2).mean())))
+
+    def step_fn(step, b):
+        loss = ((net(b[0]) - b[1]) ** 2).mean()
+        return loss, {"rec": loss}
+
+    Loop("distil", Schedule(3, 0.01), torch.optim.SGD(net.parameters(), lr=0.01)).run(lambda step: (x, y), step_fn)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("distil ")]
     assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"]
     assert "loss" in lines[0] and "elapsed" in lines[0] and "left)" in lines[0] and "left" not in lines[-1]
