@@ -39,7 +39,7 @@ FRONT = [  # number, arch, psnr, latency
     (4, "enc:E,M,E|lat:M|dec:E,M,E|ref:E", 28.5, 3.0),
     (5, ARCH_RUN, 27.5, 9.0),  # dominated by 2
 ]
-FAST = dict(finetune_steps=1, qat_steps=2, batch_size=2, calib_batches=1)
+FAST = dict(finetune_steps=1, qat_steps=2, batch_size=2, calib_batches=1, select_patches=4)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -231,7 +231,19 @@ def test_report_fields(trt_run):
     t = r["training"]
     assert t["qat"]["steps"] == 2 and set(t["qat"]["lmr_weights"]) == {"rec", "kd"} and "exp(-s_i)" in t["lmr_formula"]
     assert {f["file"] for f in r["export"]["files"]} >= {"model_fp32.onnx", "model_int8.onnx", "build_engine.sh"}
+    sel = t["qat"]["extra"]["selection"]  # the calibrated start and the last step, on 4 training-image patches
+    assert sel["pool_patches"] == 4 and set(sel["psnr_by_step"]) == {"0", "2"}
+    assert sel["psnr_by_step"][str(sel["picked_step"])] == max(sel["psnr_by_step"].values())
+    w = q["whole_images"]  # the embedded deblur split's two whole images, through the shipped 32x32 files
+    assert w["images"] == 2 and w["sizes"] == [[296, 448], [400, 600]] and w["tile"] == [32, 32] and w["overlap"] == 8
+    for key in ("degraded", "fp32_torch_untiled", "fp32_onnx", "int8_qdr", "int8_ptq"):
+        assert math.isfinite(w[key]["psnr"]) and 0 < w[key]["ssim"] <= 1, key
+    assert w["degraded"]["psnr"] != pytest.approx(q["degraded"]["psnr"], abs=1e-3)  # not the patches
+    assert w["int8_qdr"]["recovery_pct"] == pytest.approx(100 * w["int8_qdr"]["psnr"] / w["fp32_onnx"]["psnr"],
+                                                          abs=1e-2)
+    assert w["qdr_minus_ptq_db"] == pytest.approx(w["int8_qdr"]["psnr"] - w["int8_ptq"]["psnr"], abs=1e-3)
     card = (out / "MODEL_CARD.md").read_text()
+    assert "## Quality on whole held-out images (2: 296x448, 400x600)" in card and "32x32 tiles" in card
     assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
     assert "in integer kernels" in card and "in Q/DQ conversions" in card
     from PIL import Image

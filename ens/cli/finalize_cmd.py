@@ -57,6 +57,11 @@ def finalize(
     resample_every: int = typer.Option(64, min=0, help="Draw a fresh pool of --train-patches (new crops and "
                                        "degradations) every N steps of the FP32 fine-tuning (0: one fixed pool)."),
     qat_resample_every: int = typer.Option(0, min=0, help="The same during QAT (0: one fixed pool)."),
+    select_every: int = typer.Option(100, min=0, help="Score the QAT network every N steps (and its calibrated "
+                                     "start) on patches of the training images drawn apart from the training pool, "
+                                     "and keep the best (0: keep the last step)."),
+    eval_images: int = typer.Option(8, min=0, help="Also score the shipped files on the first N whole held-out "
+                                    "images, tiled at their input shape (0: held-out patches only)."),
     init: Path | None = typer.Option(None, "--init", help="Start from these FP32 weights (a previous run's "
                                      "model_fp32.safetensors) instead of the zoo's."),
     trt_host: str | None = typer.Option(None, "--trt-host", help="Build the engine over SSH: ssh://user@host."),
@@ -84,7 +89,7 @@ def finalize(
         raise EnsError(f"--weight-bits must be 8, 7 or auto, got {weight_bits!r}")
     cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
                     qat_lr=qat_lr, dct_weight=dct_weight, resample_every=resample_every,
-                    qat_resample_every=qat_resample_every, kd=kd, lmr=lmr,
+                    qat_resample_every=qat_resample_every, select_every=select_every, kd=kd, lmr=lmr,
                     conf_kd=conf_kd, spark=spark,
                     weight_clip=weight_clip or None, observer_freeze=observer_freeze,
                     fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), placement=placement,
@@ -92,7 +97,7 @@ def finalize(
     opts = FinalizeOptions(storage=storage, export=export, out=str(out), study_name=study_name, trial=trial,
                            latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
                            zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,
-                           train_patches=train_patches, force=force,
+                           train_patches=train_patches, eval_images=eval_images, force=force,
                            init_weights=str(init) if init else None, trt_host=trt_host, qnn_device=hub_device,
                            threads=threads, latency_clock=latency_clock, device=device, amp=amp, compile=compile)
     res = run_finalize(opts, log=log_line)
@@ -127,6 +132,11 @@ def _print_summary(r: dict, out: Path) -> None:
             rec = v.get("recovery_pct")
             t.add_row(label, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{rec:.2f}%" if rec is not None else "")
     console.print(t)
+    whole = q.get("whole_images")
+    if whole:
+        from ens.finalize.whole_images import whole_image_line
+
+        log_line(whole_image_line(whole))
     lat = r.get("latency", {}).get("ort_cpu", {})
     if lat.get("fp32"):
         i8 = lat.get("int8", {}).get("median_ms")

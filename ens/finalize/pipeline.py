@@ -37,10 +37,12 @@ import torch
 from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
-from ens.finalize.qat import ABLATIONS, QDRConfig, finetune_fp32, qdr_train, require_modelopt
+from ens.finalize.qat import ABLATIONS, QDRConfig, Selection, finetune_fp32, qdr_train, require_modelopt
 from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
 from ens.finalize.targets import ExportTarget, get_target
 
+# the selection pool's seed is the run's seed plus this, apart from every pool the training draws
+SELECT_SEED_OFFSET = 1_000_003
 LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
                 "L_kd = |lat_S - lat_T|_1 at the bottleneck (T = the fine-tuned FP32 model)")
 LMR_FORMULA = "L = sum_i exp(-s_i) * L_i + s_i, s_i learnable, initialised to log L_i of the first batch"
@@ -100,6 +102,7 @@ class FinalizeOptions:
     shape: str | None = None
     train_patches: int = 512
     calib_patches: int = 32
+    eval_images: int = 8  # whole held-out images scored by the shipped files (0: patches only)
     samples: int = 3
     threads: int = 2
     latency_rounds: int = 5
@@ -235,6 +238,7 @@ class _Run:
     net: Any = None
     cfg: QDRConfig | None = None
     compute: Any = None  # ens.compute.Compute
+    select: Selection | None = None  # the pool QAT's checkpoints are picked on
 
 
 def training_compute(opts: FinalizeOptions):
@@ -287,7 +291,8 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         if opts.ablate:
             report["ablation"] = _ablate(run.net, run.train, run.cfg, work, run.eval_shape, run.val_pairs, run.task,
                                          q_fp32.psnr, q_deg.psnr, opts, log, quality.get("int8_qdr"),
-                                         run.target.fused_in_ort, run.compute)
+                                         run.target.fused_in_ort, run.compute, run.select)
+        _whole_images(run, work, fp32_file, int8_file, quality, log)
         report.update(quality=quality, checks=checks, training=training)
         training["compute"] = run.compute.to_dict()
         report["latency"] = _latencies(fp32_file, int8_file, run.shape, opts, run.other_prof, run.lat_note, log,
@@ -383,7 +388,11 @@ def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
     if opts.init_weights:
         _load_weights(run.net, Path(opts.init_weights))
     cfg = opts.qdr.variant(placement=run.target.placement_for(opts.qdr.placement))
-    run.cfg = cfg.variant(weight_bits=run.target.weight_bits(cfg.placement, cfg.weight_bits))
+    run.cfg = cfg = cfg.variant(weight_bits=run.target.weight_bits(cfg.placement, cfg.weight_bits))
+    if run.target.int8 and cfg.qat_steps > 0 and cfg.select_every > 0:
+        pool = load_pairs(run.task, data, "train", patch_size=patch, seed=opts.qdr.seed + SELECT_SEED_OFFSET,
+                          num_patches=cfg.select_patches, augment=False)
+        run.select = Selection([pool[i] for i in range(len(pool))], run.task)
 
 
 def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:
@@ -440,7 +449,12 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     opts, cfg, fuse = run.opts, run.cfg, run.target.fused_in_ort
     to_u8 = run.target.uint8_activations(cfg.placement)
     log(f"QAT with distillation for {cfg.qat_steps} steps")
-    student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress, compute=run.compute)
+    student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress, compute=run.compute,
+                               select=run.select)
+    picked = q_log.extra.get("selection", {}).get("picked_step")
+    if picked is not None:
+        log(f"QAT state kept: step {picked} of {cfg.qat_steps} (best of the checks on {cfg.select_patches} "
+            "training-image patches drawn apart from the training pool)")
     training["qat"] = q_log.to_dict()
     int8_eval = work / "int8_eval.onnx"
     ex.export_int8(student, run.eval_shape, int8_eval, uint8_activations=to_u8)
@@ -483,6 +497,24 @@ def _ptq_baseline(run: _Run, work: Path, fp32_eval: Path, quality: dict, fp32_ps
                                      f"per-channel weights{' (reduce_range: 7-bit)' if seven else ''}, "
                                      f"{opts.calib_patches} training patches")
     log(f"INT8 (plain PTQ, ONNX Runtime): {q_ptq.psnr:.3f} dB ({quality['int8_ptq']['recovery_pct']}%)")
+
+
+def _whole_images(run: _Run, work: Path, fp32_file: Path, int8_file: Path | None, quality: dict,
+                  log: Callable[[str], None]) -> None:
+    """The shipped files (and a plain PTQ of the deployed FP32 file) on the first whole held-out images."""
+    from ens.finalize.whole_images import calibration_mosaics, whole_image_quality
+    from ens.zoo.build import held_out_images
+
+    opts = run.opts
+    if opts.eval_images <= 0:
+        return
+    pairs = held_out_images(run.task, _data_dir(opts, run.attrs), opts.eval_images)
+    ptq_file = None
+    if int8_file is not None:
+        calib = calibration_mosaics(ptq_calibration(run.train, opts.calib_patches), run.shape)
+        ptq_file = ex.ptq_int8(fp32_file, work / "ptq_deploy.onnx", calib, reduce_range=run.cfg.weight_bits == 7)
+    quality["whole_images"] = whole_image_quality(run.net, pairs, run.task, fp32_file, int8_file, ptq_file,
+                                                  opts.threads, run.target.fused_in_ort, log=log)
 
 
 def _quantization_info(run: _Run, student: Any, int8_file: Path, to_u8: bool) -> dict[str, Any]:
@@ -548,7 +580,8 @@ def _annotate(files: list[Path], picked: Picked, zoo: Any) -> None:
 
 
 def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task, fp32_psnr, deg_psnr,
-            opts: FinalizeOptions, log, main: dict[str, Any] | None, fuse: bool, compute=None) -> dict[str, Any]:
+            opts: FinalizeOptions, log, main: dict[str, Any] | None, fuse: bool, compute=None,
+            select: Selection | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, changes in ABLATIONS.items():
         if name == "qdr" and main is not None and not (cfg.spark or cfg.conf_kd) and cfg.kd == "latent" and cfg.lmr:
@@ -560,7 +593,7 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
             vcfg = vcfg.variant(spark=False, conf_kd=False)
         log(f"ablation {name}: {ABLATION_TEXT[name]}")
         student, q_log = qdr_train(net, train, vcfg, show_progress=opts.show_progress, description=f"QAT {name}",
-                                   **({"compute": compute} if compute is not None else {}))
+                                   select=select, **({"compute": compute} if compute is not None else {}))
         path = work / f"ablate_{name}.onnx"
         ex.export_int8(student, eval_shape, path)
         q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, fuse)

@@ -143,6 +143,10 @@ class QDRConfig:
     # (bench/records/finalize-pools-2026-12-03.json)
     resample_every: int = 64
     qat_resample_every: int = 0
+    # keep the QAT state (step 0, the calibrated start, included) that scores best on a pool of training-image
+    # patches drawn apart from the training pool, checked every N steps (0: keep the last step)
+    select_every: int = 100
+    select_patches: int = 128
     kd: str = "latent"
     lmr: bool = True
     kd_weight: float = 1.0  # the fixed KD multiplier when LMR is off
@@ -166,6 +170,8 @@ class QDRConfig:
         for name in ("finetune_steps", "qat_steps"):
             if getattr(self, name) < 0:
                 raise EnsError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.select_every < 0 or self.select_patches < 1:
+            raise EnsError("--select-every must be >= 0 and the selection pool at least 1 patch")
         if self.resample_every < 0 or self.qat_resample_every < 0:
             raise EnsError("--resample-every and --qat-resample-every must be >= 0 (0: one fixed pool)")
         if self.batch_size < 1 or self.calib_batches < 1:
@@ -486,22 +492,64 @@ def _qat_terms(student: nn.Module, cfg: QDRConfig) -> tuple[Any, Any, list[dict[
 
 
 def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
-              description: str = "QAT (QDR)", compute: Compute = CPU) -> tuple[nn.Module, TrainLog]:
+              description: str = "QAT (QDR)", compute: Compute = CPU,
+              select: Selection | None = None) -> tuple[nn.Module, TrainLog]:
     """Quantize a copy of the FP32 ``teacher`` and train it with QDR on ``compute``'s device; returns (fake-quant
-    student, log), both networks back on the CPU."""
+    student, log), both networks back on the CPU. With ``select``, the student is the checked state (every
+    ``cfg.select_every`` steps, the calibrated start included) that scores best on its pool."""
     compute.module(teacher)
     try:
-        return _qdr_train(teacher, train, cfg, show_progress, description, compute)
+        return _qdr_train(teacher, train, cfg, show_progress, description, compute, select)
     finally:
         teacher.cpu()
 
 
+@dataclass
+class Selection:
+    """The pool QAT's checkpoints are scored on (pairs of patches from the training images, never the held-out
+    split) and the task whose metric scores them."""
+
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    task: Any
+
+
+class BestState:
+    """The best-scoring state of a module among those offered to :meth:`offer`, kept on the CPU."""
+
+    def __init__(self, model: nn.Module, select: Selection) -> None:
+        self.model, self.select = model, select
+        self.by_step: dict[int, float] = {}
+        self.step: int | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def offer(self, step: int) -> float:
+        from ens.evaluate import evaluate
+
+        score = evaluate(self.model, self.select.pairs, self.select.task).psnr
+        self.by_step[step] = round(score, 4)
+        if self.step is None or score > self.by_step[self.step]:
+            self.step = step
+            self._state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return score
+
+    def restore(self) -> None:
+        if self._state is not None:
+            self.model.load_state_dict(self._state)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pool_patches": len(self.select.pairs), "psnr_by_step": dict(self.by_step), "picked_step": self.step}
+
+
 def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool, description: str,
-               compute: Compute) -> tuple[nn.Module, TrainLog]:
+               compute: Compute, select: Selection | None = None) -> tuple[nn.Module, TrainLog]:
     student, log = quantized_student(teacher, train, cfg, compute)
     steps = cfg.qat_steps
     if steps == 0:
         return student.cpu().eval(), log
+    best = BestState(student, select) if (select is not None and cfg.select_every > 0) else None
+    if best is not None:
+        best.offer(0)
     bits = log.extra["weight_bits"]
     lmr, spark, groups = _qat_terms(student, cfg)
     opt = torch.optim.AdamW(groups)
@@ -546,9 +594,12 @@ def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bo
     def info(_ema: float, terms: dict[str, float]) -> str:
         return f"rec {terms['rec']:.4f}" + (f" kd {terms['kd']:.4f}" if "kd" in terms else "")
 
+    hooks = pool_hooks(train, cfg.qat_resample_every, steps, QAT_ROUNDS)
+    if best is not None:
+        hooks.append(Every(cfg.select_every, best.offer, at_end=True))
     loop = Loop(description, Schedule(steps, cfg.qat_lr), opt, clip_params=groups[0]["params"],
                 grad_clip=cfg.grad_clip or None, after_step=after_step, show_progress=show_progress, info=info,
-                compute=compute, hooks=pool_hooks(train, cfg.qat_resample_every, steps, QAT_ROUNDS))
+                compute=compute, hooks=hooks)
     try:
         with fresh_pools(train, cfg.qat_resample_every):
             res = loop.run(lambda step: _batch(train, cfg, 303, step), step_fn)
@@ -561,6 +612,9 @@ def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bo
     log.lmr_weights = lmr.weights() if lmr is not None else None
     log.spark = spark.summary() if spark is not None else None
     log.extra.update(observer_frozen_at_step=obs_until, fakequant_frozen_at_step=fq_until)
+    if best is not None:
+        best.restore()
+        log.extra["selection"] = best.to_dict()
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)

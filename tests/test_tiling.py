@@ -1,0 +1,93 @@
+"""Tiled inference (ens.tiling), the PTQ calibration mosaics and QAT's checkpoint selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ens.evaluate import evaluate
+from ens.finalize.qat import BestState, Selection
+from ens.finalize.whole_images import calibration_mosaics
+from ens.tasks import get_task
+from ens.tiling import Tiled, run_tiled, tile_starts
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(10, 16, 4), (16, 16, 4), (17, 16, 4), (100, 16, 4), (61, 8, 0)])
+def test_tiles_cover_the_image_and_overlap_as_asked(size, tile, overlap):
+    starts = tile_starts(size, tile, overlap)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    assert starts[-1] + tile == max(size, tile)  # the last tile ends at the border
+    for a, b in zip(starts, starts[1:], strict=False):
+        assert a + tile - b >= overlap  # neighbours share at least the overlap
+        assert b - a <= tile - overlap  # and no more tiles than needed
+    with pytest.raises(ValueError):
+        tile_starts(size, tile, tile)
+
+
+def _pointwise(x: torch.Tensor) -> torch.Tensor:
+    return 2 * x + x.square() - 0.25
+
+
+@pytest.mark.parametrize("h,w", [(5, 7), (16, 16), (23, 41)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_tiled_pointwise_network_equals_the_whole_image(h, w, batch):
+    x = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h * w))
+    seen = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(t.shape))
+        return _pointwise(t)
+
+    y = run_tiled(fn, x, (16, 16), overlap=4, batch=batch)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, _pointwise(x))
+    assert set(seen) == {(batch, 3, 16, 16)}  # always the file's exact input shape
+
+
+def test_tiled_module_scores_whole_images_like_the_network():
+    task = get_task("denoise")
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.rand(3, 24, 40, generator=g), torch.rand(3, 24, 40, generator=g)),
+             (torch.rand(3, 40, 24, generator=g), torch.rand(3, 40, 24, generator=g))]
+    whole = evaluate(nn.Identity(), pairs, task, batch_size=1)
+    tiled = evaluate(Tiled(nn.Identity(), (16, 16), overlap=4), pairs, task, batch_size=1)
+    assert tiled.psnr == pytest.approx(whole.psnr, abs=1e-6) and tiled.ssim == pytest.approx(whole.ssim, abs=1e-6)
+    assert whole.psnr != pytest.approx(evaluate(None, pairs[:1], task).psnr)
+
+
+def test_calibration_mosaics_lay_every_patch_once_into_the_deployed_shape():
+    patches = [np.full((1, 3, 4, 4), float(i), np.float32) for i in range(8)]
+    mosaics = calibration_mosaics(patches, (1, 3, 8, 10))  # 2 x 3 patches each (the last column cut to 2 px)
+    assert [m.shape for m in mosaics] == [(1, 3, 8, 10)] * 2
+    first = mosaics[0][0, 0]
+    assert [first[0, 0], first[0, 4], first[0, 8], first[4, 0], first[4, 4], first[4, 8]] == [0, 1, 2, 3, 4, 5]
+    second = mosaics[1][0, 0]
+    assert [second[0, 0], second[0, 4], second[4, 8]] == [6, 7, 3]  # wraps round to the first patches
+
+
+class _Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+def test_best_state_keeps_the_best_checked_weights():
+    g = torch.Generator().manual_seed(1)
+    deg = [torch.rand(3, 16, 16, generator=g) for _ in range(4)]
+    select = Selection([(d, 0.5 * d) for d in deg], get_task("denoise"))
+    model = _Scale()
+    best = BestState(model, select)
+    for step, w in ((0, 1.0), (100, 0.55), (200, 0.8)):
+        with torch.no_grad():
+            model.w.fill_(w)
+        best.offer(step)
+    assert best.step == 100 and list(best.by_step) == [0, 100, 200]
+    assert best.by_step[100] > best.by_step[200] > best.by_step[0]
+    best.restore()
+    assert float(model.w) == pytest.approx(0.55)
+    assert best.to_dict()["picked_step"] == 100 and best.to_dict()["pool_patches"] == 4
