@@ -354,7 +354,8 @@ def test_cli_errors_exit_2(world, tmp_path, capsys):
 
     for args, msg in [(["--export", "tflite"], "unknown --export"), (["--export", "onnx_int8", "--trial", "42"],
                                                                      "trial 42"),
-                      (["--export", "onnx_int8", "--kd", "decoder"], "unknown KD mode")]:
+                      (["--export", "onnx_int8", "--kd", "decoder"], "unknown KD mode"),
+                      (["--export", "onnx_int8", "--patch-size", "44"], "multiple of 8")]:
         with pytest.raises(SystemExit) as e:
             main(["finalize", str(world[2]), "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err
@@ -525,8 +526,9 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
 
     out = tmp_path / "abl"
     run_finalize(FinalizeOptions(storage=str(world[2]), export="onnx_int8", out=str(out), trial=1, ablate=True,
-                                 qdr=QDRConfig(**FAST), train_patches=4, calib_patches=2, samples=1,
-                                 latency_rounds=1, latency_runs=1, show_progress=False), log=lambda s: None)
+                                 qdr=QDRConfig(**FAST), train_patches=4, patch_size=40, calib_patches=2, samples=1,
+                                 eval_images=0, latency_rounds=1, latency_runs=1, show_progress=False),
+                 log=lambda s: None)
     r = json.loads((out / "report.json").read_text())
     shares = r["latency"]["ort_cpu"]["int8_time_shares"]
     assert "QLinearConv" in shares["integer_ops"] and shares["integer_pct"] > 0, "onnx_int8: fused integer convs"
@@ -546,6 +548,8 @@ def test_ablate_runs_every_qdr_variant_through_ort(world, tmp_path):
     for op in ("Add", "Mul", "Sigmoid", "Concat"):
         assert 0 < qz["ort_cpu_integer_kernels"][f"QLinear{op}"] <= ew[op], op
     assert r["training"]["config"]["placement"] == "ort"
+    assert r["training"]["train_patch_size"] == 40 and r["quality"]["patch_size"] == 32  # held-out patches: the zoo's
+    assert "whole_images" not in r["quality"]  # eval_images=0
     from ens.finalize.qat import weight_bits_for
 
     assert qz["weight_bits"] == r["training"]["config"]["weight_bits"] == weight_bits_for("onnx_int8", "ort")
@@ -624,6 +628,9 @@ def test_ptq_calibration_does_not_depend_on_the_training_before_it():
     assert any(not np.array_equal(a, ds[i][0].unsqueeze(0).numpy()) for i, a in enumerate(first))  # epochs differ
     again = ptq_calibration(ds, 6)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    centres = ptq_calibration(ds, 6, size=4)  # larger training patches: the evaluation file's size, the centre
+    assert all(c.shape == (1, 3, 4, 4) and np.array_equal(c, a[..., 2:6, 2:6]) for c, a in zip(centres, first,
+                                                                                               strict=True))
 
 
 def _recording_pool(n: int = 4, size: int = 8) -> tuple[object, list[int]]:

@@ -54,6 +54,9 @@ def finalize(
     shape: str | None = typer.Option(None, "--shape", help="Input shape of the deployed files (default: the "
                                      "study's latency shape)."),
     train_patches: int = typer.Option(512, min=1, help="Training patches drawn for fine-tuning and QAT."),
+    patch_size: int | None = typer.Option(None, "--patch-size", min=8, help="Size of the training patches "
+                                          "(fine-tuning, QAT and its checkpoint selection; a multiple of 8). "
+                                          "Default: the zoo's. The held-out patches keep the zoo's size."),
     resample_every: int = typer.Option(64, min=0, help="Draw a fresh pool of --train-patches (new crops and "
                                        "degradations) every N steps of the FP32 fine-tuning (0: one fixed pool)."),
     qat_resample_every: int = typer.Option(0, min=0, help="The same during QAT (0: one fixed pool)."),
@@ -97,7 +100,7 @@ def finalize(
     opts = FinalizeOptions(storage=storage, export=export, out=str(out), study_name=study_name, trial=trial,
                            latency_budget=latency_budget, pick=pick, qdr=cfg, ablate=ablate,
                            zoo=str(zoo) if zoo else None, data=data, profiler=profiler, shape=shape,
-                           train_patches=train_patches, eval_images=eval_images, force=force,
+                           train_patches=train_patches, patch_size=patch_size, eval_images=eval_images, force=force,
                            init_weights=str(init) if init else None, trt_host=trt_host, qnn_device=hub_device,
                            threads=threads, latency_clock=latency_clock, device=device, amp=amp, compile=compile)
     res = run_finalize(opts, log=log_line)

@@ -101,6 +101,7 @@ class FinalizeOptions:
     profiler: str | None = None
     shape: str | None = None
     train_patches: int = 512
+    patch_size: int | None = None  # training patches' size (fine-tuning, QAT, selection); None: the zoo's
     calib_patches: int = 32
     eval_images: int = 8  # whole held-out images scored by the shipped files (0: patches only)
     samples: int = 3
@@ -283,6 +284,7 @@ def run_finalize(opts: FinalizeOptions, log: Callable[[str], None] = print) -> F
         report = _report_head(run, out)
         fp32_eval, fp32_file, quality, checks = _export_fp32(run, tmp, work, q_deg, q_fp32)
         training: dict[str, Any] = {"finetune": ft_log.to_dict(), "config": run.cfg.to_dict(),
+                                    "train_patch_size": int(run.train[0][0].shape[-1]),
                                     "loss_formula": LOSS_FORMULA, "lmr_formula": LMR_FORMULA}
         student = int8_eval = int8_file = None
         if run.target.int8:
@@ -377,8 +379,11 @@ def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
     data = _data_dir(opts, attrs)
     run.shape = _shape(opts, attrs)
     patch = int(zoo.manifest.patch_size)
+    train_patch = opts.patch_size or patch
+    if train_patch % 8:
+        raise EnsError(f"--patch-size must be a multiple of 8 (the U-Net's three downsamplings), got {train_patch}")
     seed_everything(opts.qdr.seed)
-    run.train = load_pairs(run.task, data, "train", patch_size=patch, seed=opts.qdr.seed,
+    run.train = load_pairs(run.task, data, "train", patch_size=train_patch, seed=opts.qdr.seed,
                            num_patches=opts.train_patches)
     val = load_pairs(run.task, data, "val", patch_size=patch, seed=opts.qdr.seed, num_patches=zoo.manifest.val_patches)
     run.val_pairs = [val[i] for i in range(len(val))]
@@ -390,7 +395,7 @@ def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
     cfg = opts.qdr.variant(placement=run.target.placement_for(opts.qdr.placement))
     run.cfg = cfg = cfg.variant(weight_bits=run.target.weight_bits(cfg.placement, cfg.weight_bits))
     if run.target.int8 and cfg.qat_steps > 0 and cfg.select_every > 0:
-        pool = load_pairs(run.task, data, "train", patch_size=patch, seed=opts.qdr.seed + SELECT_SEED_OFFSET,
+        pool = load_pairs(run.task, data, "train", patch_size=train_patch, seed=opts.qdr.seed + SELECT_SEED_OFFSET,
                           num_patches=cfg.select_patches, augment=False)
         run.select = Selection([pool[i] for i in range(len(pool))], run.task)
 
@@ -476,19 +481,27 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     return student, int8_eval, int8_file
 
 
-def ptq_calibration(train: Any, n: int) -> list[np.ndarray]:
+def ptq_calibration(train: Any, n: int, size: int | None = None) -> list[np.ndarray]:
     """The PTQ baseline's calibration inputs: the first ``n`` training patches as of epoch 0, whatever training
-    ran before (it had read them at the last QAT step's augmentation, so the baseline moved with --qat-steps)."""
+    ran before (it had read them at the last QAT step's augmentation, so the baseline moved with --qat-steps);
+    ``size``: their centres, that many px a side (the evaluation files' shape when training patches are larger)."""
     if hasattr(train, "set_epoch"):
         train.set_epoch(0)
-    return [train[i % len(train)][0].unsqueeze(0).numpy() for i in range(n)]
+    out = []
+    for i in range(n):
+        x = train[i % len(train)][0]
+        if size is not None and x.shape[-1] > size:
+            y0, x0 = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+            x = x[..., y0 : y0 + size, x0 : x0 + size]
+        out.append(x.unsqueeze(0).contiguous().numpy())
+    return out
 
 
 def _ptq_baseline(run: _Run, work: Path, fp32_eval: Path, quality: dict, fp32_psnr: float, deg_psnr: float,
                   log: Callable[[str], None]) -> None:
     """Plain post-training quantization of the same FP32 model, the baseline QDR is compared with."""
     opts = run.opts
-    calib = ptq_calibration(run.train, opts.calib_patches)
+    calib = ptq_calibration(run.train, opts.calib_patches, run.eval_shape[-1])
     seven = run.cfg.weight_bits == 7
     ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=seven)
     q_ptq = ex.evaluate_onnx(ptq_eval, run.val_pairs, run.task, opts.threads, run.target.fused_in_ort)
