@@ -52,6 +52,9 @@ class Task:
     scale: int = 1
     layouts: tuple[str, ...] = ("paired",)
     datasets: tuple[str, ...] = ()
+    # tasks the whole held-out images are scored at, one each, where the degradation is synthesized (blind Gaussian
+    # denoising at sigma 15, 25 and 50, as the papers report it); empty: this task
+    eval_levels: tuple[str, ...] = ()
 
     def degrade(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Degrade a float32 ``[H, W, 3]`` image in [0, 1]; same shape out, in [0, 1], deterministic under rng."""
@@ -130,6 +133,7 @@ register_task(
         degradation="gaussian_noise",
         layouts=("sidd", "paired"),
         datasets=("CBSD68/Kodak24/McMaster/Urban100 with --layout clean", "SIDD"),
+        eval_levels=("denoise15", "denoise25", "denoise50"),
     )
 )
 for _sigma in (15, 25, 50):

@@ -91,3 +91,44 @@ def test_best_state_keeps_the_best_checked_weights():
     best.restore()
     assert float(model.w) == pytest.approx(0.55)
     assert best.to_dict()["picked_step"] == 100 and best.to_dict()["pool_patches"] == 4
+
+
+def test_blind_denoising_is_scored_at_each_sigma_where_the_noise_is_synthesized():
+    from ens.finalize.whole_images import degradation_levels
+
+    names = [t.name for t in degradation_levels(get_task("denoise"), synthetic=True)]
+    assert names == ["denoise15", "denoise25", "denoise50"]
+    assert [t.name for t in degradation_levels(get_task("denoise"), synthetic=False)] == ["denoise"]  # paired data
+    assert [t.name for t in degradation_levels(get_task("derain"), synthetic=True)] == ["derain"]
+
+
+def test_whole_image_quality_reports_each_level_and_their_mean(tmp_path):
+    from ens.finalize.report import model_card
+    from ens.finalize.whole_images import whole_image_quality
+
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 3, 3, padding=1)
+    files = {}
+    for name, scale in (("fp32", 1.0), ("int8", 0.9), ("ptq", 0.8)):  # three "files" that differ in quality
+        m = nn.Sequential(net, nn.Hardtanh(0.0, scale)).eval()
+        files[name] = tmp_path / f"{name}.onnx"
+        torch.onnx.export(m, (torch.rand(1, 3, 16, 16),), str(files[name]), dynamo=False)
+    g = torch.Generator().manual_seed(3)
+    clean = [torch.rand(3, 24, 40, generator=g) * 0.7 for _ in range(2)]
+    sets = {f"noise{s}": [((c + s * torch.randn(c.shape, generator=g)).clamp(0, 1), c) for c in clean]
+            for s in (0.05, 0.2)}
+    task = get_task("denoise")
+    w = whole_image_quality(net.eval(), sets, task, files["fp32"], files["int8"], files["ptq"], threads=1,
+                            fuse_qdq=True)
+    assert set(w["levels"]) == {"noise0.05", "noise0.2"} and w["tile"] == [16, 16] and w["overlap"] == 4
+    for key in ("degraded", "fp32_onnx", "int8_qdr", "int8_ptq", "fp32_torch_untiled"):
+        assert w[key]["psnr"] == pytest.approx(np.mean([v[key]["psnr"] for v in w["levels"].values()]), abs=1e-3)
+    lo, hi = w["levels"]["noise0.2"], w["levels"]["noise0.05"]
+    assert lo["degraded"]["psnr"] < hi["degraded"]["psnr"]  # more noise, a worse input
+    assert w["qdr_minus_ptq_db"] == pytest.approx(w["int8_qdr"]["psnr"] - w["int8_ptq"]["psnr"], abs=1e-3)
+    assert w["int8_qdr"]["recovery_pct"] == pytest.approx(100 * w["int8_qdr"]["psnr"] / w["fp32_onnx"]["psnr"],
+                                                          abs=1e-2)
+    card = model_card({"task": "denoise", "arch": "a", "trial": {"number": 0, "how": "trial"}, "study": "s",
+                       "zoo_id": "z", "preset": "tiny", "export": {"target": "onnx_int8", "files": []}, "params": 1,
+                       "macs": 1, "shape_str": "1x3x16x16", "quality": {"whole_images": w}})
+    assert "mean over 2 degradation levels" in card and "| noise0.2 |" in card

@@ -6,11 +6,15 @@ Steps (:func:`run_finalize`):
    targets), the AI Hub token (``qnn_int8``), the latency profiler;
 2. the trial (:mod:`ens.finalize.pick`), its network rebuilt from the study's zoo, fine-tuned end to
    end in FP32 (``finetune_steps``);
-3. QDR QAT (:mod:`ens.finalize.qat`): a fake-quant copy distilled from the fine-tuned FP32 model;
-   with ``ablate``, the variants of :data:`ens.finalize.qat.ABLATIONS` with the same step budget;
+3. QDR QAT (:mod:`ens.finalize.qat`): a fake-quant copy distilled from the fine-tuned FP32 model, the
+   state kept that scores best on training-image patches drawn apart from the training pool (checked every
+   ``select_every`` steps, the calibrated start included); with ``ablate``, the variants of
+   :data:`ens.finalize.qat.ABLATIONS` with the same step budget;
 4. exports (:mod:`ens.finalize.export`): FP32 and Q/DQ INT8 ONNX at the deploy shape, each checked
-   against PyTorch; quality of FP32 (PyTorch), INT8 and plain PTQ (both run by ONNX Runtime on the
-   held-out split at the zoo's patch size); latencies; the TensorRT engine or the QNN model;
+   against PyTorch; quality of FP32 (PyTorch), INT8 and plain PTQ (both run by ONNX Runtime) on the
+   held-out patches at the zoo's patch size (a quick check) and, by the shipped files tiled at their
+   input shape, on the whole held-out images (:mod:`ens.finalize.whole_images`); latencies; the TensorRT
+   engine or the QNN model;
 5. ``report.json``, ``MODEL_CARD.md``, ``samples.png``.
 
 Everything is written into a temporary folder beside ``out`` that is renamed into place at the end:
@@ -515,18 +519,20 @@ def _ptq_baseline(run: _Run, work: Path, fp32_eval: Path, quality: dict, fp32_ps
 def _whole_images(run: _Run, work: Path, fp32_file: Path, int8_file: Path | None, quality: dict,
                   log: Callable[[str], None]) -> None:
     """The shipped files (and a plain PTQ of the deployed FP32 file) on the first whole held-out images."""
-    from ens.finalize.whole_images import calibration_mosaics, whole_image_quality
+    from ens.finalize.whole_images import calibration_mosaics, degradation_levels, whole_image_quality
     from ens.zoo.build import held_out_images
 
     opts = run.opts
     if opts.eval_images <= 0:
         return
-    pairs = held_out_images(run.task, _data_dir(opts, run.attrs), opts.eval_images)
+    data = _data_dir(opts, run.attrs)
+    levels = degradation_levels(run.task, synthetic=data is None or run.train.info.get("layout") == "clean")
+    pair_sets = {t.name: held_out_images(t, data, opts.eval_images) for t in levels}
     ptq_file = None
     if int8_file is not None:
         calib = calibration_mosaics(ptq_calibration(run.train, opts.calib_patches), run.shape)
         ptq_file = ex.ptq_int8(fp32_file, work / "ptq_deploy.onnx", calib, reduce_range=run.cfg.weight_bits == 7)
-    quality["whole_images"] = whole_image_quality(run.net, pairs, run.task, fp32_file, int8_file, ptq_file,
+    quality["whole_images"] = whole_image_quality(run.net, pair_sets, run.task, fp32_file, int8_file, ptq_file,
                                                   opts.threads, run.target.fused_in_ort, log=log)
 
 

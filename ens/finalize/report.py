@@ -165,6 +165,13 @@ def _card_whole_images(r: dict[str, Any]) -> list[str]:
                          f"{_f(v.get('recovery_pct'), '.2f', '%')} |")
     if w.get("qdr_minus_ptq_db") is not None:
         lines += ["", f"QDR over plain PTQ on whole images: {w['qdr_minus_ptq_db']:+.3f} dB."]
+    levels = w.get("levels") or {}
+    if levels:
+        lines += ["", f"The figures above are the mean over {len(levels)} degradation levels, each on the same images:",
+                  "", "| level | degraded | FP32 | INT8 QDR | INT8 PTQ | QDR − PTQ (dB) |", "|---|---|---|---|---|---|"]
+        for name, v in levels.items():
+            cells = [_f((v.get(k) or {}).get("psnr")) for k in ("degraded", "fp32_onnx", "int8_qdr", "int8_ptq")]
+            lines.append(f"| {name} | {' | '.join(cells)} | {_f(v.get('qdr_minus_ptq_db'), '+.3f')} |")
     return lines
 
 

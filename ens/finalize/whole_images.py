@@ -21,7 +21,7 @@ from ens.finalize import export as ex
 from ens.finalize.report import gain_recovery, recovery
 from ens.tiling import Tiled
 
-TILE_OVERLAP = 32  # px shared by neighbouring tiles, at most a quarter of the tile
+TILE_OVERLAP = 32  # px shared by neighbouring tiles, at most a quarter of the tile (64 or 0: within 0.03 dB)
 
 
 def calibration_mosaics(patches: Sequence[np.ndarray], shape: Sequence[int]) -> list[np.ndarray]:
@@ -49,34 +49,46 @@ def _entry(q: Quality, fp32: float | None, degraded: float | None) -> dict[str, 
     return d
 
 
-def whole_image_quality(net: torch.nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], task: Any,
-                        fp32_file: Path, int8_file: Path | None, ptq_file: Path | None, threads: int,
-                        fuse_qdq: bool, overlap: int = TILE_OVERLAP,
-                        log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """PSNR/SSIM (the task's conventions) on ``pairs`` of whole images: degraded input, the FP32 network untiled
-    (PyTorch), and each ONNX file tiled at its own input shape (ONNX Runtime)."""
-    deg = evaluate(None, pairs, task)
-    fp32_torch = evaluate(net, pairs, task, batch_size=1)
+def _files_quality(net: torch.nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], task: Any,
+                   models: dict[str, tuple[torch.nn.Module, tuple[int, int], int]]) -> dict[str, Quality]:
+    out = {"degraded": evaluate(None, pairs, task), "fp32_torch_untiled": evaluate(net, pairs, task, batch_size=1)}
+    for name, (model, tile, batch) in models.items():
+        out[name] = evaluate(Tiled(model, tile, min(TILE_OVERLAP, min(tile) // 4), batch), pairs, task, batch_size=1)
+    return out
+
+
+def _entries(q: dict[str, Quality]) -> dict[str, Any]:
+    fp32 = q["fp32_onnx"].psnr
+    deg = q["degraded"].psnr
+    out = {k: (_entry(v, fp32, deg) if k.startswith("int8") else v.to_dict()) for k, v in q.items()}
+    if "int8_qdr" in q and "int8_ptq" in q:
+        out["qdr_minus_ptq_db"] = round(q["int8_qdr"].psnr - q["int8_ptq"].psnr, 4)
+    return out
+
+
+def whole_image_quality(net: torch.nn.Module, pair_sets: dict[str, Sequence[tuple[torch.Tensor, torch.Tensor]]],
+                        task: Any, fp32_file: Path, int8_file: Path | None, ptq_file: Path | None, threads: int,
+                        fuse_qdq: bool, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """PSNR/SSIM (``task``'s conventions) on whole images: degraded input, the FP32 network untiled (PyTorch), and
+    each ONNX file tiled at its own input shape (ONNX Runtime). ``pair_sets``: the held-out images at each
+    degradation level (one set, or one per level, e.g. per noise sigma, as the papers report blind denoising); with
+    several, the headline figures are their mean and ``levels`` holds each."""
     files = {"fp32_onnx": fp32_file, "int8_qdr": int8_file, "int8_ptq": ptq_file}
-    out: dict[str, Any] = {
-        "images": len(pairs), "sizes": [list(p[0].shape[-2:]) for p in pairs], "overlap": overlap,
-        "degraded": deg.to_dict(), "fp32_torch_untiled": fp32_torch.to_dict(),
-    }
-    fp32_onnx: float | None = None
+    models = {}
     for name, path in files.items():
-        if path is None:
-            continue
-        model = ex.OnnxModel(path, threads, fuse_qdq=fuse_qdq if name != "fp32_onnx" else True)
-        shape = model.sess.get_inputs()[0].shape
-        out["tile"] = [int(shape[-2]), int(shape[-1])]
-        out["overlap"] = min(overlap, min(out["tile"]) // 4)
-        tiled = Tiled(model, (shape[-2], shape[-1]), out["overlap"], batch=model.batch or 1)
-        q = evaluate(tiled, pairs, task, batch_size=1)
-        out[name] = _entry(q, fp32_onnx, deg.psnr) if name != "fp32_onnx" else q.to_dict()
-        if name == "fp32_onnx":
-            fp32_onnx = q.psnr
-    if "int8_qdr" in out and "int8_ptq" in out:
-        out["qdr_minus_ptq_db"] = round(out["int8_qdr"]["psnr"] - out["int8_ptq"]["psnr"], 4)
+        if path is not None:
+            model = ex.OnnxModel(path, threads, fuse_qdq=fuse_qdq if name != "fp32_onnx" else True)
+            shape = model.sess.get_inputs()[0].shape
+            models[name] = (model, (int(shape[-2]), int(shape[-1])), model.batch or 1)
+    per_level = {level: _files_quality(net, pairs, task, models) for level, pairs in pair_sets.items()}
+    mean = {k: Quality(float(np.mean([q[k].psnr for q in per_level.values()])),
+                       float(np.mean([q[k].ssim for q in per_level.values()]))) for k in next(iter(per_level.values()))}
+    first = next(iter(pair_sets.values()))
+    tile = models["fp32_onnx"][1]
+    out: dict[str, Any] = {"images": len(first), "sizes": [list(p[0].shape[-2:]) for p in first], "tile": list(tile),
+                           "overlap": min(TILE_OVERLAP, min(tile) // 4), **_entries(mean)}
+    if len(per_level) > 1:
+        out["levels"] = {level: _entries(q) for level, q in per_level.items()}
     log(whole_image_line(out))
     return out
 
@@ -89,4 +101,13 @@ def whole_image_line(w: dict[str, Any]) -> str:
     if "int8_ptq" in w:
         parts.append(f"PTQ {w['int8_ptq']['psnr']:.3f} ({w['int8_ptq']['recovery_pct']}%)")
     tile = "x".join(str(t) for t in w.get("tile", []))
-    return f"whole held-out images ({w['images']}, tiled {tile}): " + ", ".join(parts) + " dB"
+    levels = f" x {len(w['levels'])} levels, mean" if w.get("levels") else ""
+    return f"whole held-out images ({w['images']}{levels}, tiled {tile}): " + ", ".join(parts) + " dB"
+
+
+def degradation_levels(task: Any, synthetic: bool) -> list[Any]:
+    """The tasks whose held-out images are scored: ``task.eval_levels`` where the degradation is synthesized
+    (the embedded data or a folder of clean images), else ``task`` itself (paired data fixes the degradation)."""
+    from ens.tasks import get_task
+
+    return [get_task(n) for n in task.eval_levels] if (task.eval_levels and synthetic) else [task]
