@@ -100,6 +100,18 @@ def int8_pairs_saturate(machine: str | None = None, flags: frozenset[str] | None
     return not (flags & VNNI_FLAGS)
 
 
+def int8_dot_product(machine: str | None = None, flags: frozenset[str] | None = None) -> str:
+    """How this CPU's u8 x s8 kernels sum products, in words for reports (INT8 speed and the weight range
+    depend on it): the VNNI flags it lists, or the saturating 16-bit pairs of x86 without them."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return f"{machine}: 32-bit dot products"
+    found = sorted((cpu_flags() if flags is None else flags) & VNNI_FLAGS)
+    if found:
+        return f"x86 with VNNI ({', '.join(found)}): 32-bit sums"
+    return "x86 without VNNI: pairs of u8 x s8 products summed in 16 bits"
+
+
 def _ort():
     try:
         import onnxruntime as ort

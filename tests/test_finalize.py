@@ -246,6 +246,9 @@ def test_report_fields(trt_run):
     assert "## Quality on whole held-out images (2: 296x448, 400x600)" in card and "32x32 tiles" in card
     assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
     assert "in integer kernels" in card and "in Q/DQ conversions" in card
+    from profilers.ort_cpu import int8_dot_product
+
+    assert lat["cpu_int8"] == int8_dot_product() and f"the CPU is {lat['cpu_int8']}" in card
     from PIL import Image
 
     assert Image.open(out / "samples.png").size[0] > 4 * 32
@@ -568,6 +571,12 @@ def test_int8_pairs_saturate_on_x86_without_vnni_only():
     assert not int8_pairs_saturate("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
     assert not int8_pairs_saturate("x86_64", frozenset({"avx2", "avx_vnni"}))
     assert not int8_pairs_saturate("aarch64", frozenset({"asimd"}))
+    from profilers.ort_cpu import int8_dot_product
+
+    assert int8_dot_product("x86_64", frozenset({"avx2"})).startswith("x86 without VNNI")
+    assert int8_dot_product("x86_64", frozenset({"avx512_vnni", "avx_vnni"})) == (
+        "x86 with VNNI (avx512_vnni, avx_vnni): 32-bit sums")
+    assert "32-bit" in int8_dot_product("aarch64", frozenset())
 
 
 def test_weight_bits_follow_the_target_and_the_cpu(monkeypatch):

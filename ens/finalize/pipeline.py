@@ -651,8 +651,11 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
     log("measuring ONNX Runtime CPU latency (FP32 and INT8 interleaved)")
     ort = ex.ort_cpu_latency(files, shape, threads=opts.threads, rounds=opts.latency_rounds, runs=opts.latency_runs,
                              clock=opts.latency_clock)
+    from profilers.ort_cpu import int8_dot_product
+
     entry: dict[str, Any] = {"profiler": f"ort-cpu?threads={opts.threads}", "device": ort["device"],
-                             "shape": format_shape(shape), **{k: v for k, v in ort.items() if k != "device"}}
+                             "cpu_int8": int8_dot_product(), "shape": format_shape(shape),
+                             **{k: v for k, v in ort.items() if k != "device"}}
     if int8_file is not None:
         log("profiling the INT8 graph's kernels (ONNX Runtime profiler, a separate pass)")
         entry["int8_time_shares"] = ex.int8_time_shares(int8_file, shape, threads=opts.threads)

@@ -185,6 +185,8 @@ def _card_latency(r: dict[str, Any]) -> list[str]:
         sp = d.get("speedup")
         lines.append(f"| {d.get('profiler')} | {d.get('device', '')} | {d.get('shape')} | {_lat(d.get('fp32'))} | "
                      f"{_lat(d.get('int8'))} | {_f(sp, '.2f', 'x')} |")
+        if d.get("cpu_int8"):
+            notes.append(f"- {d['profiler']}: the CPU is {d['cpu_int8']}.")
         if d.get("note"):
             notes.append(f"- {d['profiler']}: {d['note']}")
         if d.get("int8_time_shares"):
