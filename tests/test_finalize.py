@@ -96,8 +96,8 @@ def trt_run(world):
         with pytest.raises(EngineNotBuilt) as err:
             run_finalize(FinalizeOptions(storage=str(db), export="trt_int8", out=str(out), trial=5,
                                          qdr=QDRConfig(**FAST), train_patches=8, calib_patches=2, samples=2,
-                                         latency_rounds=1, latency_runs=2, show_progress=False, device="cpu",
-                                         amp="off"), log=lambda s: None)
+                                         eval_images=1, latency_rounds=1, latency_runs=2, show_progress=False,
+                                         device="cpu", amp="off"), log=lambda s: None)
     finally:
         torch.set_num_threads(n)
     return out, err.value
@@ -234,8 +234,8 @@ def test_report_fields(trt_run):
     sel = t["qat"]["extra"]["selection"]  # the calibrated start and the last step, on 4 training-image patches
     assert sel["pool_patches"] == 4 and set(sel["psnr_by_step"]) == {"0", "2"}
     assert sel["psnr_by_step"][str(sel["picked_step"])] == max(sel["psnr_by_step"].values())
-    w = q["whole_images"]  # the embedded deblur split's two whole images, through the shipped 32x32 files
-    assert w["images"] == 2 and w["sizes"] == [[296, 448], [400, 600]] and w["tile"] == [32, 32] and w["overlap"] == 8
+    w = q["whole_images"]  # the embedded deblur split's first whole image, through the shipped 32x32 files
+    assert w["images"] == 1 and w["sizes"] == [[296, 448]] and w["tile"] == [32, 32] and w["overlap"] == 8
     for key in ("degraded", "fp32_torch_untiled", "fp32_onnx", "int8_qdr", "int8_ptq"):
         assert math.isfinite(w[key]["psnr"]) and 0 < w[key]["ssim"] <= 1, key
     assert w["degraded"]["psnr"] != pytest.approx(q["degraded"]["psnr"], abs=1e-3)  # not the patches
@@ -243,7 +243,7 @@ def test_report_fields(trt_run):
                                                           abs=1e-2)
     assert w["qdr_minus_ptq_db"] == pytest.approx(w["int8_qdr"]["psnr"] - w["int8_ptq"]["psnr"], abs=1e-3)
     card = (out / "MODEL_CARD.md").read_text()
-    assert "## Quality on whole held-out images (2: 296x448, 400x600)" in card and "32x32 tiles" in card
+    assert "## Quality on whole held-out images (1: 296x448)" in card and "32x32 tiles" in card
     assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
     assert "in integer kernels" in card and "in Q/DQ conversions" in card
     from profilers.ort_cpu import int8_dot_product
@@ -336,7 +336,7 @@ def test_out_folder_is_atomic_on_failure(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(rep, "atomic_write_text", disk_full)
     opts = FinalizeOptions(storage=str(world[2]), export="onnx_fp32", out=str(out), trial=1, force=True,
-                           qdr=QDRConfig(finetune_steps=0, batch_size=2), train_patches=4, samples=1,
+                           qdr=QDRConfig(finetune_steps=0, batch_size=2), train_patches=4, samples=1, eval_images=0,
                            latency_rounds=1, latency_runs=1, show_progress=False)
     with pytest.raises(EnsError, match="No space left"):
         run_finalize(opts, log=lambda s: None)

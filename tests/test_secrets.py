@@ -38,7 +38,7 @@ def test_no_verb_prints_or_writes_the_storage_password(postgres_url, micro_zoo, 
         ["report", url, "--study-name", "sec", "--out", "rep"],
         ["report", url, "--study-name", "nope", "--out", "rep2"],  # an error naming the storage
         ["finalize", url, "--study-name", "sec", "--export", "onnx_fp32", "--trial", "0", "--finetune-steps", "0",
-         "--qat-steps", "0", "--train-patches", "2", "--batch-size", "1", "--out", "final"],
+         "--qat-steps", "0", "--train-patches", "2", "--batch-size", "1", "--eval-images", "0", "--out", "final"],
     ]
     for argv in runs:
         code, out, err = _run(argv, capsys)
