@@ -82,6 +82,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+X86_MACHINES = ("x86_64", "amd64", "x86", "i386", "i686")
 
 
 def int8_pairs_saturate(machine: str | None = None, flags: frozenset[str] | None = None) -> bool:
@@ -94,7 +95,7 @@ def int8_pairs_saturate(machine: str | None = None, flags: frozenset[str] | None
     as one without VNNI.
     """
     machine = (machine or platform.machine()).lower()
-    if machine not in ("x86_64", "amd64", "x86", "i386", "i686"):
+    if machine not in X86_MACHINES:
         return False
     flags = cpu_flags() if flags is None else flags
     return not (flags & VNNI_FLAGS)
@@ -104,7 +105,7 @@ def int8_dot_product(machine: str | None = None, flags: frozenset[str] | None = 
     """How this CPU's u8 x s8 kernels sum products, in words for reports (INT8 speed and the weight range
     depend on it): the VNNI flags it lists, or the saturating 16-bit pairs of x86 without them."""
     machine = (machine or platform.machine()).lower()
-    if machine not in ("x86_64", "amd64", "x86", "i386", "i686"):
+    if machine not in X86_MACHINES:
         return f"{machine}: 32-bit dot products"
     found = sorted((cpu_flags() if flags is None else flags) & VNNI_FLAGS)
     if found:

@@ -42,7 +42,7 @@ from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
 from ens.finalize.qat import ABLATIONS, QDRConfig, Selection, finetune_fp32, qdr_train, require_modelopt
-from ens.finalize.report import gain_recovery, recovery, samples_png, write_report
+from ens.finalize.report import quality_entry, samples_png, write_report
 from ens.finalize.targets import ExportTarget, get_target
 
 # the selection pool's seed is the run's seed plus this, apart from every pool the training draws
@@ -188,14 +188,6 @@ def _tile_like(val_x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
             k += reps[1]
         rows.append(torch.cat(tiles, dim=-2)[:, :h, :w])
     return torch.stack(rows)[:, :c]
-
-
-def _qdict(q: Any, fp32_psnr: float | None = None, degraded: float | None = None) -> dict[str, Any]:
-    d = q.to_dict()
-    if fp32_psnr is not None:
-        d["recovery_pct"] = recovery(d["psnr"], fp32_psnr)
-        d["gain_recovery_pct"] = gain_recovery(d["psnr"], fp32_psnr, degraded)
-    return d
 
 
 def _publish_permissions(tmp: Path) -> None:
@@ -445,7 +437,7 @@ def _export_fp32(run: _Run, tmp: Path, work: Path, q_deg, q_fp32) -> tuple[Path,
     quality: dict[str, Any] = {
         "pairs": len(run.val_pairs), "patch_size": run.eval_shape[-1], "metric": run.task.metric_description,
         "int8_runtime": INT8_RUNTIME[run.target.fused_in_ort],
-        "degraded": q_deg.to_dict(), "fp32": _qdict(q_fp32), "fp32_onnx": _qdict(q_fp32_ort),
+        "degraded": q_deg.to_dict(), "fp32": quality_entry(q_fp32), "fp32_onnx": quality_entry(q_fp32_ort),
     }
     return fp32_eval, fp32_file, quality, checks
 
@@ -470,8 +462,8 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     checks["int8_vs_fakequant"] = ex.check_int8(student, int8_eval, run.val_x[: min(4, len(run.val_x))], fuse)
     checks["int8_tolerance"] = ex.INT8_TOLERANCE
     q_int8 = ex.evaluate_onnx(int8_eval, run.val_pairs, run.task, opts.threads, fuse)
-    quality["int8_qdr"] = _qdict(q_int8, fp32_psnr, deg_psnr)
-    quality["int8_fakequant_torch"] = _qdict(evaluate(student, run.val_pairs, run.task), fp32_psnr, deg_psnr)
+    quality["int8_qdr"] = quality_entry(q_int8, fp32_psnr, deg_psnr)
+    quality["int8_fakequant_torch"] = quality_entry(evaluate(student, run.val_pairs, run.task), fp32_psnr, deg_psnr)
     log(f"INT8 (QDR, ONNX Runtime): {q_int8.psnr:.3f} dB / {q_int8.ssim:.4f} "
         f"({quality['int8_qdr']['recovery_pct']}% of FP32)")
     int8_file = tmp / "model_int8.onnx"
@@ -509,7 +501,7 @@ def _ptq_baseline(run: _Run, work: Path, fp32_eval: Path, quality: dict, fp32_ps
     seven = run.cfg.weight_bits == 7
     ptq_eval = ex.ptq_int8(fp32_eval, work / "ptq_eval.onnx", calib, reduce_range=seven)
     q_ptq = ex.evaluate_onnx(ptq_eval, run.val_pairs, run.task, opts.threads, run.target.fused_in_ort)
-    quality["int8_ptq"] = _qdict(q_ptq, fp32_psnr, deg_psnr)
+    quality["int8_ptq"] = quality_entry(q_ptq, fp32_psnr, deg_psnr)
     quality["int8_ptq"]["method"] = ("onnxruntime quantize_static, QDQ, MinMax, U8 activations, S8 "
                                      f"per-channel weights{' (reduce_range: 7-bit)' if seven else ''}, "
                                      f"{opts.calib_patches} training patches")
@@ -616,7 +608,7 @@ def _ablate(net, train, cfg: QDRConfig, work: Path, eval_shape, val_pairs, task,
         path = work / f"ablate_{name}.onnx"
         ex.export_int8(student, eval_shape, path)
         q = ex.evaluate_onnx(path, val_pairs, task, opts.threads, fuse)
-        out[name] = {**_qdict(q, fp32_psnr, deg_psnr), "description": ABLATION_TEXT[name],
+        out[name] = {**quality_entry(q, fp32_psnr, deg_psnr), "description": ABLATION_TEXT[name],
                      "lmr_weights": q_log.lmr_weights, "qat_seconds": q_log.seconds}
         log(f"  {name}: {q.psnr:.3f} dB")
     return out
@@ -643,6 +635,7 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
                log, placement: str = "trt") -> dict[str, Any]:
     from profilers.base import format_shape
     from profilers.errors import ProfilerError
+    from profilers.ort_cpu import int8_dot_product
 
     res: dict[str, Any] = {}
     files = {"fp32": fp32_file}
@@ -651,8 +644,6 @@ def _latencies(fp32_file: Path, int8_file: Path | None, shape, opts: FinalizeOpt
     log("measuring ONNX Runtime CPU latency (FP32 and INT8 interleaved)")
     ort = ex.ort_cpu_latency(files, shape, threads=opts.threads, rounds=opts.latency_rounds, runs=opts.latency_runs,
                              clock=opts.latency_clock)
-    from profilers.ort_cpu import int8_dot_product
-
     entry: dict[str, Any] = {"profiler": f"ort-cpu?threads={opts.threads}", "device": ort["device"],
                              "cpu_int8": int8_dot_product(), "shape": format_shape(shape),
                              **{k: v for k, v in ort.items() if k != "device"}}

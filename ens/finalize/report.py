@@ -33,6 +33,15 @@ def gain_recovery(int8: float | None, fp32: float | None, degraded: float | None
     return round(100.0 * (int8 - degraded) / (fp32 - degraded), 2)
 
 
+def quality_entry(q: Any, fp32_psnr: float | None = None, degraded: float | None = None) -> dict[str, Any]:
+    """A :class:`ens.evaluate.Quality` as report fields, with its recovery of ``fp32_psnr`` when given."""
+    d = q.to_dict()
+    if fp32_psnr is not None:
+        d["recovery_pct"] = recovery(d["psnr"], fp32_psnr)
+        d["gain_recovery_pct"] = gain_recovery(d["psnr"], fp32_psnr, degraded)
+    return d
+
+
 @torch.no_grad()
 def samples_png(rows: list[tuple[torch.Tensor, ...]]) -> bytes:
     """One row per sample: degraded | FP32 | INT8 | target (each [3, H, W] in [0, 1]), 2 px gaps."""

@@ -18,7 +18,7 @@ import torch
 
 from ens.evaluate import Quality, evaluate
 from ens.finalize import export as ex
-from ens.finalize.report import gain_recovery, recovery
+from ens.finalize.report import quality_entry
 from ens.tiling import Tiled
 
 TILE_OVERLAP = 32  # px shared by neighbouring tiles, at most a quarter of the tile (64 or 0: within 0.03 dB)
@@ -41,26 +41,22 @@ def calibration_mosaics(patches: Sequence[np.ndarray], shape: Sequence[int]) -> 
     return out
 
 
-def _entry(q: Quality, fp32: float | None, degraded: float | None) -> dict[str, Any]:
-    d: dict[str, Any] = q.to_dict()
-    if fp32 is not None:
-        d["recovery_pct"] = recovery(q.psnr, fp32)
-        d["gain_recovery_pct"] = gain_recovery(q.psnr, fp32, degraded)
-    return d
+def tile_overlap(tile: tuple[int, int]) -> int:
+    return min(TILE_OVERLAP, min(tile) // 4)
 
 
 def _files_quality(net: torch.nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], task: Any,
                    models: dict[str, tuple[torch.nn.Module, tuple[int, int], int]]) -> dict[str, Quality]:
     out = {"degraded": evaluate(None, pairs, task), "fp32_torch_untiled": evaluate(net, pairs, task, batch_size=1)}
     for name, (model, tile, batch) in models.items():
-        out[name] = evaluate(Tiled(model, tile, min(TILE_OVERLAP, min(tile) // 4), batch), pairs, task, batch_size=1)
+        out[name] = evaluate(Tiled(model, tile, tile_overlap(tile), batch), pairs, task, batch_size=1)
     return out
 
 
 def _entries(q: dict[str, Quality]) -> dict[str, Any]:
     fp32 = q["fp32_onnx"].psnr
     deg = q["degraded"].psnr
-    out = {k: (_entry(v, fp32, deg) if k.startswith("int8") else v.to_dict()) for k, v in q.items()}
+    out = {k: (quality_entry(v, fp32, deg) if k.startswith("int8") else v.to_dict()) for k, v in q.items()}
     if "int8_qdr" in q and "int8_ptq" in q:
         out["qdr_minus_ptq_db"] = round(q["int8_qdr"].psnr - q["int8_ptq"].psnr, 4)
     return out
@@ -86,7 +82,7 @@ def whole_image_quality(net: torch.nn.Module, pair_sets: dict[str, Sequence[tupl
     first = next(iter(pair_sets.values()))
     tile = models["fp32_onnx"][1]
     out: dict[str, Any] = {"images": len(first), "sizes": [list(p[0].shape[-2:]) for p in first], "tile": list(tile),
-                           "overlap": min(TILE_OVERLAP, min(tile) // 4), **_entries(mean)}
+                           "overlap": tile_overlap(tile), **_entries(mean)}
     if len(per_level) > 1:
         out["levels"] = {level: _entries(q) for level, q in per_level.items()}
     log(whole_image_line(out))
