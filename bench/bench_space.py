@@ -32,13 +32,16 @@ from run_all import ENS, ROOT, front_span, run, study_attrs  # noqa: E402
 ALL_T = "enc:T,T,T|lat:T|dec:T,T,T|ref:T"
 
 
+ZOO_FRONT = ["--zoo-front"]  # or ["--no-zoo-front"] (--no-zoo-front below): the control without the seeded front
+
+
 def search(task: str, out: Path, log: list, trials: int, name: str, kinds: str | None,
            precision: str | None = None) -> Path:
     cwd = out / "run"
     cwd.mkdir(parents=True, exist_ok=True)
     db = out / f"{name}.db"
     cmd = [*ENS, "search", "--task", task, "--objective", "psnr,latency", "--storage", str(db), "--trials",
-           str(trials), "--workers", "1", "--study-name", name, "--sampler", "nsga2"]
+           str(trials), "--workers", "1", "--study-name", name, "--sampler", "nsga2", *ZOO_FRONT]
     cmd += ["--kinds", kinds] if kinds else []
     cmd += ["--precision", precision] if precision else []
     run(cmd, log, capture=False, cwd=cwd)
@@ -143,13 +146,18 @@ def main() -> None:
     ap.add_argument("--shape", default="1x3x256x256")
     ap.add_argument("--int8", action="store_true", help="also search with --precision int8 (figure b)")
     ap.add_argument("--out", default="bench/results/space")
+    ap.add_argument("--no-zoo-front", action="store_true", help="search without the zoo's predicted front "
+                    "enqueued first (ens search --no-zoo-front): the control")
     args = ap.parse_args()
+    if args.no_zoo_front:
+        ZOO_FRONT[:] = ["--no-zoo-front"]
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["ENS_CACHE_DIR"] = str(out / "cache")
     log: list[dict[str, Any]] = []
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "load_average_start": [round(v, 2) for v in
-                                                                                    os.getloadavg()], "tasks": {}}
+                                                                                    os.getloadavg()], "tasks": {},
+                           "zoo_front": not args.no_zoo_front}
     for task in filter(None, args.tasks.split(",")):
         r: dict[str, Any] = {"spaces": {}}
         for space in filter(None, args.spaces.split(":")):  # the full space first: its table covers every kind

@@ -55,6 +55,9 @@ def search(
     enqueue: list[str] | None = typer.Option(None, "--enqueue", help="Evaluate this architecture (an Arch string, "
                                              "e.g. 'enc:T,E,M|lat:E|dec:E,E,E|ref:E') before the sampler's; "
                                              "repeatable. Skipped if the study already holds it."),
+    zoo_front: bool = typer.Option(True, "--zoo-front/--no-zoo-front", help="First evaluate the architectures "
+                                   "predicted fastest within 0.05-2 dB of the teacher, from the zoo's single-swap "
+                                   "losses and the latency table (lut: profilers)."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
@@ -72,7 +75,7 @@ def search(
                          gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, from_scratch=from_scratch,
                          granularity=granularity, score_alpha=score_alpha,
                          precision=precision.lower() if precision else None, kinds=kinds, device=device,
-                         amp=amp, enqueue=tuple(enqueue or ()))
+                         amp=amp, enqueue=tuple(enqueue or ()), zoo_front=zoo_front)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}

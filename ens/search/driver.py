@@ -56,6 +56,7 @@ class SearchOptions:
     max_retries: int = 1
     artifacts: str | None = None
     enqueue: tuple[str, ...] = ()  # architectures evaluated before the sampler's (Optuna's enqueue_trial)
+    zoo_front: bool = True  # enqueue the front the zoo's single swaps and the latency table predict (zoo_front.py)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
@@ -203,6 +204,18 @@ def _enqueued_params(archs: tuple[str, ...], cfg, kinds: list[str], granularity:
     return out
 
 
+def _enqueue_zoo_front(study: optuna.Study, zoo_dir: Path, prof, cfg, shape, opts: SearchOptions,
+                       kinds: list[str], log: Callable[[str], None]) -> None:
+    from ens.search.zoo_front import search_seeds
+
+    seeds, line = search_seeds(zoo_dir, prof, cfg, shape, opts.precision, kinds, opts.granularity)
+    log(line)
+    for s in seeds:
+        study.enqueue_trial(arch_to_params(s.arch, cfg, opts.granularity), skip_if_exists=True, user_attrs={
+            "zoo_front": {"budget_db": s.budget_db, "predicted_loss_db": s.loss_db,
+                          "predicted_latency_ms": s.latency_ms}})
+
+
 def _patch_size(zoo_dir: Path, preset: str) -> int:
     from ens.zoo.build import RECIPES
     from ens.zoo.manifest import ZooManifest
@@ -261,6 +274,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
+            if opts.zoo_front:
+                _enqueue_zoo_front(study, choice.path, prof, cfg, shape, opts, kinds, log)
         for params in wanted:
             study.enqueue_trial(params, skip_if_exists=True)
         ref_ms = None

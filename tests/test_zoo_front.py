@@ -1,0 +1,141 @@
+"""The additive front (exact against brute force) and ``ens search --zoo-front``'s enqueued architectures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import shutil
+
+import pytest
+from optuna.trial import TrialState
+
+from blocks import UNetConfig
+from blocks.unet import stage_layout
+from ens.report import ALL_T
+from ens.search.driver import SearchOptions, run_search
+from ens.search.zoo_front import predicted_front, slot_options
+from search_spaces.additive import FrontPoint, additive_front, fastest_within
+from search_spaces.arch import Arch
+
+CFG = UNetConfig(dim=8, num_blocks=(1, 2, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2))
+
+
+def _brute_front(options):
+    points = []
+    for combo in itertools.product(*[list(o.items()) for o in options]):
+        points.append(FrontPoint(sum(v[0] for _, v in combo), sum(v[1] for _, v in combo),
+                                 tuple(k for k, _ in combo)))
+    return [p for p in points if not any((q.loss <= p.loss and q.cost < p.cost) or
+                                         (q.loss < p.loss and q.cost <= p.cost) for q in points)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_additive_front_is_the_exact_pareto_front(seed):
+    rng = random.Random(seed)
+    options = [{k: (round(rng.uniform(0, 1), 2), round(rng.uniform(1, 10), 1)) for k in "TMEI"[:rng.randint(1, 4)]}
+               for _ in range(rng.randint(1, 5))]
+    front = additive_front(options)
+    brute = _brute_front(options)
+    assert {(round(p.loss, 9), round(p.cost, 9)) for p in front} == {(round(p.loss, 9), round(p.cost, 9))
+                                                                     for p in brute}
+    for p in front:  # each point's choice adds up to its totals
+        assert p.loss == pytest.approx(sum(options[i][k][0] for i, k in enumerate(p.choice)))
+        assert p.cost == pytest.approx(sum(options[i][k][1] for i, k in enumerate(p.choice)))
+    for budget in (0.0, 0.3, 1.0, 5.0):
+        best = fastest_within(front, budget)
+        ok = [p for p in brute if p.loss <= budget + 1e-12]
+        assert (best is None) == (not ok)
+        if ok:
+            assert best.cost == pytest.approx(min(p.cost for p in ok))
+    with pytest.raises(ValueError, match="slot 1"):
+        additive_front([{"T": (0, 1)}, {}])
+
+
+def _swaps(cfg, values):
+    return {f"{s.name}.{i}": dict(values) for s in stage_layout(cfg) for i in range(s.depth)}
+
+
+def test_slot_options_sum_positions_and_bank_no_gains():
+    swap = _swaps(CFG, {"M": -0.1, "E": 0.4})  # E gains on its own: counted as no loss
+    del swap["lat.1"]["M"]  # a kind without a figure at one block of a stage is not offered there
+    costs = {s.name: {"T": 5.0, "M": 2.0, "E": 1.0} for s in stage_layout(CFG)}
+    by_stage = dict(zip([s.name for s in stage_layout(CFG)], slot_options(swap, costs, CFG, ["T", "M", "E"], "stage"),
+                        strict=True))
+    assert by_stage["enc2"] == {"T": (0.0, 10.0), "M": (pytest.approx(0.2), 4.0), "E": (0.0, 2.0)}
+    assert "M" not in by_stage["lat"] and by_stage["enc1"]["M"] == (pytest.approx(0.1), 2.0)
+    per_block = slot_options(swap, costs, CFG, ["T", "M", "E"], "block")
+    assert len(per_block) == sum(s.depth for s in stage_layout(CFG)) and per_block[1]["M"] == (pytest.approx(0.1), 2.0)
+
+
+def test_predicted_front_takes_the_cheap_slots_first():
+    """Swaps cost 0.05 dB everywhere but at enc1 (1 dB): every budget under 1 dB keeps T at enc1."""
+    swap = _swaps(CFG, {"E": -0.05})
+    swap["enc1.0"]["E"] = -1.0
+    costs = {s.name: {"T": 5.0, "E": 1.0} for s in stage_layout(CFG)}
+    seeds = predicted_front(swap, 3.0, costs, CFG, ["T", "E"], budgets=(0.05, 0.3, 0.5, 2.0))
+    assert [s.budget_db for s in seeds] == [0.05, 0.3, 0.5, 2.0]
+    assert str(seeds[-1].arch) == str(Arch.uniform("E"))
+    for s in seeds:
+        assert s.loss_db <= s.budget_db + 1e-9
+        assert s.latency_ms == pytest.approx(3.0 + sum(5.0 if k == "T" else 1.0 for ks in
+                                                      s.arch.block_kinds(CFG).values() for k in ks))
+        if s.budget_db < 1.0:
+            assert s.arch.block_kinds(CFG)["enc1"] == ["T"]
+    assert seeds[1].arch.block_kinds(CFG)["lat"] == ["E", "E"]  # 0.3 dB buys three 2-block stages of 0.1 each
+    assert predicted_front(_swaps(CFG, {"E": -5.0}), 3.0, costs, CFG, ["T", "E"], budgets=(0.3,)) == []
+
+
+def _save_table(cfg, kinds, costs, shape=(1, 3, 32, 32)):
+    from profilers.lut import LatencyTable
+    from profilers.ort_cpu import OrtCpuProfiler
+
+    prof = OrtCpuProfiler()
+    stages = {s.name: s.depth for s in stage_layout(cfg)}
+    table = LatencyTable(profiler=prof.spec, device=prof.device, precision="fp32", input_shape=shape,
+                         config=cfg.to_dict(), kinds=tuple(kinds), stages=stages, skeleton_ms=2.0,
+                         costs={s: dict(costs[s]) for s in stages})
+    return table.save(table.default_path())
+
+
+def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
+    root = tmp_path / "zoo"
+    zoo_dir = root / "deblur-tiny"
+    shutil.copytree(micro_zoo, zoo_dir)
+    from ens.zoo.store import Zoo
+
+    cfg = Zoo.load(zoo_dir).config
+    quality = json.loads((zoo_dir / "quality.json").read_text())
+    quality["swap"] = _swaps(cfg, {"M": -0.5, "E": -0.04})
+    quality["swap"]["ref.0"]["E"] = -0.9
+    (zoo_dir / "quality.json").write_text(json.dumps(quality))
+    costs = {s.name: {"T": 4.0, "M": 3.0, "E": 1.0} for s in stage_layout(cfg)}
+    _save_table(cfg, ["T", "M", "E"], costs)
+    expected = [s for s in predicted_front(quality["swap"], 2.0, costs, cfg, ["T", "M", "E"])
+                if len(s.arch.kinds_used()) > 1]  # the uniform ones are enqueued as references anyway
+    assert expected, "the synthetic zoo predicts a front"
+
+    lines: list[str] = []
+    opts = SearchOptions(task="deblur", profiler="lut:ort-cpu", trials=3 + len(expected), workers=0,
+                         storage=str(tmp_path / "s.db"), zoo_root=str(root), shape="1x3x32x32", sampler="random",
+                         kinds="T,M,E")
+    study, _ = run_search(opts, log=lines.append)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert [t.user_attrs["arch"] for t in done][:3] == [ALL_T, str(Arch.uniform("M")), str(Arch.uniform("E"))]
+    seeded = [t for t in done if "zoo_front" in t.user_attrs]
+    assert [t.user_attrs["arch"] for t in seeded] == [str(s.arch) for s in expected]
+    for t, s in zip(seeded, expected, strict=True):
+        assert t.user_attrs["zoo_front"]["predicted_loss_db"] == s.loss_db
+        assert t.user_attrs["latency"] == pytest.approx(s.latency_ms)  # the table the front was priced with
+    assert any(line.startswith(f"zoo front: {len(expected)} architectures") for line in lines)
+    assert all(s.arch.block_kinds(cfg)["ref"] != ["E"] for s in expected if s.budget_db < 0.9)  # E there: 0.9 dB
+
+    lines.clear()
+    run_search(SearchOptions(**{**opts.__dict__, "profiler": "proxy", "study_name": "p", "trials": 1}),
+               log=lines.append)
+    assert any("zoo front: skipped (profiler proxy has no latency table" in line for line in lines)
+    lines.clear()
+    study, _ = run_search(SearchOptions(**{**opts.__dict__, "zoo_front": False, "study_name": "off",
+                                           "trials": 4}), log=lines.append)
+    assert not any("zoo front" in line for line in lines)
+    assert not any("zoo_front" in t.user_attrs for t in study.trials)
