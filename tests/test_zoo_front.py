@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import shutil
 
@@ -98,37 +97,55 @@ def _save_table(cfg, kinds, costs, shape=(1, 3, 32, 32)):
     return table.save(table.default_path())
 
 
-def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
-    root = tmp_path / "zoo"
-    zoo_dir = root / "deblur-tiny"
-    shutil.copytree(micro_zoo, zoo_dir)
+def test_single_swaps_score_each_position_as_a_trial_would(micro_zoo):
+    from ens.data import load_pairs
+    from ens.evaluate import evaluate
+    from ens.search.zoo_front import single_swaps
+    from ens.tasks import get_task
     from ens.zoo.store import Zoo
 
-    cfg = Zoo.load(zoo_dir).config
-    quality = json.loads((zoo_dir / "quality.json").read_text())
-    quality["swap"] = _swaps(cfg, {"M": -0.5, "E": -0.04})
-    quality["swap"]["ref.0"]["E"] = -0.9
-    (zoo_dir / "quality.json").write_text(json.dumps(quality))
+    zoo, task = Zoo.load(micro_zoo), get_task("deblur")
+    val = load_pairs(task, None, "val", patch_size=zoo.manifest.patch_size, seed=0, num_patches=2)
+    val = [val[i] for i in range(len(val))]
+    teacher, swaps = single_swaps(zoo.supernet(), val, task, ["T", "E", "I"])
+    positions = [f"{s.name}.{i}" for s in stage_layout(zoo.config) for i in range(s.depth)]
+    assert list(swaps) == positions and all(set(row) == {"E", "I"} for row in swaps.values())
+    assert teacher == pytest.approx(evaluate(zoo.build(ALL_T), val, task).psnr, abs=1e-4)
+    one = Arch.parse(ALL_T).block_kinds(zoo.config)
+    one["lat"][1] = "E"
+    assert swaps["lat.1"]["E"] == pytest.approx(evaluate(zoo.build(Arch.from_block_kinds(one)), val, task).psnr
+                                                - teacher, abs=2e-4)
+
+
+def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
+    from ens.search.zoo_front import front_seeds
+    from ens.zoo.store import Zoo
+    from profilers.lut import LatencyTable
+
+    root = tmp_path / "zoo"
+    shutil.copytree(micro_zoo, root / "deblur-tiny")
+    cfg = Zoo.load(root / "deblur-tiny").config
     costs = {s.name: {"T": 4.0, "M": 3.0, "E": 1.0} for s in stage_layout(cfg)}
-    _save_table(cfg, ["T", "M", "E"], costs)
-    expected = [s for s in predicted_front(quality["swap"], 2.0, costs, cfg, ["T", "M", "E"])
-                if len(s.arch.kinds_used()) > 1]  # the uniform ones are enqueued as references anyway
-    assert expected, "the synthetic zoo predicts a front"
+    table = LatencyTable.load(_save_table(cfg, ["T", "M", "E"], costs))
 
     lines: list[str] = []
-    opts = SearchOptions(task="deblur", profiler="lut:ort-cpu", trials=3 + len(expected), workers=0,
+    opts = SearchOptions(task="deblur", profiler="lut:ort-cpu", trials=6, workers=0,
                          storage=str(tmp_path / "s.db"), zoo_root=str(root), shape="1x3x32x32", sampler="random",
                          kinds="T,M,E")
     study, _ = run_search(opts, log=lines.append)
+    recorded = study.user_attrs["single_swaps"]
+    assert set(recorded["delta_psnr"]["enc1.0"]) == {"M", "E"}
+    expected, line = front_seeds(recorded["delta_psnr"], table, cfg, ["T", "M", "E"], "stage")
+    assert expected and line in lines and any(x.startswith("zoo front: scoring the 22 single swaps") for x in lines)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.user_attrs["arch"] for t in done][:3] == [ALL_T, str(Arch.uniform("M")), str(Arch.uniform("E"))]
     seeded = [t for t in done if "zoo_front" in t.user_attrs]
-    assert [t.user_attrs["arch"] for t in seeded] == [str(s.arch) for s in expected]
-    for t, s in zip(seeded, expected, strict=True):
+    assert [t.user_attrs["arch"] for t in seeded] == [str(s.arch) for s in expected[:3]]
+    assert [t.number for t in seeded] == list(range(3, 3 + len(seeded)))  # right after the references
+    for t, s in zip(seeded, expected, strict=False):
         assert t.user_attrs["zoo_front"]["predicted_loss_db"] == s.loss_db
         assert t.user_attrs["latency"] == pytest.approx(s.latency_ms)  # the table the front was priced with
-    assert any(line.startswith(f"zoo front: {len(expected)} architectures") for line in lines)
-    assert all(s.arch.block_kinds(cfg)["ref"] != ["E"] for s in expected if s.budget_db < 0.9)  # E there: 0.9 dB
+        assert t.user_attrs["psnr"] == pytest.approx(recorded["teacher_psnr"] - s.loss_db, abs=1.0)
 
     lines.clear()
     run_search(SearchOptions(**{**opts.__dict__, "profiler": "proxy", "study_name": "p", "trials": 1}),
@@ -136,6 +153,6 @@ def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
     assert any("zoo front: skipped (profiler proxy has no latency table" in line for line in lines)
     lines.clear()
     study, _ = run_search(SearchOptions(**{**opts.__dict__, "zoo_front": False, "study_name": "off",
-                                           "trials": 4}), log=lines.append)
-    assert not any("zoo front" in line for line in lines)
+                                           "trials": 1}), log=lines.append)
+    assert not any("zoo front" in line for line in lines) and "single_swaps" not in study.user_attrs
     assert not any("zoo_front" in t.user_attrs for t in study.trials)

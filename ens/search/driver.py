@@ -204,16 +204,27 @@ def _enqueued_params(archs: tuple[str, ...], cfg, kinds: list[str], granularity:
     return out
 
 
-def _enqueue_zoo_front(study: optuna.Study, zoo_dir: Path, prof, cfg, shape, opts: SearchOptions,
+def _enqueue_zoo_front(study: optuna.Study, zoo, val, task, prof, shape, opts: SearchOptions,
                        kinds: list[str], log: Callable[[str], None]) -> None:
-    from ens.search.zoo_front import search_seeds
+    """Score the single swaps, then enqueue the architectures their sums and the latency table put on the front;
+    the swaps are kept in the study (``single_swaps``)."""
+    from ens.search.zoo_front import front_seeds, latency_table, single_swaps
 
-    seeds, line = search_seeds(zoo_dir, prof, cfg, shape, opts.precision, kinds, opts.granularity)
+    table, why = latency_table(prof, zoo.config, shape, opts.precision)
+    if table is None:
+        log(why)
+        return
+    net = zoo.supernet()
+    log(f"zoo front: scoring the {len(list(net.slot_blocks())) * (len(kinds) - 1)} single swaps of the teacher "
+        "on the held-out patches")
+    teacher, swaps = single_swaps(net, val, task, kinds)
+    study.set_user_attr("single_swaps", {"teacher_psnr": round(teacher, 4), "delta_psnr": swaps})
+    seeds, line = front_seeds(swaps, table, zoo.config, kinds, opts.granularity)
     log(line)
     for s in seeds:
-        study.enqueue_trial(arch_to_params(s.arch, cfg, opts.granularity), skip_if_exists=True, user_attrs={
-            "zoo_front": {"budget_db": s.budget_db, "predicted_loss_db": s.loss_db,
-                          "predicted_latency_ms": s.latency_ms}})
+        study.enqueue_trial(arch_to_params(s.arch, zoo.config, opts.granularity), skip_if_exists=True,
+                            user_attrs={"zoo_front": {"budget_db": s.budget_db, "predicted_loss_db": s.loss_db,
+                                                      "predicted_latency_ms": s.latency_ms}})
 
 
 def _patch_size(zoo_dir: Path, preset: str) -> int:
@@ -275,7 +286,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
             if opts.zoo_front:
-                _enqueue_zoo_front(study, choice.path, prof, cfg, shape, opts, kinds, log)
+                _enqueue_zoo_front(study, zoo, val, task, prof, shape, opts, kinds, log)
         for params in wanted:
             study.enqueue_trial(params, skip_if_exists=True)
         ref_ms = None
