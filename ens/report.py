@@ -141,6 +141,15 @@ def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> 
     return buf.getvalue()
 
 
+def single_swaps_frame(record: Any) -> pd.DataFrame | None:
+    """Block position x kind table of the study's ``single_swaps`` (``ens search --zoo-front``), or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("delta_psnr"), dict) or not record["delta_psnr"]:
+        return None
+    frame = pd.DataFrame.from_dict(record["delta_psnr"], orient="index")
+    frame.index.name = "block"
+    return frame
+
+
 def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out``."""
 
@@ -170,6 +179,11 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
             f"<h1>{html.escape(title)}</h1>{svg}<h2>Pareto front</h2>"
             f"{front[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
             f"<h2>All trials</h2>{df[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
+    swaps = single_swaps_frame(study.user_attrs.get("single_swaps"))
+    if swaps is not None:  # what each slot costs in quality, as the zoo front priced it
+        atomic_write_text(out / "single_swaps.md", "PSNR change (dB) when one block of the teacher is swapped, "
+                          "on the held-out patches:\n\n" + swaps.to_markdown(floatfmt="+.3f") + "\n")
+        page += f"<h2>Single swaps (dB against the teacher)</h2>{swaps.to_html(float_format=lambda v: f'{v:+.3f}')}"
     atomic_write_text(out / "pareto.html", page)
     summary = {"study": study.study_name, "trials": len(df), "latency": latency_axis_label(df),
                "pareto": front[cols].to_dict(orient="records"),

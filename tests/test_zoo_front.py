@@ -147,6 +147,13 @@ def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
         assert t.user_attrs["latency"] == pytest.approx(s.latency_ms)  # the table the front was priced with
         assert t.user_attrs["psnr"] == pytest.approx(recorded["teacher_psnr"] - s.loss_db, abs=1.0)
 
+    from ens.report import load_study, write_report
+
+    write_report(load_study(tmp_path / "s.db"), tmp_path / "report")
+    table = (tmp_path / "report" / "single_swaps.md").read_text()
+    assert "| enc1.0  |" in table and f"{recorded['delta_psnr']['ref.0']['E']:+.3f}" in table
+    assert "Single swaps" in (tmp_path / "report" / "pareto.html").read_text()
+
     lines.clear()
     run_search(SearchOptions(**{**opts.__dict__, "profiler": "proxy", "study_name": "p", "trials": 1}),
                log=lines.append)
