@@ -56,8 +56,8 @@ def search(
                                              "e.g. 'enc:T,E,M|lat:E|dec:E,E,E|ref:E') before the sampler's; "
                                              "repeatable. Skipped if the study already holds it."),
     zoo_front: bool = typer.Option(True, "--zoo-front/--no-zoo-front", help="First evaluate the architectures "
-                                   "predicted fastest within 0.05-2 dB of the teacher, from the zoo's single-swap "
-                                   "losses and the latency table (lut: profilers)."),
+                                   "predicted fastest within 0.05-2 dB of the teacher, from every single swap of the "
+                                   "teacher scored on the held-out patches and the latency table (lut: profilers)."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
