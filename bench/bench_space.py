@@ -13,6 +13,9 @@ Per task, on the prebuilt zoo (searches run in ``<out>/run``, which holds no ``z
    against its own FP32 export, in one interleaved batch: figure (b);
 4. the zoo's rank fidelity (Kendall tau, zero-shot vs fine-tuned PSNR over 16 random hybrids): figure (c).
 
+``--time 'ARCH:ARCH:...'`` skips the searches: it times those FP32 architectures and all-T in interleaved
+batches (``--repeat`` of them), to compare winners of different runs side by side.
+
 Prints one JSON object with every command, and the load averages.
 """
 
@@ -106,6 +109,15 @@ def fastest_measured(cands: list[dict[str, Any]], precision: str, shape: str, lo
             "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
+def front_rounds(db: Path, name: str) -> dict[str, Any]:
+    """The zoo front's rounds as the study recorded them, and how many of its trials the front seeded."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    return {"rounds": study.user_attrs.get("zoo_front_rounds"),
+            "seeded_trials": sum("zoo_front" in t.user_attrs for t in study.trials)}
+
+
 def space_row(task: str, out: Path, log: list, args, kinds: str | None) -> dict[str, Any]:
     name = f"{task}-{(kinds or 'all').replace(',', '')}"
     db = search(task, out, log, args.trials, name, kinds)
@@ -113,7 +125,7 @@ def space_row(task: str, out: Path, log: list, args, kinds: str | None) -> dict[
     _, teacher = study_attrs(db, name, ALL_T)
     cands = candidates(db, name, teacher, args.candidates)
     row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "front": front_span(db, name),
-                           "candidates": cands}
+                           "zoo_front": front_rounds(db, name), "candidates": cands}
     if cands:
         row["measured"] = fastest_measured(cands, "fp32", args.shape, log, args.rounds)
     return row
@@ -125,13 +137,36 @@ def int8_row(task: str, out: Path, log: list, args) -> dict[str, Any]:
     cmd = log[-1]["command"]
     _, teacher = study_attrs(db, name, ALL_T)
     cands = candidates(db, name, teacher, args.candidates)
-    row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "candidates": cands}
+    row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "zoo_front": front_rounds(db, name),
+                           "candidates": cands}
     if cands:
         row["measured"] = fastest_measured(cands, "int8", args.shape, log, args.rounds)
         own = interleaved({"fp32": (row["measured"]["best"]["arch"], "fp32"),
                            "int8": (row["measured"]["best"]["arch"], "int8")}, args.shape, log, args.rounds)
         row["winner_int8_vs_its_fp32"] = {**own, "speedup": round(own["fp32"] / own["int8"], 2)}
     return row
+
+
+def time_only(args) -> dict[str, Any]:
+    """``--time``: each arch against all-T (FP32), ``--repeat`` interleaved batches of ``--rounds`` rounds."""
+    archs = _split_archs(args.time)
+    log: list[dict[str, Any]] = []
+    batches = []
+    for _ in range(args.repeat):
+        ms = interleaved({"all_t": (ALL_T, "fp32"), **{a: (a, "fp32") for a in archs}}, args.shape, log, args.rounds)
+        batches.append({"ms": ms, "speedup_vs_all_t": {a: round(ms["all_t"] / ms[a], 2) for a in archs}})
+    return {"date": time.strftime("%Y-%m-%d"), "archs": archs, "batches": batches, "fastest_run_ms": FASTEST,
+            "log": log}
+
+
+def _split_archs(text: str) -> list[str]:
+    """'enc:...|ref:X:enc:...|ref:Y' -> the arch strings (each ends with its 'ref:' level)."""
+    out, rest = [], text
+    while rest:
+        head, sep, tail = rest.partition("|ref:")
+        level, _, rest = tail.partition(":")
+        out.append(f"{head}{sep}{level}".strip())
+    return [a for a in out if a]
 
 
 def main() -> None:
@@ -148,16 +183,25 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/space")
     ap.add_argument("--no-zoo-front", action="store_true", help="search without the zoo's predicted front "
                     "enqueued first (ens search --no-zoo-front): the control")
+    ap.add_argument("--zoo-front-rounds", type=int, default=None, help="ens search --zoo-front-rounds (1: the "
+                    "teacher's single swaps only); default: ens search's")
+    ap.add_argument("--time", default=None, help="colon-separated FP32 archs: time them with all-T, no search")
+    ap.add_argument("--repeat", type=int, default=2, help="with --time: interleaved batches")
     args = ap.parse_args()
+    if args.time:
+        print(json.dumps(time_only(args), indent=1))
+        return
     if args.no_zoo_front:
         ZOO_FRONT[:] = ["--no-zoo-front"]
+    elif args.zoo_front_rounds is not None:
+        ZOO_FRONT.extend(["--zoo-front-rounds", str(args.zoo_front_rounds)])
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["ENS_CACHE_DIR"] = str(out / "cache")
     log: list[dict[str, Any]] = []
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "load_average_start": [round(v, 2) for v in
                                                                                     os.getloadavg()], "tasks": {},
-                           "zoo_front": not args.no_zoo_front}
+                           "zoo_front": not args.no_zoo_front, "zoo_front_rounds": args.zoo_front_rounds}
     for task in filter(None, args.tasks.split(",")):
         r: dict[str, Any] = {"spaces": {}}
         for space in filter(None, args.spaces.split(":")):  # the full space first: its table covers every kind

@@ -150,6 +150,18 @@ def single_swaps_frame(record: Any) -> pd.DataFrame | None:
     return frame
 
 
+def front_rounds_frame(record: Any) -> pd.DataFrame | None:
+    """One row per round of the zoo front (``zoo_front_rounds``): the network its swaps were taken around, or
+    None."""
+    if not isinstance(record, list) or not record or not all(isinstance(r, dict) for r in record):
+        return None
+    frame = pd.DataFrame(record).rename(columns={"base": "around", "base_loss_db": "loss (dB)",
+                                                 "base_latency_ms": "latency (ms, table)",
+                                                 "scored": "networks scored"})
+    frame.index = pd.RangeIndex(1, len(frame) + 1, name="round")
+    return frame
+
+
 def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out``."""
 
@@ -181,9 +193,16 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
             f"<h2>All trials</h2>{df[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
     swaps = single_swaps_frame(study.user_attrs.get("single_swaps"))
     if swaps is not None:  # what each slot costs in quality, as the zoo front priced it
-        atomic_write_text(out / "single_swaps.md", "PSNR change (dB) when one block of the teacher is swapped, "
-                          "on the held-out patches:\n\n" + swaps.to_markdown(floatfmt="+.3f") + "\n")
+        text = ("PSNR change (dB) when one block of the teacher is swapped, on the held-out patches:\n\n"
+                + swaps.to_markdown(floatfmt="+.3f") + "\n")
         page += f"<h2>Single swaps (dB against the teacher)</h2>{swaps.to_html(float_format=lambda v: f'{v:+.3f}')}"
+        rounds = front_rounds_frame(study.user_attrs.get("zoo_front_rounds"))
+        if rounds is not None:
+            md = rounds.assign(around=rounds["around"].str.replace("|", "\\|", regex=False))  # Markdown cells
+            text += ("\nRounds of the zoo front (each scores the single swaps around the fastest network "
+                     "measured so far within the target):\n\n" + md.to_markdown(floatfmt=".4g") + "\n")
+            page += f"<h2>Rounds of the zoo front</h2>{rounds.to_html(float_format=lambda v: f'{v:.4g}')}"
+        atomic_write_text(out / "single_swaps.md", text)
     atomic_write_text(out / "pareto.html", page)
     summary = {"study": study.study_name, "trials": len(df), "latency": latency_axis_label(df),
                "pareto": front[cols].to_dict(orient="records"),

@@ -11,11 +11,13 @@ from optuna.trial import TrialState
 
 from blocks import UNetConfig
 from blocks.unet import stage_layout
+from ens.errors import EnsError
 from ens.report import ALL_T
 from ens.search.driver import SearchOptions, run_search
-from ens.search.zoo_front import predicted_front, slot_options
+from ens.search.zoo_front import front_seeds, predicted_front, refine_front, slot_options
 from search_spaces.additive import FrontPoint, additive_front, fastest_within
 from search_spaces.arch import Arch
+from search_spaces.sampling import arch_from_params, param_names
 
 CFG = UNetConfig(dim=8, num_blocks=(1, 2, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2))
 
@@ -85,6 +87,97 @@ def test_predicted_front_takes_the_cheap_slots_first():
     assert predicted_front(_swaps(CFG, {"E": -5.0}), 3.0, costs, CFG, ["T", "E"], budgets=(0.3,)) == []
 
 
+def test_slot_options_and_front_around_another_base():
+    """Around a base other than all-T: its kind is the free option, T is a swap like any other, and without
+    clipping a gain offsets another slot's loss."""
+    base = Arch.uniform("E").block_kinds(CFG)
+    swap = _swaps(CFG, {"T": 0.1, "I": -0.2})  # T gains 0.1 dB per block, I loses 0.2
+    costs = {s.name: {"T": 5.0, "E": 2.0, "I": 0.0} for s in stage_layout(CFG)}
+    clipped = dict(zip(param_names(CFG), slot_options(swap, costs, CFG, ["T", "E", "I"], "stage", base), strict=True))
+    assert clipped["enc2"] == {"E": (0.0, 4.0), "T": (0.0, 10.0), "I": (pytest.approx(0.4), 0.0)}
+    raw = dict(zip(param_names(CFG), slot_options(swap, costs, CFG, ["T", "E", "I"], "stage", base, clip=False),
+                   strict=True))
+    assert raw["enc2"]["T"] == (pytest.approx(-0.2), 10.0)
+    # from a base 0.5 dB down, a 0.3 dB budget is already spent: only gains make room
+    assert predicted_front(swap, 1.0, costs, CFG, ["T", "E", "I"], budgets=(0.3,), base=base, base_loss=0.5) == []
+    (p,) = predicted_front(swap, 1.0, costs, CFG, ["T", "E", "I"], budgets=(0.3,), base=base, base_loss=0.5,
+                           clip=False)
+    # two T blocks win back 0.2 dB; an I block (0.2 dB more) would need two more T blocks than it saves
+    assert p.loss_db == pytest.approx(0.3) and p.arch.count(CFG, "T") == 2 and p.arch.kinds_used() == {"T", "E"}
+    with pytest.raises(ValueError, match="mixes kinds"):
+        mixed = {k: list(v) for k, v in base.items()}
+        mixed["lat"] = ["E", "T"]
+        slot_options(swap, costs, CFG, ["T", "E"], "stage", mixed)
+
+
+class _Table:
+    skeleton_ms = 3.0
+    costs = {s.name: {"T": 5.0, "E": 2.0, "I": 0.0} for s in stage_layout(CFG)}
+
+    def predict(self, bk):
+        return self.skeleton_ms + sum(self.costs[s][k] for s, ks in bk.items() for k in ks)
+
+
+def _compounding(bk):
+    """E loses 0.04 dB per block; skipped blocks compound (0.03 dB x their count squared): not additive."""
+    ks = [k for v in bk.values() for k in v]
+    return 30.0 - 0.04 * ks.count("E") - 0.03 * ks.count("I") ** 2
+
+
+def test_refine_front_finds_what_the_teacher_swaps_alone_miss():
+    table, calls = _Table(), []
+
+    def score(bk):
+        calls.append(1)
+        return _compounding(bk)
+
+    names = param_names(CFG)
+    brute = min(table.predict(a.block_kinds(CFG)) for a in
+                (arch_from_params(dict(zip(names, c, strict=True)), CFG) for c in itertools.product("TEI", repeat=8))
+                if 30.0 - _compounding(a.block_kinds(CFG)) <= 0.3 + 1e-9)
+
+    def fastest(found):
+        return min(s.latency_ms for s in found.seeds if s.loss_db <= 0.3 + 1e-9)
+
+    once = refine_front(score, table, CFG, ["T", "E", "I"], rounds=1)
+    lines = []
+    calls.clear()
+    found = refine_front(score, table, CFG, ["T", "E", "I"], rounds=8, log=lines.append)
+    assert fastest(once) > brute and fastest(found) == pytest.approx(brute)  # 43 ms, then the optimum (35 ms)
+    assert 1 < len(found.rounds) < 8 and len(lines) == len(found.rounds)  # stopped when the incumbent held
+    assert found.rounds[0].base == ALL_T and found.rounds[0].base_loss_db == 0.0
+    assert all(r.base_loss_db <= 0.3 + 1e-9 for r in found.rounds)
+    assert [r.base_latency_ms for r in found.rounds] == sorted((r.base_latency_ms for r in found.rounds),
+                                                               reverse=True)
+    assert len(calls) == sum(r.scored for r in found.rounds) + 1  # each network once (+ the teacher)
+    assert found.swaps == {f"{s.name}.{i}": {"E": -0.04, "I": -0.03} for s in stage_layout(CFG)
+                           for i in range(s.depth)}
+    for s in found.seeds:  # measured, on the front, mixed
+        assert s.loss_db == pytest.approx(30.0 - _compounding(s.arch.block_kinds(CFG)))
+        assert s.latency_ms == pytest.approx(table.predict(s.arch.block_kinds(CFG)))
+        assert len(s.arch.kinds_used()) > 1 and s.loss_db <= 2.0
+    pairs = [(s.loss_db, s.latency_ms) for s in found.seeds]
+    assert pairs == sorted(pairs) and len(pairs) <= 7 + 2
+
+
+def test_front_seeds_are_the_fastest_within_each_budget():
+    from ens.search.zoo_front import Seed
+
+    def seed(text, loss, ms):
+        return Seed(Arch.parse(text), loss, ms, 0, None)
+
+    pts = [seed("enc:T,E,T|lat:T|dec:T,T,T|ref:T", 0.1, 50.0), seed("enc:T,E,E|lat:T|dec:T,T,T|ref:T", 0.2, 60.0),
+           seed("enc:E,E,E|lat:E|dec:E,E,E|ref:E", 0.3, 20.0), seed("enc:I,E,E|lat:T|dec:T,T,T|ref:T", 0.25, 10.0),
+           seed("enc:I,I,E|lat:T|dec:T,T,T|ref:T", 3.0, 5.0), seed("enc:T,T,E|lat:T|dec:T,T,T|ref:T", 0.3, 70.0)]
+    picked = [str(s.arch) for s in front_seeds(pts, (0.15, 0.3, 2.0), 0.3, near=2)]
+    # 0.15: T,E,T; 0.3 (the target): I,E,E then T,E,T (uniform E is a reference); 2.0: I,E,E again
+    assert picked == ["enc:T,E,T|lat:T|dec:T,T,T|ref:T", "enc:I,E,E|lat:T|dec:T,T,T|ref:T"]
+    three = [str(s.arch) for s in front_seeds(pts, (0.15, 0.3, 2.0), 0.3, near=3)]
+    assert three == ["enc:T,E,T|lat:T|dec:T,T,T|ref:T", "enc:T,E,E|lat:T|dec:T,T,T|ref:T",
+                     "enc:I,E,E|lat:T|dec:T,T,T|ref:T"]  # by loss; T,T,E (70 ms) is the fourth fastest
+    assert front_seeds(pts, (0.05,), 0.3) == []
+
+
 def _save_table(cfg, kinds, costs, shape=(1, 3, 32, 32)):
     from profilers.lut import LatencyTable
     from profilers.ort_cpu import OrtCpuProfiler
@@ -100,14 +193,14 @@ def _save_table(cfg, kinds, costs, shape=(1, 3, 32, 32)):
 def test_single_swaps_score_each_position_as_a_trial_would(micro_zoo):
     from ens.data import load_pairs
     from ens.evaluate import evaluate
-    from ens.search.zoo_front import single_swaps
+    from ens.search.zoo_front import PatchScorer, single_swaps
     from ens.tasks import get_task
     from ens.zoo.store import Zoo
 
     zoo, task = Zoo.load(micro_zoo), get_task("deblur")
     val = load_pairs(task, None, "val", patch_size=zoo.manifest.patch_size, seed=0, num_patches=2)
     val = [val[i] for i in range(len(val))]
-    teacher, swaps = single_swaps(zoo.supernet(), val, task, ["T", "E", "I"])
+    teacher, swaps = single_swaps(PatchScorer(zoo.supernet(), val, task), zoo.config, ["T", "E", "I"])
     positions = [f"{s.name}.{i}" for s in stage_layout(zoo.config) for i in range(s.depth)]
     assert list(swaps) == positions and all(set(row) == {"E", "I"} for row in swaps.values())
     assert teacher == pytest.approx(evaluate(zoo.build(ALL_T), val, task).psnr, abs=1e-4)
@@ -118,7 +211,6 @@ def test_single_swaps_score_each_position_as_a_trial_would(micro_zoo):
 
 
 def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
-    from ens.search.zoo_front import front_seeds
     from ens.zoo.store import Zoo
     from profilers.lut import LatencyTable
 
@@ -131,21 +223,35 @@ def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
     lines: list[str] = []
     opts = SearchOptions(task="deblur", profiler="lut:ort-cpu", trials=6, workers=0,
                          storage=str(tmp_path / "s.db"), zoo_root=str(root), shape="1x3x32x32", sampler="random",
-                         kinds="T,M,E")
+                         kinds="T,M,E", zoo_front_rounds=3, zoo_front_target=1.0)
     study, _ = run_search(opts, log=lines.append)
     recorded = study.user_attrs["single_swaps"]
     assert set(recorded["delta_psnr"]["enc1.0"]) == {"M", "E"}
-    expected, line = front_seeds(recorded["delta_psnr"], table, cfg, ["T", "M", "E"], "stage")
-    assert expected and line in lines and any(x.startswith("zoo front: scoring the 22 single swaps") for x in lines)
+    rounds = study.user_attrs["zoo_front_rounds"]
+    assert 1 <= len(rounds) <= 3 and rounds[0]["base"] == ALL_T and rounds[0]["scored"] >= 22
+    assert any(x.startswith("zoo front: scoring the 22 single swaps") for x in lines)
+    assert sum(x.startswith("zoo front round ") for x in lines) == len(rounds)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.user_attrs["arch"] for t in done][:3] == [ALL_T, str(Arch.uniform("M")), str(Arch.uniform("E"))]
-    seeded = [t for t in done if "zoo_front" in t.user_attrs]
-    assert [t.user_attrs["arch"] for t in seeded] == [str(s.arch) for s in expected[:3]]
-    assert [t.number for t in seeded] == list(range(3, 3 + len(seeded)))  # right after the references
-    for t, s in zip(seeded, expected, strict=False):
-        assert t.user_attrs["zoo_front"]["predicted_loss_db"] == s.loss_db
-        assert t.user_attrs["latency"] == pytest.approx(s.latency_ms)  # the table the front was priced with
-        assert t.user_attrs["psnr"] == pytest.approx(recorded["teacher_psnr"] - s.loss_db, abs=1.0)
+    seeded = [t for t in study.trials if "zoo_front" in t.user_attrs]
+    assert seeded and [t.number for t in seeded] == list(range(3, 3 + len(seeded)))  # right after the references
+    assert any(x.startswith(f"zoo front: {len(seeded)} architectures, the fastest measured") for x in lines)
+    for t in seeded:
+        if t.state != TrialState.COMPLETE:
+            continue
+        front = t.user_attrs["zoo_front"]
+        # the loss the refinement measured is the trial's own, and its latency is the table's
+        assert t.user_attrs["psnr"] == pytest.approx(recorded["teacher_psnr"] - front["loss_db"], abs=2e-4)
+        assert t.user_attrs["latency"] == pytest.approx(front["predicted_latency_ms"])
+        assert front["predicted_latency_ms"] == pytest.approx(table.predict(Arch.parse(t.user_attrs["arch"])
+                                                                            .block_kinds(cfg)), abs=0.01)
+    fronts = [(t.user_attrs["zoo_front"]["loss_db"], t.user_attrs["zoo_front"]["predicted_latency_ms"])
+              for t in seeded]
+    assert fronts == sorted(fronts) and len(fronts) <= 7 + 2
+    near = [t for t in seeded if t.user_attrs["zoo_front"]["loss_db"] <= 1.0]
+    if near:  # the summary names the fastest within the target
+        fastest = min(near, key=lambda t: t.user_attrs["zoo_front"]["predicted_latency_ms"])
+        assert any(x.startswith("zoo front: ") and f"within 1 dB: {fastest.user_attrs['arch']}," in x for x in lines)
 
     from ens.report import load_study, write_report
 
@@ -153,6 +259,8 @@ def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
     table = (tmp_path / "report" / "single_swaps.md").read_text()
     assert "| enc1.0  |" in table and f"{recorded['delta_psnr']['ref.0']['E']:+.3f}" in table
     assert "Single swaps" in (tmp_path / "report" / "pareto.html").read_text()
+    assert "Rounds of the zoo front" in table and "| " + ALL_T.replace("|", "\\|") + " " in table
+    assert "Rounds of the zoo front" in (tmp_path / "report" / "pareto.html").read_text()
 
     lines.clear()
     run_search(SearchOptions(**{**opts.__dict__, "profiler": "proxy", "study_name": "p", "trials": 1}),
@@ -163,3 +271,7 @@ def test_search_evaluates_the_zoo_front_first_and_says_so(micro_zoo, tmp_path):
                                            "trials": 1}), log=lines.append)
     assert not any("zoo front" in line for line in lines) and "single_swaps" not in study.user_attrs
     assert not any("zoo_front" in t.user_attrs for t in study.trials)
+    for bad, msg in (({"zoo_front_rounds": 0}, "--zoo-front-rounds must be at least 1"),
+                     ({"zoo_front_target": 0.0}, "--zoo-front-target must be a positive")):
+        with pytest.raises(EnsError, match=msg):
+            run_search(SearchOptions(**{**opts.__dict__, **bad, "study_name": "bad"}), log=lines.append)

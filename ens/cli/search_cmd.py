@@ -57,7 +57,14 @@ def search(
                                              "repeatable. Skipped if the study already holds it."),
     zoo_front: bool = typer.Option(True, "--zoo-front/--no-zoo-front", help="First evaluate the architectures "
                                    "predicted fastest within 0.05-2 dB of the teacher, from every single swap of the "
-                                   "teacher scored on the held-out patches and the latency table (lut: profilers)."),
+                                   "teacher scored on the held-out patches and the latency table (lut: profilers), "
+                                   "refined by rounds of swaps around the best so far."),
+    zoo_front_rounds: int = typer.Option(4, "--zoo-front-rounds", help="Rounds of single swaps for the zoo front: "
+                                         "1 scores the teacher's only; each further round scores those of the "
+                                         "fastest network measured within --zoo-front-target (stops early when it "
+                                         "no longer changes)."),
+    zoo_front_target: float = typer.Option(0.3, "--zoo-front-target", help="Loss against the teacher (dB) the zoo "
+                                           "front's rounds refine around."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
@@ -75,7 +82,8 @@ def search(
                          gpus_per_trial=gpus_per_trial, zoo_root=zoo_root, from_scratch=from_scratch,
                          granularity=granularity, score_alpha=score_alpha,
                          precision=precision.lower() if precision else None, kinds=kinds, device=device,
-                         amp=amp, enqueue=tuple(enqueue or ()), zoo_front=zoo_front)
+                         amp=amp, enqueue=tuple(enqueue or ()), zoo_front=zoo_front,
+                         zoo_front_rounds=zoo_front_rounds, zoo_front_target=zoo_front_target)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}

@@ -57,6 +57,8 @@ class SearchOptions:
     artifacts: str | None = None
     enqueue: tuple[str, ...] = ()  # architectures evaluated before the sampler's (Optuna's enqueue_trial)
     zoo_front: bool = True  # enqueue the front the zoo's single swaps and the latency table predict (zoo_front.py)
+    zoo_front_rounds: int = 4  # rounds of single swaps: around the teacher, then around the best within the target
+    zoo_front_target: float = 0.3  # loss against all-T (dB) the rounds refine around
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
@@ -86,6 +88,10 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if opts.score_alpha < 0:
         raise EnsError("--score-alpha must be >= 0 (dB per halving of latency)")
+    if opts.zoo_front_rounds < 1:
+        raise EnsError(f"--zoo-front-rounds must be at least 1 (got {opts.zoo_front_rounds})")
+    if opts.zoo_front_target <= 0:
+        raise EnsError(f"--zoo-front-target must be a positive loss in dB (got {opts.zoo_front_target:g})")
     _validate_device(opts)
     from studies.executors import check_local_capacity, check_ray_address
 
@@ -206,9 +212,12 @@ def _enqueued_params(archs: tuple[str, ...], cfg, kinds: list[str], granularity:
 
 def _enqueue_zoo_front(study: optuna.Study, zoo, val, task, prof, shape, opts: SearchOptions,
                        kinds: list[str], log: Callable[[str], None]) -> None:
-    """Score the single swaps, then enqueue the architectures their sums and the latency table put on the front;
-    the swaps are kept in the study (``single_swaps``)."""
-    from ens.search.zoo_front import front_seeds, latency_table, single_swaps
+    """Score the single swaps and refine the front they predict (zoo_front.py), then enqueue the fastest
+    architectures measured within each budget;
+    the teacher's swaps and the rounds are kept in the study (``single_swaps``, ``zoo_front_rounds``)."""
+    from dataclasses import asdict
+
+    from ens.search.zoo_front import PatchScorer, latency_table, refine_front
 
     table, why = latency_table(prof, zoo.config, shape, opts.precision)
     if table is None:
@@ -216,14 +225,22 @@ def _enqueue_zoo_front(study: optuna.Study, zoo, val, task, prof, shape, opts: S
         return
     net = zoo.supernet()
     log(f"zoo front: scoring the {len(list(net.slot_blocks())) * (len(kinds) - 1)} single swaps of the teacher "
-        "on the held-out patches")
-    teacher, swaps = single_swaps(net, val, task, kinds)
-    study.set_user_attr("single_swaps", {"teacher_psnr": round(teacher, 4), "delta_psnr": swaps})
-    seeds, line = front_seeds(swaps, table, zoo.config, kinds, opts.granularity)
-    log(line)
-    for s in seeds:
+        f"on the held-out patches, then up to {opts.zoo_front_rounds - 1} more round(s) around the fastest "
+        f"network within {opts.zoo_front_target:g} dB")
+    found = refine_front(PatchScorer(net, val, task), table, zoo.config, kinds, opts.granularity,
+                         opts.zoo_front_rounds, opts.zoo_front_target, log=log)
+    study.set_user_attr("single_swaps", {"teacher_psnr": found.teacher_psnr, "delta_psnr": found.swaps})
+    study.set_user_attr("zoo_front_rounds", [asdict(r) for r in found.rounds])
+    all_t = table.predict(Arch.uniform("T").block_kinds(zoo.config))
+    near = min((s for s in found.seeds if s.loss_db <= opts.zoo_front_target), key=lambda s: s.latency_ms,
+               default=None)
+    log(f"zoo front: {len(found.seeds)} architectures, the fastest measured within each budget, evaluated first"
+        + (f" (within {opts.zoo_front_target:g} dB: {near.arch}, {near.latency_ms:.1f} ms predicted vs "
+           f"{all_t:.1f} ms for all-T)" if near else ""))
+    for s in found.seeds:
         study.enqueue_trial(arch_to_params(s.arch, zoo.config, opts.granularity), skip_if_exists=True,
-                            user_attrs={"zoo_front": {"budget_db": s.budget_db, "predicted_loss_db": s.loss_db,
+                            user_attrs={"zoo_front": {"round": s.round, "loss_db": s.loss_db,
+                                                      "predicted_loss_db": s.predicted_loss_db,
                                                       "predicted_latency_ms": s.latency_ms}})
 
 
