@@ -213,8 +213,8 @@ def _enqueued_params(archs: tuple[str, ...], cfg, kinds: list[str], granularity:
 def _enqueue_zoo_front(study: optuna.Study, zoo, val, task, prof, shape, opts: SearchOptions,
                        kinds: list[str], log: Callable[[str], None]) -> None:
     """Score the single swaps and refine the front they predict (zoo_front.py), then enqueue the fastest
-    architectures measured within each budget;
-    the teacher's swaps and the rounds are kept in the study (``single_swaps``, ``zoo_front_rounds``)."""
+    architectures measured within each budget; the teacher's swaps and the rounds are kept in the study
+    (``single_swaps``, ``zoo_front_rounds``)."""
     from dataclasses import asdict
 
     from ens.search.zoo_front import PatchScorer, latency_table, refine_front
