@@ -1,7 +1,8 @@
 """Rank fidelity of a zoo: does the zero-shot PSNR of an assembled hybrid rank it as fine-tuning would?
 
 For ``n`` random architectures (seeded), the zero-shot PSNR on the held-out split and the PSNR after
-``steps`` of end-to-end fine-tuning (``ens.finetune``, the same as ``ens search --finetune-steps``), and
+``steps`` of end-to-end fine-tuning (``ens.finetune``: finalize's FP32 recipe, the same batches for every
+network, as ``ens search --finetune-steps`` does), and
 Kendall's tau between the two rankings (scipy's tau-b). Results are kept per architecture in a JSON
 file as they finish, so an interrupted check resumes.
 """
@@ -13,8 +14,6 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from blocks.unet import HybridUNet
 from ens.compute import CPU, Compute
@@ -57,15 +56,14 @@ def rank_fidelity(supernet: HybridUNet, kinds: Sequence[str], train_set, val, ta
     state = {k: v.clone() for k, v in supernet.state_dict().items()}
     rows = []
     with progress_bar(f"rank check ({steps} fine-tune steps each)", len(archs), 0, show_progress) as advance:
-        for i, arch in enumerate(archs):
+        for arch in archs:
             row = done.get(str(arch))
             if row is None:
                 net = HybridUNet(supernet.cfg, arch.block_kinds(supernet.cfg))
                 net.load_state_dict({k: state[k] for k in net.state_dict()})
                 compute.module(net)
                 zero = evaluate(net, val, task, batch_size=1)
-                torch.manual_seed(seed + i)
-                finetune(net, train_set, steps, seed + i, compute=compute)
+                finetune(net, train_set, steps, seed, compute=compute)  # the same batches for every network
                 tuned = evaluate(net, val, task, batch_size=1)
                 row = {"arch": str(arch), "zero_shot_psnr": round(zero.psnr, 4), "finetuned_psnr": round(tuned.psnr, 4)}
                 done[row["arch"]] = row
