@@ -91,3 +91,28 @@ def test_rank_check_resumes_and_fine_tunes_on_common_batches(micro_zoo, tmp_path
     again = rank.rank_fidelity(sup, kinds, train, val, task, n=3, steps=1, seed=4, work_file=work,
                                show_progress=False)
     assert again["archs"] == res["archs"] and again["tau"] == res["tau"]
+
+
+def test_a_search_trial_fine_tunes_on_the_studys_batches(micro_zoo):
+    """``ens search --finetune-steps``: the trial's PSNR is the fine-tuned network's, and the same architecture
+    scores the same in any trial (the study's seed fixes the batches)."""
+    from ens.data import load_pairs as lp
+    from ens.search.trial import TrialContext, TrialEvaluator
+    from ens.zoo.store import Zoo
+
+    zoo = Zoo.load(micro_zoo)
+    val = [lp("deblur", None, "val", 32, 0, 2)[0]]
+
+    def psnr(steps: int, arch: str) -> float:
+        ctx = TrialContext(manifest=zoo.manifest.__dict__.copy(), zoo_state=zoo.state, task="deblur", val=val,
+                           profiler="proxy", shape=(1, 3, 32, 32), objectives=["psnr"], finetune_steps=steps,
+                           train=lp("deblur", None, "train", 32, 0, 4), seed=3, sample_crop=32)
+        return TrialEvaluator(ctx)(arch).metrics["psnr"]
+
+    from search_spaces.arch import Arch
+
+    arch = str(Arch.from_block_kinds({s: ["E", "T"][: len(seq)] + ["E"] * (len(seq) - 2)
+                                      for s, seq in zoo.supernet().stages.items()}))
+    zero, tuned = psnr(0, arch), psnr(3, arch)
+    assert tuned != zero
+    assert psnr(3, arch) == tuned
