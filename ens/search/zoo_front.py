@@ -23,7 +23,7 @@ to be the search's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,18 +108,21 @@ def single_swaps(score: Callable[[BlockKinds], float], cfg: UNetConfig, kinds: S
     of it is swapped to each other kind."""
     base = base or Arch.uniform("T").block_kinds(cfg)
     ref = score(base)
-    swaps: dict[str, dict[str, float]] = {}
+    swaps: dict[str, dict[str, float]] = {f"{s.name}.{i}": {} for s in stage_layout(cfg) for i in range(s.depth)}
+    for position, k, ks in one_swaps(base, cfg, kinds):
+        swaps[position][k] = round(score(ks) - ref, 4)
+    return ref, swaps
+
+
+def one_swaps(base: BlockKinds, cfg: UNetConfig, kinds: Sequence[str]) -> Iterator[tuple[str, str, BlockKinds]]:
+    """Every network that differs from ``base`` at one block position: (``stage.i``, its kind there, its kinds)."""
     for s in stage_layout(cfg):
         for i in range(s.depth):
-            row = {}
             for k in kinds:
-                if k == base[s.name][i]:
-                    continue
-                ks = {n: list(v) for n, v in base.items()}
-                ks[s.name][i] = k
-                row[k] = round(score(ks) - ref, 4)
-            swaps[f"{s.name}.{i}"] = row
-    return ref, swaps
+                if k != base[s.name][i]:
+                    ks = {n: list(v) for n, v in base.items()}
+                    ks[s.name][i] = k
+                    yield f"{s.name}.{i}", k, ks
 
 
 def slot_options(swap: Mapping[str, Mapping[str, float]], costs: Mapping[str, Mapping[str, float]],
@@ -206,12 +209,8 @@ def refine_front(score: Callable[[BlockKinds], float], table: Any, cfg: UNetConf
         bk = base.block_kinds(cfg)
         _, swaps = single_swaps(score, cfg, kinds, bk)
         first = first or swaps
-        for position, row in swaps.items():
-            stage, i = position.split(".")
-            for k in row:
-                one = {n: list(v) for n, v in bk.items()}
-                one[stage][int(i)] = k
-                measure(Arch.from_block_kinds(one), r, None)
+        for _, _, one in one_swaps(bk, cfg, kinds):
+            measure(Arch.from_block_kinds(one), r, None)
         for clip in (True, False):
             for p in predicted_front(swaps, table.skeleton_ms, table.costs, cfg, kinds, granularity, budgets,
                                      bk, measured[str(base)].loss_db, clip):
