@@ -26,6 +26,7 @@ from ens.search.objectives import latency_label
 from ens.search.trial import SAMPLE_CROP, TrialContext, sample_pair
 from profilers.result import MEASURED, PREDICTED, PROXY
 from studies.storage import open_storage
+from tests.latency_tables import micro_table as _micro_table
 
 optuna_dashboard = pytest.importorskip("optuna_dashboard")
 
@@ -159,26 +160,6 @@ def test_latency_labels_say_measured_predicted_or_proxy():
         "latency (ms, predicted by lut:ort-cpu, ±3.9% measured error)"
     assert latency_label("lut:ort-cpu", PREDICTED) == "latency (ms, predicted by lut:ort-cpu, error not verified)"
     assert latency_label("proxy", PROXY, "transformer blocks") == "transformer blocks (latency proxy)"
-
-
-def _micro_table(zoo, shape, verify_pct: float | None) -> None:
-    """A latency table for the zoo's U-Net at ``shape`` where ``lut:ort-cpu`` looks for one (costs made up: 1 ms
-    of skeleton, 0.1 ms a block, 0.3 for T), with a verification where ``ens calibrate --verify`` would keep it."""
-    from blocks.unet import stage_layout
-    from profilers.lut import LatencyTable
-    from profilers.registry import get_profiler
-
-    ort = get_profiler("ort-cpu")
-    cfg, kinds = zoo.config, tuple(zoo.manifest.kinds)
-    stages = {s.name: s.depth for s in stage_layout(cfg)}
-    table = LatencyTable(profiler=ort.spec, device=ort.device, precision="fp32", input_shape=shape,
-                         config=cfg.to_dict(), kinds=kinds, stages=stages, skeleton_ms=1.0,
-                         costs={s: {k: 0.3 if k == "T" else 0.1 for k in kinds} for s in stages})
-    path = table.save(table.default_path())
-    if verify_pct is not None:
-        d = json.loads(path.read_text())
-        d["verify"] = {"archs": 20, "median_abs_error_pct": verify_pct, "within_10pct": 0.9}
-        path.write_text(json.dumps(d))
 
 
 def test_a_predicted_latency_says_so_with_its_error_everywhere(micro_zoo, tmp_path):

@@ -65,6 +65,11 @@ def search(
                                          "no longer changes)."),
     zoo_front_target: float = typer.Option(0.3, "--zoo-front-target", help="Loss against the teacher (dB) the zoo "
                                            "front's rounds refine around."),
+    time_finalists: int = typer.Option(0, "--time-finalists", min=0, help="After the search, time the K trials "
+                                       "fastest by the study's latency within --zoo-front-target dB of all-T, "
+                                       "interleaved with all-T on the measuring profiler (a table's own), and "
+                                       "print their measured speed-ups (0: off; 3 takes about a minute at 256² "
+                                       "on ort-cpu)."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
@@ -83,7 +88,8 @@ def search(
                          granularity=granularity, score_alpha=score_alpha,
                          precision=precision.lower() if precision else None, kinds=kinds, device=device,
                          amp=amp, enqueue=tuple(enqueue or ()), zoo_front=zoo_front,
-                         zoo_front_rounds=zoo_front_rounds, zoo_front_target=zoo_front_target)
+                         zoo_front_rounds=zoo_front_rounds, zoo_front_target=zoo_front_target,
+                         time_finalists=time_finalists)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}
@@ -119,6 +125,16 @@ def search(
                   f"{r['ssim']:.4f}", f"{r['latency_ms']:.1f}",
                   f"{r['speedup']:.2f}x" if math.isfinite(r["speedup"]) else "-", f"{r['transformer_count']:.0f}")
     console.print(t)
+    fin = study.user_attrs.get("finalists") if time_finalists else None
+    if fin:
+        ft = Table(title=f"Finalists within {fin['target_db']:g} dB of all-T, timed beside it on {fin['profiler']} "
+                         f"(all-T {fin['all_t_ms']:.1f} ms)")
+        for c in ("trial", "arch", "PSNR", "study ms", "measured ms", "measured speed-up"):
+            ft.add_column(c, justify="left" if c == "arch" else "right")
+        for r in fin["rows"]:
+            ft.add_row(str(r["trial"]), r["arch"], f"{r['psnr']:.2f}", f"{r['study_ms']:.1f}",
+                       f"{r['measured_ms']:.1f}", f"{r['speedup']:.2f}x")
+        console.print(ft)
     note = " (interrupted: re-run the same command to resume)" if summary.interrupted else ""
     console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "
                   f"in {summary.wall_s:.0f} s{note}")

@@ -59,6 +59,7 @@ class SearchOptions:
     zoo_front: bool = True  # enqueue the front the zoo's single swaps and the latency table predict (zoo_front.py)
     zoo_front_rounds: int = 4  # rounds of single swaps: around the teacher, then around the best within the target
     zoo_front_target: float = 0.3  # loss against all-T (dB) the rounds refine around
+    time_finalists: int = 0  # then time this many fastest trials within zoo_front_target beside all-T (finalists.py)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
@@ -92,6 +93,8 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError(f"--zoo-front-rounds must be at least 1 (got {opts.zoo_front_rounds})")
     if opts.zoo_front_target <= 0:
         raise EnsError(f"--zoo-front-target must be a positive loss in dB (got {opts.zoo_front_target:g})")
+    if opts.time_finalists < 0:
+        raise EnsError(f"--time-finalists must be >= 0 (got {opts.time_finalists})")
     _validate_device(opts)
     from studies.executors import check_local_capacity, check_ray_address
 
@@ -258,7 +261,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
                on_done: Callable[[Any, RunSummary], None] | None = None) -> tuple[optuna.Study, RunSummary]:
     from blocks.unet import get_preset
     from ens.data.check import check_dataset_once
-    from ens.profiling import image_shape, profile_arch
+    from ens.profiling import image_shape, measurer_of, profile_arch
     from ens.zoo.prebuilt import resolve_zoo
     from profilers.registry import get_profiler
 
@@ -274,6 +277,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
     prof = get_profiler(opts.profiler)
     opts.precision = prof.resolve_precision(opts.precision)  # an unsupported precision: refused here
     prof.check()  # unreachable device or missing token: a clear error before anything starts
+    measurer = measurer_of(prof, "--time-finalists") if opts.time_finalists else None  # proxy: refused now
     choice = resolve_zoo(task.name, opts.preset, opts.data, opts.zoo_root, opts.from_scratch)
     zoo_dir = choice.path
     if opts.data is not None:  # a bad file in either split: say so before a database or a zoo is made
@@ -334,6 +338,11 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=opts.gpus_per_trial,
             max_retries=opts.max_retries, budgets=budgets, exclusive=db is not None), artifact_store=store,
             on_done=on_done, storage=storage)
+        if measurer is not None and not summary.interrupted:
+            from ens.search.finalists import time_finalists
+
+            time_finalists(study, opts.time_finalists, opts.zoo_front_target, measurer, cfg, shape, opts.precision,
+                           log=log)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
