@@ -89,6 +89,10 @@ def test_timed_beside_all_t_in_batches(micro_zoo):
     saved = study.user_attrs[STUDY_ATTR]
     assert saved["all_t_ms"] == 21.0 and saved["profiler"] == "fake-measured" and len(saved["rows"]) == 2
     assert "fastest measured trial 2" in lines[-1] and "3.50x" in lines[-1]
+    # a later run with nothing within the target leaves no stale finalists behind
+    assert time_finalists(study, 2, 0.05, fake, zoo.config, (1, 3, 32, 32), "fp32", log=lines.append) == []
+    assert study.user_attrs[STUDY_ATTR]["rows"] == [] and len(fake.calls) == 3
+    assert "no trial within 0.05 dB" in lines[-1]
 
 
 def test_a_search_times_its_finalists_on_the_tables_profiler(micro_zoo, tmp_path, capsys, monkeypatch):

@@ -126,7 +126,7 @@ def search(
                   f"{r['speedup']:.2f}x" if math.isfinite(r["speedup"]) else "-", f"{r['transformer_count']:.0f}")
     console.print(t)
     fin = study.user_attrs.get("finalists") if time_finalists else None
-    if fin:
+    if fin and fin["rows"]:
         ft = Table(title=f"Finalists within {fin['target_db']:g} dB of all-T, timed beside it on {fin['profiler']} "
                          f"(all-T {fin['all_t_ms']:.1f} ms)")
         for c in ("trial", "arch", "PSNR", "study ms", "measured ms", "measured speed-up"):

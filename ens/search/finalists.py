@@ -66,7 +66,9 @@ def time_finalists(study: optuna.Study, k: int, target_db: float, measurer: Prof
     from ens.profiling import export_arch
 
     ref, picked = pick_finalists(study, k, target_db)
-    if not picked:
+    if not picked:  # and no earlier run's finalists left standing in the study
+        study.set_user_attr(STUDY_ATTR, {"profiler": measurer.spec, "precision": precision, "target_db": target_db,
+                                         "batches": 0, "all_t_trial": ref.number, "all_t_ms": None, "rows": []})
         log(f"finalists: no trial within {target_db:g} dB of all-T to time")
         return []
     archs = [ref.user_attrs["arch"], *[t.user_attrs["arch"] for t in picked]]
