@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -61,14 +60,15 @@ def pick_finalists(study: optuna.Study, k: int, target_db: float) -> tuple[Froze
 
 def time_finalists(study: optuna.Study, k: int, target_db: float, measurer: Profiler, cfg: UNetConfig,
                    shape: Sequence[int], precision: str, batches: int = 3,
-                   log: Any = print) -> list[Finalist]:
+                   log: Callable[[str], None] = print) -> list[Finalist]:
     """Time the finalists and all-T in ``batches`` interleaved batches of ``measurer``; store and return them."""
     from ens.profiling import export_arch
 
     ref, picked = pick_finalists(study, k, target_db)
-    if not picked:  # and no earlier run's finalists left standing in the study
-        study.set_user_attr(STUDY_ATTR, {"profiler": measurer.spec, "precision": precision, "target_db": target_db,
-                                         "batches": 0, "all_t_trial": ref.number, "all_t_ms": None, "rows": []})
+    record = {"profiler": measurer.spec, "precision": precision, "target_db": target_db, "batches": 0,
+              "all_t_trial": ref.number, "all_t_ms": None, "rows": []}
+    if not picked:  # recorded too: no earlier run's finalists left standing in the study
+        study.set_user_attr(STUDY_ATTR, record)
         log(f"finalists: no trial within {target_db:g} dB of all-T to time")
         return []
     archs = [ref.user_attrs["arch"], *[t.user_attrs["arch"] for t in picked]]
@@ -82,8 +82,7 @@ def time_finalists(study: optuna.Study, k: int, target_db: float, measurer: Prof
     rows = [Finalist(t.number, t.user_attrs["arch"], round(t.user_attrs["psnr"], 4),
                      round(ref.user_attrs["psnr"] - t.user_attrs["psnr"], 4), round(t.user_attrs["latency"], 2),
                      round(m, 2), round(ms[0] / m, 3)) for t, m in zip(picked, ms[1:], strict=True)]
-    study.set_user_attr(STUDY_ATTR, {"profiler": measurer.spec, "precision": precision, "target_db": target_db,
-                                     "batches": batches, "all_t_trial": ref.number, "all_t_ms": round(ms[0], 2),
+    study.set_user_attr(STUDY_ATTR, {**record, "batches": batches, "all_t_ms": round(ms[0], 2),
                                      "rows": [asdict(r) for r in rows]})
     best = max(rows, key=lambda r: r.speedup)
     log(f"finalists: fastest measured trial {best.trial}, {best.arch}: {best.measured_ms:.1f} ms vs "
