@@ -162,8 +162,19 @@ def front_rounds_frame(record: Any) -> pd.DataFrame | None:
     return frame
 
 
+def finalists_frame(record: Any) -> pd.DataFrame | None:
+    """The finalists ``ens search --time-finalists`` timed beside all-T (study attr ``finalists``), or None."""
+    if not isinstance(record, dict) or not record.get("rows"):
+        return None
+    frame = pd.DataFrame(record["rows"]).rename(columns={
+        "psnr": "PSNR (dB)", "loss_db": "loss (dB)", "study_ms": "study latency (ms)", "measured_ms": "measured (ms)",
+        "speedup": "measured speed-up"})
+    return frame.sort_values("measured speed-up", ascending=False, ignore_index=True)
+
+
 def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
-    """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out``."""
+    """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out`` (and
+    single_swaps.md and finalists.md when the study has them)."""
 
     df = trials_frame(study)
     if df.empty:
@@ -203,9 +214,20 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
                      "measured so far within the target):\n\n" + md.to_markdown(floatfmt=".4g") + "\n")
             page += f"<h2>Rounds of the zoo front</h2>{rounds.to_html(float_format=lambda v: f'{v:.4g}')}"
         atomic_write_text(out / "single_swaps.md", text)
+    fin = study.user_attrs.get("finalists")
+    finalists = finalists_frame(fin)
+    if finalists is not None:  # the table's ranking checked by measurement; the first row is --pick finalist
+        head = (f"Finalists within {fin['target_db']:g} dB of all-T, timed interleaved beside all-T "
+                f"({fin['all_t_ms']:.1f} ms) on {fin['profiler']}, {fin['precision']}, {fin['batches']} batch(es); "
+                "`ens finalize --pick finalist` takes the first row")
+        md = finalists.assign(arch=finalists["arch"].str.replace("|", "\\|", regex=False))
+        atomic_write_text(out / "finalists.md", head + ":\n\n" + md.to_markdown(index=False, floatfmt=".4g") + "\n")
+        page += (f"<h2>Finalists, measured</h2><p>{html.escape(head)}</p>"
+                 f"{finalists.to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
     atomic_write_text(out / "pareto.html", page)
     summary = {"study": study.study_name, "trials": len(df), "latency": latency_axis_label(df),
                "pareto": front[cols].to_dict(orient="records"),
-               "all_transformer": df[df["arch"] == ALL_T][cols].to_dict(orient="records")}
+               "all_transformer": df[df["arch"] == ALL_T][cols].to_dict(orient="records"),
+               **({"finalists": finalists.to_dict(orient="records")} if finalists is not None else {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary

@@ -122,3 +122,35 @@ def test_a_search_times_its_finalists_on_the_tables_profiler(micro_zoo, tmp_path
     assert refused.value.code not in (0, None)
     assert "--time-finalists needs a measured profiler" in capsys.readouterr().err
     assert not Path("p.db").exists(), "refused before a study is made"
+    assert "ens finalize study.db --export onnx_int8 --pick finalist" in out
+
+    # the report lists them, fastest first, and finalize's --pick finalist takes that one
+    from ens.finalize.pick import pick_trial
+
+    best = max(saved["rows"], key=lambda r: r["speedup"])
+    with pytest.raises(SystemExit) as reported:
+        main(["report", "study.db", "--out", "report"])
+    assert reported.value.code in (0, None)
+    text = Path("report/finalists.md").read_text()
+    assert "timed interleaved beside all-T" in text and text.index(best["arch"].replace("|", "\\|")) < text.index(
+        min(saved["rows"], key=lambda r: r["speedup"])["arch"].replace("|", "\\|"))
+    assert "Finalists, measured" in Path("report/pareto.html").read_text()
+    picked = pick_trial(load_study("study.db"), pick="finalist")
+    assert (picked.number, picked.arch, picked.how) == (best["trial"], best["arch"], "finalist")
+
+
+def test_pick_finalist_needs_timed_finalists():
+    from ens.finalize.pick import PickError, pick_trial
+
+    study = _study([(ALL_T, 30.0, 200.0), (A, 29.9, 90.0), (B, 29.8, 40.0)])
+    with pytest.raises(PickError, match="run ens search with --time-finalists K"):
+        pick_trial(study, pick="finalist")
+    study.set_user_attr(STUDY_ATTR, {"rows": []})
+    with pytest.raises(PickError, match="no finalist was within reach"):
+        pick_trial(study, pick="finalist")
+    rows = [{"trial": 1, "arch": A, "speedup": 2.2}, {"trial": 2, "arch": B, "speedup": 2.9}]
+    study.set_user_attr(STUDY_ATTR, {"rows": rows})
+    assert pick_trial(study, pick="finalist").number == 2
+    study.set_user_attr(STUDY_ATTR, {"rows": [{"trial": 7, "arch": A, "speedup": 3.0}]})
+    with pytest.raises(PickError, match="trial 7 of the finalists is not a completed trial"):
+        pick_trial(study, pick="finalist")

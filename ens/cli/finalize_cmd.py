@@ -21,7 +21,8 @@ def finalize(
     trial: int | None = typer.Option(None, "--trial", help="Finalize this trial number."),
     latency_budget: float | None = typer.Option(None, "--latency-budget",
                                                 help="Best-PSNR Pareto trial within this latency (ms)."),
-    pick: str | None = typer.Option(None, "--pick", help="'knee' of the Pareto front (the default)."),
+    pick: str | None = typer.Option(None, "--pick", help="'knee' of the Pareto front (the default), or "
+                                    "'finalist': the fastest timed by ens search --time-finalists."),
     study_name: str | None = typer.Option(None, help="Study in the storage (needed if it holds several)."),
     finetune_steps: int = typer.Option(200, min=0, help="End-to-end FP32 fine-tuning steps."),
     qat_steps: int = typer.Option(600, min=0, help="Quantization-aware training steps."),

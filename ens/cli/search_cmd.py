@@ -139,8 +139,9 @@ def search(
     console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "
                   f"in {summary.wall_s:.0f} s{note}")
     shown = escape(redact(storage))  # a server URL's password is never printed
+    pick = " --pick finalist" if fin and fin["rows"] else ""
     console.print(f"study: {escape(study.study_name)} in {shown}\nnext:\n  ens dashboard {shown}\n"
-                  f"  ens report {shown} --out report/\n  ens finalize {shown} --export onnx_int8")
+                  f"  ens report {shown} --out report/\n  ens finalize {shown} --export onnx_int8{pick}")
     if summary.interrupted:
         raise typer.Exit(130)
 

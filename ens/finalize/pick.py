@@ -7,6 +7,8 @@ Reads only the study's storage (trial user attrs, through :func:`ens.report.tria
   earlier one resolves to the original).
 - ``latency_budget=MS``: the highest-PSNR trial of the front whose recorded latency is at most MS (in
   the study profiler's unit: milliseconds, or a count for the ``proxy`` profiler).
+- ``finalist``: the fastest of the finalists ``ens search --time-finalists K`` timed beside all-T (the study's
+  user attr ``finalists``): a table's ranking checked by measurement, so the one to ship for speed.
 - ``knee`` (the default): on the front normalised to [0, 1] in latency and PSNR, the point farthest
   above the chord from the fastest to the best point, i.e. ``argmax(q - c)`` with
   ``q = (psnr - min) / (max - min)`` and ``c = (latency - min) / (max - min)``. Ties (a front of two
@@ -28,7 +30,7 @@ from optuna.trial import TrialState
 from ens.errors import EnsError
 from ens.report import pareto_frame, trials_frame
 
-PICK_METHODS = ("knee",)
+PICK_METHODS = ("knee", "finalist")
 
 
 class PickError(EnsError):
@@ -46,7 +48,7 @@ class Picked:
     macs: int | None
     profiler: str | None
     zoo_id: str | None
-    how: str  # "trial", "budget" or "knee"
+    how: str  # "trial", "budget", "knee" or "finalist"
     on_front: bool
     front_size: int
 
@@ -124,6 +126,9 @@ def pick_trial(
                             f"(completed: {done}{' ...' if len(df) > 20 else ''})")
         return _picked(rows.iloc[0], "trial", front, zoo_id)
 
+    if pick == "finalist":
+        return _picked(_fastest_finalist(study, df), "finalist", front, zoo_id)
+
     if front.empty:
         raise PickError(f"study {study.study_name!r} has no feasible trial on its Pareto front")
 
@@ -143,6 +148,22 @@ def pick_trial(
     cost_col = "latency_ms" if pd.to_numeric(front["latency_ms"], errors="coerce").notna().all() else "macs"
     idx = knee_index([float(v) for v in front["psnr"]], [float(v) for v in front[cost_col]])
     return _picked(front.iloc[idx], "knee", front, zoo_id)
+
+
+def _fastest_finalist(study: optuna.Study, df: pd.DataFrame) -> pd.Series:
+    """The trial row of the fastest measured finalist (study attr ``finalists``)."""
+    record = study.user_attrs.get("finalists")
+    rows = record.get("rows") if isinstance(record, dict) else None
+    if not rows:
+        why = ("no finalist was within reach of all-T" if isinstance(record, dict)
+               else "it has no timed finalists (run ens search with --time-finalists K)")
+        raise PickError(f"--pick finalist: study {study.study_name!r} has nothing to pick: {why}")
+    best = max(rows, key=lambda r: float(r["speedup"]))
+    match = df[df["number"] == int(best["trial"])]
+    if match.empty:
+        raise PickError(f"--pick finalist: trial {best['trial']} of the finalists is not a completed trial of "
+                        f"study {study.study_name!r}")
+    return match.iloc[0]
 
 
 def _unit(front: pd.DataFrame) -> str:
