@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import ENS, ROOT, front_span, run, study_attrs  # noqa: E402
+from run_all import ENS, ROOT, front_span, run, study_attrs, within  # noqa: E402
 
 ALL_T = "enc:T,T,T|lat:T|dec:T,T,T|ref:T"
 
@@ -85,18 +85,6 @@ def interleaved(archs: dict[str, tuple[str, str]], shape: str, log: list, rounds
     return {k: round(r.median_ms, 2) for k, r in zip(archs, results, strict=True)}
 
 
-def candidates(db: Path, name: str, teacher: float, k: int, margin: float = 0.3) -> list[dict[str, Any]]:
-    """The ``k`` completed trials within ``margin`` dB of the teacher that the study's latency ranks fastest."""
-    import optuna
-
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-          and "duplicate_of" not in t.user_attrs and t.user_attrs.get("psnr", -1) >= teacher - margin]
-    ok.sort(key=lambda t: t.user_attrs.get("latency", float("inf")))
-    return [{"trial": t.number, "arch": t.user_attrs["arch"], "psnr": round(t.user_attrs["psnr"], 3),
-             "predicted_ms": round(t.user_attrs.get("latency", float("nan")), 2)} for t in ok[:k]]
-
-
 def fastest_measured(cands: list[dict[str, Any]], precision: str, shape: str, log: list,
                      rounds: int) -> dict[str, Any]:
     """All-T (FP32) and every candidate (in ``precision``) timed in alternating rounds; the fastest wins."""
@@ -123,7 +111,7 @@ def space_row(task: str, out: Path, log: list, args, kinds: str | None) -> dict[
     db = search(task, out, log, args.trials, name, kinds)
     cmd = log[-1]["command"]
     _, teacher = study_attrs(db, name, ALL_T)
-    cands = candidates(db, name, teacher, args.candidates)
+    cands = within(db, name, args.candidates)
     row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "front": front_span(db, name),
                            "zoo_front": front_rounds(db, name), "candidates": cands}
     if cands:
@@ -136,7 +124,7 @@ def int8_row(task: str, out: Path, log: list, args) -> dict[str, Any]:
     db = search(task, out, log, args.trials, name, None, "int8")
     cmd = log[-1]["command"]
     _, teacher = study_attrs(db, name, ALL_T)
-    cands = candidates(db, name, teacher, args.candidates)
+    cands = within(db, name, args.candidates)
     row: dict[str, Any] = {"command": cmd, "teacher_psnr": teacher, "zoo_front": front_rounds(db, name),
                            "candidates": cands}
     if cands:

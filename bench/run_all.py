@@ -96,17 +96,16 @@ def front_span(storage: Path, study_name: str) -> dict[str, Any]:
             "span_db": round(max(front) - min(front), 3)}
 
 
-def within(storage: Path, study_name: str, teacher_psnr: float, k: int, margin: float = 0.3) -> list[dict[str, Any]]:
-    """The ``k`` completed trials the study's latency ranks fastest among those within ``margin`` dB of the
-    teacher."""
+def within(storage: Path, study_name: str, k: int, margin: float = 0.3) -> list[dict[str, Any]]:
+    """The ``k`` completed trials within ``margin`` dB of the all-T trial that the study's latency ranks fastest,
+    one per architecture (``ens search --time-finalists``'s choice: ``ens.search.finalists.pick_finalists``)."""
     import optuna
 
+    from ens.search.finalists import pick_finalists
+
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage}")
-    ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-          and t.user_attrs.get("psnr") is not None and t.user_attrs["psnr"] >= teacher_psnr - margin]
-    ok.sort(key=lambda t: t.user_attrs.get("latency", float("inf")))
-    return [{"trial": t.number, "arch": t.user_attrs["arch"], "psnr": t.user_attrs["psnr"],
-             "predicted_ms": t.user_attrs.get("latency")} for t in ok[:k]]
+    return [{"trial": t.number, "arch": t.user_attrs["arch"], "psnr": round(t.user_attrs["psnr"], 3),
+             "predicted_ms": round(t.user_attrs["latency"], 2)} for t in pick_finalists(study, k, margin)[1]]
 
 
 def measured_speedup(cands: list[dict[str, Any]], ref: str, shape: str, log: list, rounds: int) -> dict[str, Any]:
@@ -275,7 +274,7 @@ def main() -> None:
                              "zoo_origin": attrs.get("zoo_origin"), "front": front_span(db, f"{task}-tiny"),
                              "whole_images": {"input_psnr": quality["input"]["psnr"],
                                               "teacher_psnr": quality["teacher"]["psnr"]}}
-        r["candidates"] = within(db, f"{task}-tiny", r["teacher_psnr"], args.candidates)
+        r["candidates"] = within(db, f"{task}-tiny", args.candidates)
         r["best"] = None
         if r["candidates"]:
             r["speedup"] = measured_speedup(r["candidates"], all_t, args.shape, log, args.rounds)
