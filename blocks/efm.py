@@ -16,7 +16,9 @@ amplifies the restoration branch there and leaves clean regions near the identit
 ``beta`` and ``gamma`` are per-channel residual scales initialised to zero (NAFNet), so the block
 starts as the identity, which is what a residual surrogate of a transformer block should be.
 With ``layernorm="none"`` (kinds F and G) both LNs are dropped: every op of the block is then one that
-INT8 runtimes run in integer arithmetic (see :func:`blocks.norm.channel_norm`).
+INT8 runtimes run in integer arithmetic (see :func:`blocks.norm.channel_norm`). With ``ldg=False`` the gate
+is dropped (``f' = f``) and with ``ffn_expansion=0`` the feed-forward: kind D keeps the first line alone,
+``x = x + beta * PW_out(SG(DW3x3(PW_in(x))))``, three convolutions and one product.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class EFMBlock(nn.Module):
         gates: int = 1,
         bias: bool = True,
         layernorm: str = "withbias",
+        ldg: bool = True,
     ) -> None:
         super().__init__()
         del heads  # an EFM block has no heads; the argument keeps every block's signature alike
@@ -81,12 +84,16 @@ class EFMBlock(nn.Module):
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.sg, self.ffn_sg = SimpleGate(), SimpleGate()
         self.pw_out = nn.Conv2d(hidden // 2, dim, 1, bias=bias)
-        self.ldg = LearnableDegradationGate(dim, gates)
-        self.norm2 = channel_norm(dim, layernorm)
-        self.pw_f1 = nn.Conv2d(dim, ffn_hidden, 1, bias=bias)
-        self.pw_f2 = nn.Conv2d(ffn_hidden // 2, dim, 1, bias=bias)
+        self.ldg = LearnableDegradationGate(dim, gates) if ldg else None
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
-        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.has_ffn = ffn_hidden > 0
+        if self.has_ffn:
+            self.norm2 = channel_norm(dim, layernorm)
+            self.pw_f1 = nn.Conv2d(dim, ffn_hidden, 1, bias=bias)
+            self.pw_f2 = nn.Conv2d(ffn_hidden // 2, dim, 1, bias=bias)
+            self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        else:
+            self.gamma = None
         # f * (1 + m) written as f + f * m: the same value, but each op has quantized inputs, so an INT8 runtime
         # runs the gate as QLinearMul + QLinearAdd (``1 + m`` adds a float constant, which no QLinearAdd takes)
         self.gate_mul, self.gate_add = Mul(), Add()
@@ -95,10 +102,14 @@ class EFMBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.norm1(x)
         f = self.sg(self.dw(self.pw_in(u)))
-        m = self.ldg(u)
-        if self.gates > 1:
-            m = m.repeat_interleave(f.shape[1] // self.gates, dim=1)
-        x = self.add1(x, _scaled(self.beta, self.pw_out(self.gate_add(f, self.gate_mul(f, m)))))
+        if self.ldg is not None:
+            m = self.ldg(u)
+            if self.gates > 1:
+                m = m.repeat_interleave(f.shape[1] // self.gates, dim=1)
+            f = self.gate_add(f, self.gate_mul(f, m))
+        x = self.add1(x, _scaled(self.beta, self.pw_out(f)))
+        if not self.has_ffn:
+            return x
         return self.add2(x, _scaled(self.gamma, self.pw_f2(self.ffn_sg(self.pw_f1(self.norm2(x))))))
 
     @torch.no_grad()
@@ -106,7 +117,7 @@ class EFMBlock(nn.Module):
         """Fold ``beta`` into PW_out and ``gamma`` into PW_f2 (exact: both are per-output-channel). A deployed
         graph then has no float Mul between those convs and the residual sums, so an INT8 runtime runs
         conv -> sum as QLinearConv -> QLinearAdd. The block keeps no ``beta``/``gamma`` parameters after it."""
-        for scale, conv in (("beta", self.pw_out), ("gamma", self.pw_f2)):
+        for scale, conv in (("beta", self.pw_out), ("gamma", getattr(self, "pw_f2", None))):
             s = getattr(self, scale)
             if s is None:
                 continue
@@ -117,4 +128,6 @@ class EFMBlock(nn.Module):
 
     def degradation_map(self, x: torch.Tensor) -> torch.Tensor:
         """The LDG map for inspection: [B, gates, H, W] in [0, 1]."""
+        if self.ldg is None:
+            raise ValueError("this EFM block has no degradation gate (ldg=False)")
         return self.ldg(self.norm1(x))

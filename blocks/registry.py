@@ -115,3 +115,15 @@ def _efm_lite_nonorm(dim: int, heads: int, **options: Any) -> nn.Module:
     from blocks.efm import EFMBlock
 
     return EFMBlock(dim, heads, **{"expansion": 1.0, "ffn_expansion": 1.0, **options, "layernorm": "none"})
+
+
+# -- the gated conv branch alone: a full-resolution slot at a fraction of G's cost ---------------------
+# Tiny preset, 1x3x256x256, ORT CPU, 2 threads, interleaved, every block one kind (load 1.05; python
+# bench/bench_networks.py --presets tiny --kinds T,E,G,D,I --int8, 2026-12-03): FP32 all-T 298 ms, all-G 74, all-D 60,
+# all-I 26; as the onnx_int8 graph all-G 31 ms, all-D 18.
+@register_block("D", "efm-mini", "EFM's gated conv branch alone (PW, DW3x3, simple gate, PW): no LDG, FFN or norm")
+def _efm_mini(dim: int, heads: int, **options: Any) -> nn.Module:
+    from blocks.efm import EFMBlock
+
+    return EFMBlock(dim, heads, **{"expansion": 1.0, **options, "ffn_expansion": 0.0, "ldg": False,
+                                   "layernorm": "none"})

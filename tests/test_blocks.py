@@ -108,7 +108,7 @@ def test_mdta_rejects_indivisible_heads():
         MDTA(6, heads=4)
 
 
-@pytest.mark.parametrize("kind", ["T", "M", "E"])
+@pytest.mark.parametrize("kind", ["T", "M", "E", "D"])
 @pytest.mark.parametrize("shape", [(2, 16, 9, 13), (1, 16, 8, 8)])
 def test_every_block_kind_preserves_shape_and_trains(kind, shape):
     block = build_block(kind, shape[1], 2)
@@ -167,6 +167,25 @@ def test_efm_forward_is_the_figure_written_out():
     x1 = x + b.beta * b.pw_out(a * g * (1.0 + m))
     h1, h2 = b.pw_f1(b.norm2(x1)).chunk(2, dim=1)
     torch.testing.assert_close(b(x), x1 + b.gamma * b.pw_f2(h1 * h2))
+
+
+def test_efm_mini_is_the_gated_branch_alone():
+    """Kind D: x + beta * PW_out(SG(DW(PW_in(x)))), with no norm, gate or feed-forward, so fewer ops than G."""
+    torch.manual_seed(3)
+    d, g = build_block("D", 8, 1), build_block("G", 8, 1)
+    assert d.ldg is None and not d.has_ffn and d.gamma is None
+    assert sum(p.numel() for p in d.parameters()) < sum(p.numel() for p in g.parameters()) / 2
+    with torch.no_grad():
+        d.beta.normal_()
+    x = torch.randn(2, 8, 7, 9)
+    a, b = d.dw(d.pw_in(x)).chunk(2, dim=1)
+    torch.testing.assert_close(d(x), x + d.beta * d.pw_out(a * b))
+    with pytest.raises(ValueError, match="no degradation gate"):
+        d.degradation_map(x)
+    y = d(x)
+    d.fold_layer_scales()
+    assert d.beta is None
+    torch.testing.assert_close(d(x), y, atol=1e-6, rtol=1e-5)
 
 
 def test_registry_rejects_duplicates_and_unknown():

@@ -136,3 +136,17 @@ def test_the_norm_free_efm_leaves_no_layernorm_in_the_int8_graph(micro_cfg, tmp_
                  for k in kernels}
     # every residual sum too: the 3 after the down-samplers stayed float Adds before those became strided convs
     assert float_ops["F"] <= float_ops["E"] - 2 * blocks and kernels["F"]["Add"] <= 1
+
+
+def test_the_mini_efm_runs_in_integer_kernels(micro_cfg, tmp_path):
+    """D (PW, DW, simple gate, PW and the residual sum) leaves nothing in float inside its blocks: every conv but
+    the output's is a QLinearConv, every gate a QLinearMul and every residual sum a QLinearAdd."""
+    from blocks.unet import uniform_kinds
+    from ens.finalize import export as ex
+
+    net = NetworkSpec(uniform_kinds(micro_cfg, "D"), micro_cfg.to_dict(), (1, 3, 32, 32), label="all-D")
+    d = ex.ort_kernels(export_network(net, tmp_path / "D.onnx", precision="int8"))
+    blocks = sum(len(v) for v in uniform_kinds(micro_cfg, "D").values())
+    assert d["QLinearMul"] == blocks and d["QLinearAdd"] >= blocks and d["QLinearConv"] >= 3 * blocks
+    assert ex.conv_kernels(d)["float"] <= 1 and d.get("Add", 0) <= 1
+    assert not {"Mul", "Sigmoid", "LayerNormalization", "Relu"} & set(d)

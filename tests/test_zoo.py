@@ -15,14 +15,14 @@ from search_spaces import Arch
 def test_zoo_is_complete_and_loads(micro_zoo):
     zoo = Zoo.load(micro_zoo)
     m = zoo.manifest
-    assert m.task == "deblur" and m.kinds == ["T", "M", "E", "S", "L", "I", "F", "G"]
+    assert m.task == "deblur" and m.kinds == ["T", "M", "E", "S", "L", "I", "F", "G", "D"]
     assert len(m.slots) == 11 and m.versions["torch"].startswith("2.")
     assert set(m.distill["relative_error"]) == {f"{s['stage']}.{s['index']}" for s in m.slots}
     stage_s = [m.teacher["seconds"], m.distill["seconds"], m.calibration["seconds"],
                m.calibration["quality_report_seconds"]]
     assert all(s >= 0 for s in stage_s) and sum(stage_s) <= m.wall_time_s + 0.5
     q = json.loads((micro_zoo / "quality.json").read_text())
-    assert set(q["uniform"]) == {"M", "E", "S", "L", "I", "F", "G"} and len(q["swap"]) == 11
+    assert set(q["uniform"]) == {"M", "E", "S", "L", "I", "F", "G", "D"} and len(q["swap"]) == 11
     assert q["teacher"]["psnr"] == m.teacher["val"]["psnr"]
     assert (micro_zoo / "quality.md").read_text().startswith("# Zoo quality")
     assert not list(micro_zoo.parent.glob(".*work")), "the work folder is removed after a build"

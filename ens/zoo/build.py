@@ -41,7 +41,7 @@ from ens.zoo.store import Zoo, file_sha256
 from ens.zoo.teacher import TeacherRecipe, held_out_curve, train_teacher
 from studies.lock import WaitingLock
 
-SURROGATE_KINDS: tuple[str, ...] = ("M", "E", "S", "L", "I", "F", "G")
+SURROGATE_KINDS: tuple[str, ...] = ("M", "E", "S", "L", "I", "F", "G", "D")
 
 
 @dataclass(frozen=True)
