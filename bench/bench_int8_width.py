@@ -1,7 +1,7 @@
 """Does INT8 pay on ONNX Runtime CPU, and at what width? FP32 vs two Q/DQ placements per preset.
 
     python bench/bench_int8_width.py [--presets tiny,small,paper] [--kinds T,E] [--shape 1x3x128x128]
-        [--threads 1] [--clock cpu] [--rounds 3] [--runs 3]
+        [--threads 1] [--clock cpu] [--rounds 3] [--runs 3] [--relu-fold-ab]
 
 For each preset and uniform network (random weights: latency only, no quality):
 
@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--relu-fold-ab", action="store_true", help="also time the onnx_int8 graph without the LDG's "
+                    "ReLU fold (ens.finalize.qat.RELU_FOLD): its ReLU quantized on the signed grid, left float")
     args = ap.parse_args()
 
     from ens.finalize import export as ex
@@ -75,6 +77,8 @@ def main() -> None:
                 name = f"{preset}/all-{kind}"
                 files = {"fp32": tmp / "fp32.onnx", "int8_modelopt": tmp / "modelopt.onnx",
                          "int8_modelopt_ort": tmp / "modelopt_ort.onnx", "int8_ort": tmp / "ort.onnx"}
+                if args.relu_fold_ab:
+                    files["int8_modelopt_ort_relu_float"] = tmp / "modelopt_ort_relu_float.onnx"
                 ex.export_fp32(net, shape, files["fp32"], calib[0])
                 with contextlib.redirect_stderr(io.StringIO()):
                     qnet = quantize_model(copy.deepcopy(net), calib)
@@ -82,6 +86,10 @@ def main() -> None:
                     qnet = quantize_model(copy.deepcopy(net), calib, placement="ort", weight_bits=bits)
                     ex.export_int8(qnet, shape, files["int8_modelopt_ort"], uint8_activations=True)
                     ex.ptq_int8(files["fp32"], files["int8_ort"], calib_np, reduce_range=bits == 7)
+                    if args.relu_fold_ab:
+                        qnet = quantize_model(copy.deepcopy(net), calib, placement="ort", weight_bits=bits,
+                                              relu_fold=False)
+                        ex.export_int8(qnet, shape, files["int8_modelopt_ort_relu_float"], uint8_activations=True)
                 lat = ex.ort_cpu_latency(files, shape, threads=args.threads, rounds=args.rounds, runs=args.runs,
                                          clock=args.clock)
                 int8_keys = [k for k in files if k != "fp32"]
@@ -92,6 +100,7 @@ def main() -> None:
                     **{f"{k}_speedup": round(lat["fp32"]["median_ms"] / lat[k]["median_ms"], 3)
                        for k in files if k != "fp32"},
                     "ort_cpu_convs": {k: ex.ort_conv_kernels(files[k]) for k in int8_keys},
+                    "ort_cpu_float_relu": {k: ex.ort_kernels(files[k])["Relu"] for k in int8_keys},
                     "fastest_int8": fastest,
                     "time_shares": {k: ex.int8_time_shares(files[k], shape, threads=args.threads)
                                     for k in ("int8_modelopt_ort", "int8_ort")},

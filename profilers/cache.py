@@ -43,8 +43,9 @@ FILENAME = "latency.sqlite"
 #: QLinearAdd (``blocks.efm``, ``blocks.ops``). 4: each down-sampler's conv + pixel_unshuffle is one strided
 #: conv (``profilers.unshuffle_fusion``); in INT8 the up-samplers' pixel shuffles run channels-last
 #: (``ens.finalize.shuffle_layout``). 5: in INT8 each EFM gate map has as many channels as the features it gates
-#: (``profilers.gate_expansion``: the gate product is element-wise, not a broadcast).
-GRAPH_REVISION = 5
+#: (``profilers.gate_expansion``: the gate product is element-wise, not a broadcast). 6: in INT8 each LDG's ReLU
+#: is the zero clip of an unsigned quantizer, which ONNX Runtime drops (``ens.finalize.qat.RELU_FOLD``).
+GRAPH_REVISION = 6
 TABLE = f"results_g{GRAPH_REVISION}"
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's companions of a database file
 

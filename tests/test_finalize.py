@@ -466,9 +466,37 @@ def test_ort_placement_quantizes_the_elementwise_ops_into_qlinear_kernels(tmp_pa
         ex.export_int8(q, (1, 3, 16, 16), path, uint8_activations=placement == "ort")
         kernels = ex.ort_kernels(path)
         assert (kernels["QLinearAdd"], kernels["QLinearMul"], kernels["QLinearSigmoid"]) == (adds, muls, sigmoids)
-        if placement == "ort":  # nothing element-wise is left in float
-            assert kernels["Add"] == kernels["Mul"] == kernels["Sigmoid"] == 0
+        if placement == "ort":  # nothing element-wise is left in float, the LDG's ReLU included
+            assert kernels["Add"] == kernels["Mul"] == kernels["Sigmoid"] == kernels["Relu"] == 0
+            assert ex.conv_kernels(kernels) == {"int8": 9, "float": 1}  # all 10 convs but the output's
         assert ex.check_int8(q, path, x)["rmse"] < 1e-3
+        assert ex.check_int8(q, path, x, fuse_qdq=False)["rmse"] < 1e-3  # every Q/DQ run as written
+
+
+def test_the_ldg_relu_is_the_zero_clip_of_an_unsigned_quantizer():
+    """``ort`` placement: the LDG's depthwise output is left unquantized and the ReLU's output is quantized on the
+    unsigned grid (0..255, zero point 0), whose clip at zero is the ReLU itself, so ORT can drop the Relu node.
+    The fake-quant values all lie on that grid, at twice the resolution of the signed one."""
+    from ens.finalize.qat import quantize_model
+
+    x = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(0)
+    q = quantize_model(_EfmNet(), [x], placement="ort")
+    ldg = q.block.ldg
+    assert not ldg.dw.output_quantizer.is_enabled and ldg.to_map.input_quantizer.is_enabled
+    assert ldg.to_map.input_quantizer.unsigned and not ldg.reduce.input_quantizer.unsigned
+    seen = {}
+    ldg.to_map.register_forward_pre_hook(lambda m, a: seen.setdefault("in", a[0]))
+    with torch.no_grad():
+        q(x)
+    u = ldg.to_map.input_quantizer(seen["in"].detach())
+    step = float(ldg.to_map.input_quantizer.amax) / 255
+    levels = u / step
+    assert float(u.min()) == 0.0 and torch.allclose(levels, levels.round(), atol=1e-3)
+    assert int(levels.round().max()) > 127  # the signed grid would stop at 127
+    torch.manual_seed(0)
+    trt = quantize_model(_EfmNet(), [x], placement="trt")
+    assert trt.block.ldg.dw.output_quantizer.is_enabled is False and not trt.block.ldg.to_map.input_quantizer.unsigned
 
 
 def _ort_load_log(path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -10,6 +11,7 @@ from profilers import int8_graphs
 from profilers.base import Profiler, parse_shape
 from profilers.lut import default_table_path
 from profilers.networks import NetworkSpec, export_network
+from profilers.onnx_graph import GraphIndex
 from profilers.result import MEASURED, LatencyResult
 
 
@@ -82,9 +84,9 @@ def test_the_timed_int8_graph_runs_every_conv_but_the_last_as_qlinearconv(micro_
 
     path = export_network(micro_net, tmp_path / "n.onnx", precision="int8")
     g = onnx.load(str(path)).graph
-    inits = {i.name: i for i in g.initializer}
-    act_q = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
-    assert act_q and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in act_q)
+    index = GraphIndex.of(g)
+    act_q = [n for n in g.node if n.op_type == "QuantizeLinear" and not index.is_constant(n.input[0])]
+    assert act_q and all(index.value(n.input[2]).dtype == np.uint8 for n in act_q)
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     so.log_severity_level = 3
@@ -132,6 +134,7 @@ def test_the_norm_free_efm_leaves_no_layernorm_in_the_int8_graph(micro_cfg, tmp_
     assert kernels["E"]["LayerNormalization"] == 2 * blocks and kernels["F"]["LayerNormalization"] == 0
     assert ex.conv_kernels(kernels["F"]) == ex.conv_kernels(kernels["E"]) and kernels["F"]["QLinearConv"] > 10
     assert kernels["F"]["QLinearMul"] == kernels["E"]["QLinearMul"] > 0  # the gates
+    assert kernels["E"]["Relu"] == kernels["F"]["Relu"] == 0  # each LDG's ReLU folded (ens.finalize.qat.RELU_FOLD)
     float_ops = {k: sum(v for op, v in kernels[k].items() if op in ("LayerNormalization", "Add", "Mul", "Sigmoid"))
                  for k in kernels}
     # every residual sum too: the 3 after the down-samplers stayed float Adds before those became strided convs

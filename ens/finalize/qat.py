@@ -29,7 +29,8 @@ TensorRT wants. ``ort``, for ``onnx_int8``: conv outputs too (all but the final 
 element-wise op of :mod:`blocks.ops` (residual sums, simple gates, the LDG sigmoid and gate, the skip joins;
 the layer scales before the sums folded into the convs), and the exported activations rewritten S8 -> U8
 (:mod:`ens.finalize.qdq_uint8`) with each pixel shuffle moved onto the 8-bit side of its dequantize
-(:mod:`ens.finalize.qdq_movement`). ONNX Runtime fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` only when the
+(:mod:`ens.finalize.qdq_movement`); each LDG's ReLU output is quantized on the unsigned grid in place of its depthwise
+conv's (:data:`RELU_FOLD`). ONNX Runtime fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` only when the
 conv output is quantized and both sides are U8, and ``DQ, DQ -> Add|Mul|Concat -> Q`` into ``QLinearAdd`` /
 ``QLinearMul`` / ``QLinearConcat``: each op's inputs are the quantized outputs of earlier convs and ops, so each
 tensor is quantized once, where it is made. Quantizing the sums' inputs again (their own quantizers) fused one
@@ -102,6 +103,18 @@ def weight_range_scale(bits: int) -> float:
 #: floating point. Measured on this CPU (deblur winner, tiny, 256², ORT per-node profile): as a QLinearConv with
 #: its 3 output channels quantized it took 4.9 ms, against 3.6 ms for the float conv, so INT8 would not even pay.
 FINAL_CONV = "output"
+
+
+#: the LDG's ``DW3x3 -> ReLU -> PW`` (:class:`blocks.efm.LearnableDegradationGate`), with the ``ort`` placement:
+#: the depthwise conv's output is not quantized, and the ReLU's is, by the PW conv's input quantizer made
+#: unsigned (range [0, amax] on 0..255, zero point 0). Quantizing to that grid clips at zero, which *is* the ReLU,
+#: so ONNX Runtime drops the Relu (its ReluQuantFusion: a Q whose zero point is the type's minimum) and runs
+#: ``DQ -> Conv -> Q`` as one QLinearConv. Quantized on the signed grid before the ReLU, each LDG kept a float Relu
+#: between a DequantizeLinear and a QuantizeLinear (the micro all-G graph: 11 Relu, 12 Q, 13 DQ in float).
+RELU_FOLD: tuple[dict[str, Any], ...] = (
+    {"quantizer_name": "*ldg.dw.output_quantizer", "enable": False},
+    {"quantizer_name": "*ldg.to_map.input_quantizer", "cfg": {"num_bits": 8, "axis": None, "unsigned": True}},
+)
 
 
 class QATUnavailable(EnsError):
@@ -193,9 +206,10 @@ class QDRConfig:
 
 
 # -- model surgery ------------------------------------------------------------------------------
-def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[str, Any]:
+def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt", relu_fold: bool = True) -> dict[str, Any]:
     """ModelOpt config: INT8 per-channel weights, per-tensor inputs (and with ``placement="ort"``
-    outputs, but not of :data:`FINAL_CONV`) of every Conv2d/Linear."""
+    outputs, but not of :data:`FINAL_CONV`) of every Conv2d/Linear; with ``ort`` and ``relu_fold`` the LDG's ReLU
+    quantized as :data:`RELU_FOLD` says (``relu_fold=False``: the former placement, kept for the bench)."""
     cfg: list[dict[str, Any]] = [
         {"quantizer_name": "*", "enable": False},
         {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
@@ -203,7 +217,8 @@ def quant_config(keep_fp: Sequence[str] = (), placement: str = "trt") -> dict[st
     ]
     if placement == "ort":
         cfg += [{"quantizer_name": "*output_quantizer", "cfg": {"num_bits": 8, "axis": None}},
-                {"quantizer_name": f"{FINAL_CONV}.output_quantizer", "enable": False}]
+                {"quantizer_name": f"{FINAL_CONV}.output_quantizer", "enable": False},
+                *(RELU_FOLD if relu_fold else ())]
     for pat in keep_fp:
         cfg.append({"quantizer_name": f"{pat}.*_quantizer", "enable": False})
     return {"quant_cfg": cfg, "algorithm": "max"}
@@ -311,7 +326,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
 
 
 def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Sequence[str] = (),
-                   placement: str = "trt", weight_bits: int = 8) -> nn.Module:
+                   placement: str = "trt", weight_bits: int = 8, relu_fold: bool = True) -> nn.Module:
     """Insert ModelOpt fake quantizers in ``model`` (in place) and max-calibrate them on ``calib``; with
     ``weight_bits=7`` the weight ranges are doubled, so the exported INT8 weights lie in [-64, 64]. With the
     ``ort`` placement the blocks' layer scales are folded into their convs first (:func:`fold_layer_scales`)."""
@@ -328,7 +343,7 @@ def quantize_model(model: nn.Module, calib: Sequence[torch.Tensor], keep_fp: Seq
                 m(x)
 
     with contextlib.redirect_stdout(io.StringIO()):
-        model = mtq.quantize(model, quant_config(keep_fp, placement), forward_loop=loop)
+        model = mtq.quantize(model, quant_config(keep_fp, placement, relu_fold), forward_loop=loop)
     if weight_bits != 8:
         with torch.no_grad():
             for _, m in quant_modules(model):
