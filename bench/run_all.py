@@ -10,7 +10,9 @@ Steps (each a real ``ens`` command or bench script run as a subprocess, so nothi
    the run lives in ``<out>/cache``, through ``ENS_CACHE_DIR``);
 2. per task, the ``--candidates`` trials within 0.3 dB of the teacher that the table ranks fastest, each timed
    with the all-transformer network at 256x256 by ``ens profile`` (interleaved rounds); the fastest measured
-   one and its speed-up;
+   one and its speed-up (figure (a)); in the same rounds each candidate's ``onnx_int8`` graph (``ens profile
+   --precision int8``: the graph ``ens finalize --export onnx_int8`` ships, random weights), the fastest one's
+   speed-up over the FP32 all-T network (figure (b)); and the zoo report's rank tau (figure (c));
 3. search throughput: trials per minute with 1 and 2 Ray workers on the deblur zoo (the table exists);
 4. ``ens finalize`` to ``onnx_int8`` of the winner of the task whose teacher gains most over its degraded
    input (``--finalize-task``; a recovery ratio means little where FP32 barely beats the input): INT8
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENS = [sys.executable, "-m", "ens.cli"]
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PAPER_SPEEDUP = {"deblur": "3.4x", "derain": "1.74x", "denoise": "1.17x"}
+PAPER_INT8_SPEEDUP = {"deblur": "≥ 5x (issue)"}
 
 
 def run(cmd: list[str], log: list[dict[str, Any]], capture: bool = True, cwd: Path = ROOT) -> tuple[str, float]:
@@ -108,24 +111,35 @@ def within(storage: Path, study_name: str, k: int, margin: float = 0.3) -> list[
              "predicted_ms": round(t.user_attrs["latency"], 2)} for t in pick_finalists(study, k, margin)[1]]
 
 
-def measured_speedup(cands: list[dict[str, Any]], ref: str, shape: str, log: list, rounds: int) -> dict[str, Any]:
-    """Median ort-cpu latency of all-T and of each candidate, measured in alternating rounds so drift hits them
-    alike; the fastest measured candidate wins (a table's ranking of near ties is noisy)."""
+def measured_speedup(cands: list[dict[str, Any]], ref: str, shape: str, log: list, rounds: int,
+                     int8: bool = True) -> dict[str, Any]:
+    """Median ort-cpu latency of all-T (FP32) and of each candidate, FP32 and (``int8``) as the ``onnx_int8`` graph
+    finalize ships, measured in alternating rounds so drift hits them alike; the fastest measured candidate wins
+    in each precision (a table's ranking of near ties is noisy)."""
     archs = [ref, *dict.fromkeys(c["arch"] for c in cands)]
-    times: dict[str, list[float]] = {a: [] for a in archs}
+    runs = [(a, "fp32") for a in archs] + ([(a, "int8") for a in archs[1:]] if int8 else [])
+    times: dict[tuple[str, str], list[float]] = {r: [] for r in runs}
     cmds = {}
     for _ in range(rounds):
-        for a in archs:
+        for a, prec in runs:
             cmd = [*ENS, "profile", "--arch", a, "--profiler", "ort-cpu", "--shape", shape, "--no-cache", "--json"]
-            out, _ = run(cmd, log)
-            times[a].append(last_json(out)["median_ms"])
-            cmds[a] = log[-1]["command"]
-    med = {a: sorted(v)[len(v) // 2] for a, v in times.items()}
-    win = min(cands, key=lambda c: med[c["arch"]])
-    return {"best": win, "arch_ms": round(med[win["arch"]], 2), "all_t_ms": round(med[ref], 2),
-            "speedup": round(med[ref] / med[win["arch"]], 2), "commands": [cmds[ref], cmds[win["arch"]]],
-            "candidates_ms": {a: round(med[a], 2) for a in archs[1:]}, "rounds": rounds,
-            "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+            out, _ = run(cmd + (["--precision", "int8"] if prec == "int8" else []), log)
+            times[(a, prec)].append(last_json(out)["median_ms"])
+            cmds[(a, prec)] = log[-1]["command"]
+    med = {r: sorted(v)[len(v) // 2] for r, v in times.items()}
+    win = min(cands, key=lambda c: med[(c["arch"], "fp32")])
+    res = {"best": win, "arch_ms": round(med[(win["arch"], "fp32")], 2), "all_t_ms": round(med[(ref, "fp32")], 2),
+           "speedup": round(med[(ref, "fp32")] / med[(win["arch"], "fp32")], 2),
+           "commands": [cmds[(ref, "fp32")], cmds[(win["arch"], "fp32")]],
+           "candidates_ms": {a: round(med[(a, "fp32")], 2) for a in archs[1:]}, "rounds": rounds,
+           "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+    if int8:
+        w8 = min(cands, key=lambda c: med[(c["arch"], "int8")])
+        res["int8"] = {"best": w8, "int8_ms": round(med[(w8["arch"], "int8")], 2),
+                       "speedup": round(med[(ref, "fp32")] / med[(w8["arch"], "int8")], 2),
+                       "command": cmds[(w8["arch"], "int8")],
+                       "candidates_ms": {a: round(med[(a, "int8")], 2) for a in archs[1:]}}
+    return res
 
 
 def search(task: str, out: Path, log: list, trials: int, workers: int, name: str) -> tuple[Path, float]:
@@ -171,6 +185,17 @@ def table(res: dict[str, Any]) -> str:
         inp_s = f"{inp:.2f}" if math.isfinite(inp) else "inf (a held-out patch the rain missed; now redrawn)"
         rows.append(f"| {task}: teacher / degraded input PSNR (dB), held-out patches | {r['teacher_psnr']:.2f} / "
                     f"{inp_s} | | `{r['search_command']}` |")
+        i8 = (sp or {}).get("int8")
+        if i8:
+            rows.append(f"| {task}: the same candidates as the `onnx_int8` graph finalize ships, fastest measured, "
+                        f"speed-up over FP32 all-T (same rounds) | {i8['speedup']}x ({sp['all_t_ms']} → "
+                        f"{i8['int8_ms']} ms; `{i8['best']['arch']}`, {i8['best']['psnr']:.2f} dB in FP32) | "
+                        f"{PAPER_INT8_SPEEDUP.get(task, '')} | `{i8['command']}` |")
+        rk = r.get("rank")
+        if rk and rk.get("tau") is not None:
+            rows.append(f"| {task}: rank fidelity, Kendall tau of zero-shot vs fine-tuned PSNR, {rk['n']} random "
+                        f"hybrids, {rk['finetune_steps']} steps (zoo report) | {rk['tau']:+.2f} | ≥ 0.8 (issue) | "
+                        f"`ens zoo show {task}-tiny` |")
         w = r.get("whole_images")
         if w:
             rows.append(f"| {task}: teacher / degraded input PSNR (dB), whole held-out images (zoo report) | "
@@ -236,7 +261,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=3, help="trials within 0.3 dB, fastest by the study's "
                     "latency, timed against all-T; the fastest measured is the task's figure")
     ap.add_argument("--shape", default="1x3x256x256")
-    ap.add_argument("--skip", default="", help="comma list of: finalize, scan, lut, throughput")
+    ap.add_argument("--skip", default="", help="comma list of: finalize, int8 (the candidates' INT8 timings), "
+                    "scan, lut, throughput")
     ap.add_argument("--finalize-task", default="auto",
                     help="task whose winner is finalized (auto: the largest teacher gain over the input)")
     ap.add_argument("--readme", default=None, help="rewrite the table between the markers of this file")
@@ -273,11 +299,13 @@ def main() -> None:
                              "input_psnr": quality["patch_check"]["input_psnr"], "zoo_id": attrs["zoo_id"],
                              "zoo_origin": attrs.get("zoo_origin"), "front": front_span(db, f"{task}-tiny"),
                              "whole_images": {"input_psnr": quality["input"]["psnr"],
-                                              "teacher_psnr": quality["teacher"]["psnr"]}}
+                                              "teacher_psnr": quality["teacher"]["psnr"]},
+                             "rank": {k: v for k, v in (quality.get("rank") or {}).items() if k != "archs"}}
         r["candidates"] = within(db, f"{task}-tiny", args.candidates)
         r["best"] = None
         if r["candidates"]:
-            r["speedup"] = measured_speedup(r["candidates"], all_t, args.shape, log, args.rounds)
+            r["speedup"] = measured_speedup(r["candidates"], all_t, args.shape, log, args.rounds,
+                                            int8="int8" not in skip)
             r["best"] = r["speedup"]["best"]
         res["tasks"][task] = r
 
