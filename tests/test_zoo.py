@@ -314,6 +314,45 @@ def test_refine_distils_a_base_kind_further_from_its_weights_and_leaves_the_rest
     assert (new[k] - old[k]).abs().mean() < old[k].abs().mean()
 
 
+def test_refine_t_trains_the_base_teacher_further_and_redistils_every_kind(tmp_path, micro_cfg, micro_recipe):
+    """``--from-zoo Z --refine T``: the teacher goes on from Z's weights (not from the identity start), its curve
+    and step count go on from Z's, and every surrogate kind follows it from Z's weights."""
+    from dataclasses import replace
+
+    import torch
+
+    from ens.zoo.build import build_zoo
+    from ens.zoo.manifest import ZooManifest
+    from ens.zoo.store import Zoo
+    from ens.zoo.teacher import curve_steps
+
+    quick = replace(micro_recipe, rank_archs=0, quality_mixed=1,
+                    teacher=replace(micro_recipe.teacher, curve_at=(2, 4, 6, 8)))
+    kw = dict(config=micro_cfg, recipe=quick, show_progress=False, log=lambda m: None)
+    base = build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("M", "E"), **kw)
+    logs: list[str] = []
+    ref = build_zoo("denoise", "tiny", out_root=tmp_path / "b", base=base, kinds=("M", "E"), refine=("T",),
+                    **{**kw, "log": logs.append})
+    mb, m = ZooManifest.read(base), ZooManifest.read(ref)
+    assert mb.teacher["steps"] == 4 and m.teacher["steps"] == 8
+    assert m.teacher["continued"] == [{"from": mb.zoo_id, "from_steps": 4, "steps": 4, "lr": quick.teacher.lr,
+                                       "warmup": quick.teacher.warmup}]
+    assert [p["step"] for p in mb.teacher["curve"]] == [2, 4]
+    assert [p["step"] for p in m.teacher["curve"]] == [2, 4, 6, 8]  # counted on from the base's 4 steps
+    assert m.teacher["curve"][:2] == mb.teacher["curve"]
+    assert m.distill["kinds"] == ["M", "E"] and m.distill["refined"] == ["T", "M", "E"]
+    assert "--refine T" in m.build["extended"][0]["command"]
+    assert any("on from the 4 of zoo" in x for x in logs)
+    old, new = Zoo.load(base).state, Zoo.load(ref).state
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert any(".choices.T." in k for k in changed)
+    assert any(".choices.M." in k for k in changed) and any(".choices.E." in k for k in changed)
+    # the base teacher's output conv was trained away from zero; a fresh start would have zeroed it again
+    out = next(k for k in old if k.startswith("output.") and k.endswith("weight"))
+    assert old[out].abs().sum() > 0 and (new[out] - old[out]).abs().mean() < old[out].abs().mean()
+    assert curve_steps(replace(quick.teacher, steps=4), offset=4) == [2, 4]  # the base's 6 and 8
+
+
 def test_unstable_kinds_names_the_uniform_networks_whose_held_out_psnr_is_not_a_number():
     from ens.zoo.build import unstable_kinds
 

@@ -35,7 +35,8 @@ def build(
     from_zoo: Path | None = typer.Option(None, "--from-zoo", help="Keep this zoo's teacher and surrogates and "
                                          "distil only the --kinds it lacks (a zoo folder or a prebuilt name)."),
     refine: str | None = typer.Option(None, "--refine", help="With --from-zoo: distil these kinds of that zoo "
-                                      "further, from their current weights (e.g. M,E), for --distill-steps."),
+                                      "further, from their current weights (e.g. M,E), for --distill-steps. T "
+                                      "trains its teacher --steps more steps first, then refines every kind."),
     context_weight: float | None = typer.Option(None, "--context-weight", min=0.0, help="Weight of the in-context "
                                                 "distillation term: each surrogate also maps a random hybrid's input "
                                                 "at its slot to the teacher's output there (0: off)."),

@@ -170,7 +170,9 @@ def build_zoo(
     ``base``: an existing zoo of the same task and preset whose teacher and surrogates are kept; only the
     ``kinds`` it lacks are distilled, then the report is remade for every kind (``ens zoo build --from-zoo``).
     ``refine``: kinds of ``base`` whose surrogates are distilled further, starting from their weights in ``base``
-    (``--refine``; the distillation budget is the limit of a CPU-built zoo, measured in issue 16)."""
+    (``--refine``; the distillation budget is the limit of a CPU-built zoo, measured in issue 16). With ``T``
+    among them the teacher first trains ``teacher_steps`` more steps from its weights (its held-out curve goes
+    on from the steps it had), and then every surrogate kind is distilled further, since their target moved."""
     task = get_task(task)
     try:
         cfg = config or get_preset(preset)
@@ -214,8 +216,9 @@ def build_zoo(
 
 def _check_refine(refine: Sequence[str], base: Zoo | None) -> None:
     if base is None:
-        raise EnsError("--refine continues distilling a zoo's surrogates: name that zoo with --from-zoo")
-    bad = [k for k in refine if k == "T" or k not in base.manifest.kinds]
+        raise EnsError("--refine continues training a zoo's teacher or distilling its surrogates: name that zoo "
+                       "with --from-zoo")
+    bad = [k for k in refine if k not in base.manifest.kinds]
     if bad:
         raise EnsError(f"--refine: {', '.join(bad)} is not a surrogate kind of zoo {base.zoo_id} (it has "
                        f"{', '.join(k for k in base.manifest.kinds if k != 'T')})")
@@ -271,22 +274,26 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
     else:
         kinds = [*[k for k in base.manifest.kinds if k != "T"], *[k for k in kinds if k not in base.manifest.kinds]]
         new = [k for k in kinds if k not in base.manifest.kinds]
-        init, train_kinds, t_stats = base.state, [*new, *refine], {}
-        seconds["teacher"] = 0.0
+        if "T" in refine:  # the teacher moves, so every surrogate is distilled further towards it
+            refine = ["T", *[k for k in base.manifest.kinds if k != "T"]]
+            teacher, t_stats = _teacher_stage(run, data, base)
+            init = {**base.state, **teacher.state_dict()}
+        else:
+            init, t_stats = base.state, {}
+            seconds["teacher"] = 0.0
+        train_kinds = [*new, *[k for k in refine if k != "T"]]
         log(f"[1/5] teacher and {', '.join(base.manifest.kinds[1:])} from zoo {base.zoo_id}"
-            + (f"; {', '.join(refine)} distilled further from there" if refine else ""))
+            + (f"; {', '.join(refine)} trained further from there" if refine else ""))
     supernet = _surrogate_stages(run, init, kinds, train_kinds, data)
     report, rel = _report_stages(run, supernet, kinds, data)
-    report["teacher_curve"] = (held_out_curve(t_stats.pop("curve", []), report["input"]["psnr"]) if base is None
-                               else base.manifest.teacher.get("curve", []))
+    report["teacher_curve"] = ([] if base is None else base.manifest.teacher.get("curve", [])) + held_out_curve(
+        t_stats.pop("curve", []), report["input"]["psnr"])
     wall = round(time.monotonic() - t0, 1)
     manifest = ZooManifest(
         zoo_id=f"{zoo_name(task.name, preset)}-s{seed}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
         task=task.name, preset=preset, config=cfg.to_dict(), kinds=["T", *kinds], slots=slots_of(cfg),
         patch_size=recipe.patch_size, val_patches=recipe.val_patches, data_source=data_source, seed=seed,
-        teacher=({"steps": recipe.teacher.steps, "loss": "charbonnier",
-                  "resample_every": recipe.teacher.resample_every, **t_stats} if base is None
-                 else dict(base.manifest.teacher)) | {
+        teacher=_teacher_record(recipe.teacher, t_stats, base) | {
                      "val": report["teacher"], "input_val": report["input"], "held_out": "whole images",
                      "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
@@ -336,23 +343,46 @@ def _rank_data(task: str, data_dir, recipe: ZooRecipe, seed: int) -> tuple[Any, 
     return data.train, data.val_full
 
 
-def _teacher_stage(run: BuildRun, data: ZooData) -> tuple[HybridUNet, dict]:
+def _teacher_record(recipe: TeacherRecipe, t_stats: dict, base: Zoo | None) -> dict:
+    """The manifest's teacher entry: a new teacher's recipe, a base zoo's kept as it was, or a base zoo's
+    trained ``recipe.steps`` further (its ``steps`` then count both runs)."""
+    if base is None:
+        return {"steps": recipe.steps, "loss": "charbonnier", "resample_every": recipe.resample_every, **t_stats}
+    had = dict(base.manifest.teacher)
+    if not t_stats:
+        return had
+    before = int(had.get("steps", 0))
+    return had | t_stats | {"steps": before + recipe.steps, "resample_every": recipe.resample_every,
+                            "continued": [*had.get("continued", []),
+                                          {"from": base.zoo_id, "from_steps": before, "steps": recipe.steps,
+                                           "lr": recipe.lr, "warmup": recipe.warmup}]}
+
+
+def _teacher_stage(run: BuildRun, data: ZooData, base: Zoo | None = None) -> tuple[HybridUNet, dict]:
+    """A new teacher, or with ``base`` that zoo's teacher trained ``recipe.steps`` further from its weights."""
     from ens.zoo.parallel import TeacherJob, free_port, train_teacher_parallel
 
     recipe, ckpt = run.recipe.teacher, run.work / "teacher.ckpt.safetensors"
     teacher = HybridUNet(run.cfg)
+    offset = 0
+    if base is not None:
+        teacher.load_state_dict({k: base.state[k] for k in teacher.state_dict()})
+        offset = int(base.manifest.teacher.get("steps", 0))
     run.log(f"[1/5] teacher: all-transformer U-Net, {sum(p.numel() for p in teacher.parameters()):,} params, "
-            f"{recipe.steps} steps{_resuming(ckpt)}")
+            f"{recipe.steps} steps" + (f" on from the {offset} of zoo {base.zoo_id}" if base is not None else "")
+            + _resuming(ckpt))
     with _timed(run.seconds, "teacher"):
         if run.gpus > 1:
             job = TeacherJob(run.cfg, None, recipe, run.seed, ckpt, run.work / "teacher.stats.json", run.compute,
                              free_port(), run.show_progress, None, run.task.name,
                              threads=max(1, torch.get_num_threads() // run.gpus),
-                             load=functools.partial(_rank_data, run.task.name, run.data_dir, run.recipe, run.seed))
+                             load=functools.partial(_rank_data, run.task.name, run.data_dir, run.recipe, run.seed),
+                             fresh=base is None, step_offset=offset)
             stats = train_teacher_parallel(teacher, run.gpus, job)
         else:
             stats = train_teacher(teacher, data.train, recipe, run.seed, ckpt, run.show_progress,
-                                  curve_val=data.val_full, task=run.task, compute=run.compute)
+                                  curve_val=data.val_full, task=run.task, compute=run.compute,
+                                  fresh=base is None, step_offset=offset)
     return teacher, stats
 
 

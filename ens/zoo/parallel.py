@@ -45,6 +45,8 @@ class TeacherJob:
     task: str | None = None
     threads: int = 1
     init_state: dict[str, torch.Tensor] | None = None  # the parent's initial weights (set by the launcher)
+    fresh: bool = True  # False: continue a trained teacher (train_teacher's ``fresh`` and ``step_offset``)
+    step_offset: int = 0
     # Data pools that cannot be pickled (their builders are closures) are re-made in each rank instead, by this
     # picklable function -> (train_set, curve_val); the pools are seeded, so every rank gets the same ones.
     load: Callable[[], tuple[Any, Any]] | None = None
@@ -92,7 +94,8 @@ def _rank_main(rank: int, world: int, job: TeacherJob) -> None:
         train_set, curve_val = job.load() if job.load is not None else (job.train_set, job.curve_val)
         stats = train_teacher(net, train_set, job.recipe, job.seed, job.ckpt_path,
                               job.show_progress and rank == 0, curve_val=curve_val if rank == 0 else None,
-                              task=get_task(job.task) if job.task else None, compute=compute, rank=rank, world=world)
+                              task=get_task(job.task) if job.task else None, compute=compute, rank=rank, world=world,
+                              fresh=job.fresh, step_offset=job.step_offset)
         if rank == 0:
             atomic_write_text(job.stats_path, json.dumps(stats))
     finally:

@@ -52,9 +52,11 @@ def start_at_identity(net: HybridUNet) -> None:
             net.output.bias.zero_()
 
 
-def curve_steps(recipe: TeacherRecipe) -> list[int]:
-    """The recipe's curve points that fall within its steps, and always the last step."""
-    return sorted({s for s in recipe.curve_at if 0 < s <= recipe.steps} | {recipe.steps})
+def curve_steps(recipe: TeacherRecipe, offset: int = 0) -> list[int]:
+    """The steps of this run (1..``recipe.steps``) at which the held-out PSNR is recorded: the recipe's curve
+    points, counted from a teacher's first step, that fall in this run when it continues one trained ``offset``
+    steps, and always the last step."""
+    return sorted({s - offset for s in recipe.curve_at if 0 < s - offset <= recipe.steps} | {recipe.steps})
 
 
 def train_teacher(
@@ -69,11 +71,16 @@ def train_teacher(
     compute: Compute = CPU,
     rank: int = 0,
     world: int = 1,
+    fresh: bool = True,
+    step_offset: int = 0,
 ) -> dict:
     """Trains ``net`` in place on ``compute``'s device; resumes from ``ckpt_path`` if it exists. Returns the final
     train loss and, with ``curve_val`` (held-out pairs) and ``task``, the held-out curve
     ``[{step, psnr, ssim}, ...]``. With ``world`` > 1 this is rank ``rank`` of a data-parallel group (the
-    process group is already initialised); only rank 0 saves, shows progress and records the curve."""
+    process group is already initialised); only rank 0 saves, shows progress and records the curve.
+
+    ``fresh=False`` continues a trained teacher from ``net``'s weights (no identity start; a new warm-up and
+    cosine schedule over ``recipe.steps``), and its curve counts steps from ``step_offset``, the steps it had."""
     from ens.evaluate import evaluate
 
     if recipe.batch_size % world:
@@ -84,14 +91,14 @@ def train_teacher(
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, betas=(0.9, 0.999),
                             weight_decay=recipe.weight_decay)
     resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
-    points = set(curve_steps(recipe)) if curve_val is not None else set()
+    points = set(curve_steps(recipe, step_offset)) if curve_val is not None else set()
     loop = Loop(
         name="teacher",
         schedule=Schedule(recipe.steps, recipe.lr, recipe.warmup),
         optimizer=opt,
         grad_clip=recipe.grad_clip,
         checkpoint=Checkpointing(ckpt_path, {"teacher": net}, recipe.checkpoint_every_s),
-        init=lambda: start_at_identity(net),
+        init=(lambda: start_at_identity(net)) if fresh else None,
         on_resume=resume_pool,
         show_progress=show_progress,
         compute=compute,
@@ -102,9 +109,10 @@ def train_teacher(
         points = set()
 
     def record(step: int) -> None:
-        if step in points and all(p["step"] != step for p in loop.state["curve"]):
+        if step in points and all(p["step"] != step_offset + step for p in loop.state["curve"]):
             q = evaluate(net, curve_val, task, batch_size=1)
-            loop.state["curve"].append({"step": step, "psnr": round(q.psnr, 4), "ssim": round(q.ssim, 4)})
+            loop.state["curve"].append({"step": step_offset + step, "psnr": round(q.psnr, 4),
+                                        "ssim": round(q.ssim, 4)})
             net.train()
 
     loop.hooks = [h for h in (resample, Every(1, record) if points else None) if h is not None]
