@@ -21,7 +21,8 @@ Steps (each a real ``ens`` command or bench script run as a subprocess, so nothi
 5. ``bench/bench_scan.py``: selective-scan speed-up and error;
 6. ``ens calibrate --verify``: latency-table accuracy.
 
-Prints one JSON object and, with ``--readme``, rewrites the table between the README's
+Prints one JSON object, kept as ``<out>/run_all.json`` too: saved after each step, so a failed or interrupted
+run keeps what it measured (with ``incomplete``: why). With ``--readme`` it rewrites the table between the README's
 ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers.
 """
 
@@ -302,9 +303,9 @@ def write_readme(readme: Path, res: dict[str, Any]) -> None:
     _, tail = rest.split(END, 1)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {res['date']}"
     body = f"\n_Made by `python bench/run_all.py` on {machine}._\n\n{table(res)}\n"
-    tmp = readme.with_suffix(".tmp")
-    tmp.write_text(head + BEGIN + body + END + tail)
-    os.replace(tmp, readme)
+    from ens.training import atomic_write_text
+
+    atomic_write_text(readme, head + BEGIN + body + END + tail)
 
 
 def main() -> None:
@@ -338,6 +339,31 @@ def main() -> None:
     log: list[dict[str, Any]] = []
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "tasks": {}, "throughput": {}, "log": log,
                            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+    try:
+        measure(args, out, skip, res)
+    except (SystemExit, KeyboardInterrupt) as e:  # keep what was measured before the failure
+        res["incomplete"] = str(e) or type(e).__name__
+        raise
+    finally:
+        res["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        save(res, out)
+    print(json.dumps(res, indent=1, default=str))
+    if args.readme:
+        write_readme(ROOT / args.readme, res)
+
+
+def save(res: dict[str, Any], out: Path) -> Path:
+    """``res`` as ``<out>/run_all.json``, written whole or not at all (after each step, and on a failure)."""
+    from ens.training import atomic_write_text
+
+    path = out / "run_all.json"
+    atomic_write_text(path, json.dumps(res, indent=1, default=str))
+    return path
+
+
+def measure(args: argparse.Namespace, out: Path, skip: set[str], res: dict[str, Any]) -> None:
+    """The steps of the module docstring, filling ``res`` (saved to ``<out>/run_all.json`` after each)."""
+    log = res["log"]
     all_t = "enc:T,T,T|lat:T|dec:T,T,T|ref:T"
 
     for i, task in enumerate(filter(None, args.tasks.split(","))):
@@ -365,6 +391,7 @@ def main() -> None:
                                             int8="int8" not in skip)
             r["best"] = r["speedup"]["best"]
         res["tasks"][task] = r
+        save(res, out)
 
     first = next(iter(res["tasks"]), None)
     if "throughput" not in skip and first:
@@ -373,11 +400,13 @@ def main() -> None:
             (out / f"{name}.db").unlink(missing_ok=True)
             search(first, out, log, args.throughput_trials, w, name)
             res["throughput"][str(w)] = {**trials_per_minute(out / f"{name}.db", name), "command": log[-1]["command"]}
+        save(res, out)
 
     fin_tasks = finalize_tasks(res["tasks"], args.finalize_task)
     if "finalize" not in skip and fin_tasks:
         res["finalize"] = {}
         finalize_all(res, fin_tasks, out, log)
+        save(res, out)
 
     if "scan" not in skip:
         outp, _ = run([sys.executable, "bench/bench_scan.py", "--threads", "1"], log)
@@ -387,11 +416,6 @@ def main() -> None:
         cmd = [*ENS, "calibrate", "--profiler", "ort-cpu", "--shape", args.shape, "--verify", "20", "--json"]
         outp, _ = run(cmd, log)
         res["lut"] = {**last_json(outp), "command": log[-1]["command"]}
-
-    res["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    print(json.dumps(res, indent=1, default=str))
-    if args.readme:
-        write_readme(ROOT / args.readme, res)
 
 
 if __name__ == "__main__":
