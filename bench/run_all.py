@@ -341,8 +341,8 @@ def main() -> None:
                            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     try:
         measure(args, out, skip, res)
-    except (SystemExit, KeyboardInterrupt) as e:  # keep what was measured before the failure
-        res["incomplete"] = str(e) or type(e).__name__
+    except BaseException as e:  # any failure or Ctrl-C: keep what was measured before it, and say why
+        res["incomplete"] = f"{type(e).__name__}: {e}" if not isinstance(e, SystemExit) else str(e)
         raise
     finally:
         res["load_average_end"] = [round(v, 2) for v in os.getloadavg()]

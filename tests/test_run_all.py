@@ -77,3 +77,11 @@ def test_a_failed_step_keeps_what_was_measured(tmp_path, monkeypatch):
     assert saved["incomplete"] == "run_all: command failed (2): ens calibrate"
     assert "lut" not in saved and len(saved["load_average_end"]) == 3
     assert not list(tmp_path.glob("*.tmp*"))  # written whole, no partial file left
+
+    def broken_run(cmd, log, capture=True, cwd=None):  # a bug, not a failed command: still marked incomplete
+        raise KeyError("selective_scan_speedup")
+
+    monkeypatch.setattr(run_all, "run", broken_run)
+    with pytest.raises(KeyError):
+        run_all.main()
+    assert json.loads((tmp_path / "run_all.json").read_text())["incomplete"] == "KeyError: 'selective_scan_speedup'"
