@@ -352,13 +352,11 @@ def main() -> None:
         write_readme(ROOT / args.readme, res)
 
 
-def save(res: dict[str, Any], out: Path) -> Path:
+def save(res: dict[str, Any], out: Path) -> None:
     """``res`` as ``<out>/run_all.json``, written whole or not at all (after each step, and on a failure)."""
     from ens.training import atomic_write_text
 
-    path = out / "run_all.json"
-    atomic_write_text(path, json.dumps(res, indent=1, default=str))
-    return path
+    atomic_write_text(out / "run_all.json", json.dumps(res, indent=1, default=str))
 
 
 def measure(args: argparse.Namespace, out: Path, skip: set[str], res: dict[str, Any]) -> None:
