@@ -447,3 +447,36 @@ def test_quality_report_keeps_a_mixed_figure_over_t_m_e_beside_the_all_kinds_one
     with torch.no_grad():
         only = quality_report(net, ["M", "E"], val, get_task("denoise"), seed=0, mixed=2, per_slot=False)
     assert "mixed_core" not in only  # its mixed networks are already T/M/E
+
+
+def test_distillation_patch_and_batch_are_their_own_pool_recorded_and_checked(tmp_path, micro_cfg, micro_recipe,
+                                                                             monkeypatch):
+    """``--distill-patch P --distill-batch B``: the surrogates train on batches of B patches of P px (a pool of
+    its own, as many pixels as the teacher's), the teacher on the preset's; the manifest and command say so."""
+    from dataclasses import replace
+
+    import ens.zoo.build as zb
+    from ens.zoo.build import distill_pool_size, zoo_command
+    from ens.zoo.manifest import ZooManifest
+
+    assert distill_pool_size(512, 48, 128) == 72 and distill_pool_size(16, 32, 64) == 64  # at least 64
+    seen: list[tuple[int, ...]] = []
+    real = zb.distill_surrogates
+
+    def spy(supernet, kinds, train_set, recipe, *a, **k):
+        seen.append((recipe.batch_size, *train_set[0][0].shape))
+        return real(supernet, kinds, train_set, recipe, *a, **k)
+
+    monkeypatch.setattr(zb, "distill_surrogates", spy)
+    quick = replace(micro_recipe, rank_archs=0, quality_mixed=1)
+    kw = dict(config=micro_cfg, recipe=quick, show_progress=False, log=lambda m: None)
+    with pytest.raises(EnsError, match="--distill-batch"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", kinds=("E",), distill_batch=0, **kw)
+    m = ZooManifest.read(build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("E",), distill_patch=48,
+                                   distill_batch=3, **kw))
+    assert seen == [(3, 3, 48, 48)]
+    assert m.patch_size == 32 and m.distill["patch_size"] == 48 and m.distill["batch_size"] == 3
+    assert "--distill-patch 48 --distill-batch 3" in m.build["command"]
+    plain = zoo_command("denoise", "tiny", None, tmp_path, 0, quick)
+    assert "--distill-patch" not in plain and "--distill-batch" in plain  # the micro recipe's batch is not tiny's
+    assert "--distill-batch" not in zoo_command("denoise", "tiny", None, tmp_path, 0, zb.RECIPES["tiny"])

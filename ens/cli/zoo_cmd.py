@@ -40,6 +40,11 @@ def build(
     context_weight: float | None = typer.Option(None, "--context-weight", min=0.0, help="Weight of the in-context "
                                                 "distillation term: each surrogate also maps a random hybrid's input "
                                                 "at its slot to the teacher's output there (0: off)."),
+    distill_patch: int | None = typer.Option(None, "--distill-patch", min=16, help="Px a side of the distillation "
+                                             "patches (default: the preset's training patch). Larger patches show "
+                                             "the surrogates the whole-image context the teacher's attention uses."),
+    distill_batch: int | None = typer.Option(None, "--distill-batch", min=1, help="Distillation batch size "
+                                             "(default: the preset's, 8 at tiny)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
     device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA when available), cpu, cuda or "
                                "cuda:N. A build stopped on one device resumes on another."),
@@ -69,7 +74,7 @@ def build(
                      log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
                      kinds=chosen, refine=_kinds_list(refine) if refine else (),
                      base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus,
-                     context_weight=context_weight)
+                     context_weight=context_weight, distill_patch=distill_patch, distill_batch=distill_batch)
     _print_manifest(ZooManifest.read(path), path)
 
 

@@ -109,7 +109,8 @@ def versions() -> dict[str, str]:
 
 def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | None,
                 calib_steps: int | None, rank_steps: int | None = None,
-                context_weight: float | None = None) -> ZooRecipe:
+                context_weight: float | None = None, distill_patch: int | None = None,
+                distill_batch: int | None = None) -> ZooRecipe:
     t, d = r.teacher, r.distill
     if rank_steps is not None:
         r = replace(r, rank_finetune_steps=rank_steps, rank_archs=r.rank_archs if rank_steps else 0)
@@ -121,6 +122,10 @@ def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | No
         d = replace(d, calib_steps=calib_steps)
     if context_weight is not None:
         d = replace(d, context_weight=context_weight)
+    if distill_patch is not None:
+        d = replace(d, patch_size=distill_patch)
+    if distill_batch is not None:
+        d = replace(d, batch_size=distill_batch)
     return replace(r, teacher=t, distill=d)
 
 
@@ -161,6 +166,8 @@ def build_zoo(
     gpus: int = 1,
     refine: Sequence[str] = (),
     context_weight: float | None = None,
+    distill_patch: int | None = None,
+    distill_batch: int | None = None,
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset) on ``compute``'s device; returns its folder.
 
@@ -193,8 +200,10 @@ def build_zoo(
         cfg = base_zoo.config
     if context_weight is not None and context_weight < 0:
         raise EnsError(f"--context-weight must be >= 0, got {context_weight:g}")
+    if distill_batch is not None and distill_batch < 1:
+        raise EnsError(f"--distill-batch must be >= 1, got {distill_batch}")
     recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
-                         rank_steps, context_weight)
+                         rank_steps, context_weight, distill_patch, distill_batch)
     if quality_crop is not None:
         recipe = replace(recipe, quality_crop=quality_crop)
     out_root = Path(out_root)
@@ -297,6 +306,7 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
                      "val": report["teacher"], "input_val": report["input"], "held_out": "whole images",
                      "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
+                 "patch_size": recipe.distill.patch_size or recipe.patch_size, "batch_size": recipe.distill.batch_size,
                  "resample_every": recipe.distill.resample_every, "kinds": train_kinds,
                  **({"refined": list(refine)} if refine else {}),
                  "relative_error": rel, "seconds": seconds["distill"]}
@@ -321,6 +331,11 @@ class ZooData:
     train: Any  # a resampling pool of training patches
     val_patches: Any  # the held-out patches: the quick check, and the inputs of the relative errors
     val_full: list  # whole held-out images (the first ``quality_images``): the report and the curve
+    distill_train: Any = None  # the surrogates' training pool (``train`` unless the distillation patch differs)
+
+    def __post_init__(self) -> None:
+        if self.distill_train is None:
+            self.distill_train = self.train
 
 
 def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, log) -> ZooData:
@@ -330,11 +345,21 @@ def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, 
         load_pairs(task, data_dir, "train", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.train_patches),
         load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.val_patches),
         held_out_images(task, data_dir, recipe.quality_images, recipe.quality_crop))
+    dp = recipe.distill.patch_size
+    if dp is not None and dp != recipe.patch_size:
+        data.distill_train = load_pairs(task, data_dir, "train", patch_size=dp, seed=seed,
+                                        num_patches=distill_pool_size(recipe.train_patches, recipe.patch_size, dp))
+        log(f"distillation on pools of {len(data.distill_train)} training patches of {dp} px")
     every = recipe.teacher.resample_every
     log(f"data: {source}: pools of {len(data.train)} training patches"
         + (f" (a fresh pool every {every} steps)" if every else "")
         + f", {len(data.val_full)} whole held-out images, {len(data.val_patches)} held-out patches (quick check)")
     return data
+
+
+def distill_pool_size(train_patches: int, patch: int, distill_patch: int) -> int:
+    """Patches in a distillation pool of ``distill_patch`` px: as many pixels as the teacher's pool, at least 64."""
+    return max(64, round(train_patches * (patch / distill_patch) ** 2))
 
 
 def _rank_data(task: str, data_dir, recipe: ZooRecipe, seed: int) -> tuple[Any, list]:
@@ -403,7 +428,7 @@ def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Seque
     else:
         log("[2/5] nothing to distil: every kind comes from the base zoo (its report and rank check are remade)")
     with _timed(seconds, "distill"):
-        distill_surrogates(supernet, kinds, data.train, recipe.distill, seed, work / "distill.ckpt.safetensors",
+        distill_surrogates(supernet, kinds, data.distill_train, recipe.distill, seed, work / "distill.ckpt.safetensors",
                            show_progress, run.compute)
     if recipe.distill.calib_steps:
         log(f"[3/5] in-context calibration, {recipe.distill.calib_steps} steps"
@@ -411,7 +436,7 @@ def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Seque
     else:
         log("[3/5] in-context calibration: none (--calib-steps N adds it)")
     with _timed(seconds, "calibration"):
-        calibrate_in_context(supernet, kinds, data.train, recipe.distill, seed, work / "calib.ckpt.safetensors",
+        calibrate_in_context(supernet, kinds, data.distill_train, recipe.distill, seed, work / "calib.ckpt.safetensors",
                              show_progress, run.compute)
     for p in supernet.parameters():
         p.requires_grad_(True)
@@ -530,6 +555,10 @@ def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: P
         args += ["--refine", ",".join(refine)]
     if recipe.distill.context_weight:
         args += ["--context-weight", f"{recipe.distill.context_weight:g}"]
+    if recipe.distill.patch_size is not None:
+        args += ["--distill-patch", str(recipe.distill.patch_size)]
+    if recipe.distill.batch_size != RECIPES.get(preset, RECIPES["tiny"]).distill.batch_size:
+        args += ["--distill-batch", str(recipe.distill.batch_size)]
     if recipe.quality_crop:
         args += ["--quality-crop", str(recipe.quality_crop)]
     if data_dir is not None:

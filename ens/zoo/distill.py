@@ -34,6 +34,15 @@ the surrogate learns to undo the drift its upstream neighbours leave, which the 
 Refining the shipped denoise zoo's M and E for 1000 steps with w_ctx 1 took all-M / all-E / mixed T-M-E from
 -0.71 / -0.65 / -0.50 to -0.60 / -0.59 / -0.42 dB of the teacher; 2000 steps without it gave -0.70 / -0.59.
 
+The distillation patch (``patch_size``, ``ens zoo build --distill-patch``) defaults to the zoo's training patch.
+Restormer's transposed attention pools over the whole input, so a teacher can depend on context a 48-px patch
+hides: the shipped derain teacher scores 31.04 dB on its whole held-out images and 29.59 dB on 48-px tiles of
+them (``bench/bench_context.py``; denoise and deblur lose 0.12 and 0.09 dB), and its ref-slot swaps to M / E cost
+1.00 / 0.94 dB whole but 0.41 / 0.35 dB on 48-px tiles. Refining that zoo's M and E 800 steps on 128-px
+patches (batch 4) cut those two swaps to 0.75 / 0.72 dB, but all-M / all-E / mixed T-M-E fell from -0.68 / -0.57 /
+-0.32 to -1.74 / -1.07 / -0.80 dB of the teacher, so the tiny recipe keeps 48 px
+(record ``bench/records/distill_patch-derain-2026-12-04.json``).
+
 The figure recorded per slot and kind is the relative error on held-out batches,
 ``mean|S(x) - y| / mean|y - x|``: 0 is perfect, 1 is no better than skipping the block.
 
@@ -80,6 +89,7 @@ class DistillRecipe:
     checkpoint_every_s: float = 120.0
     resample_every: int = 0  # draw a fresh training pool every N steps (0: one fixed pool)
     context_weight: float = 0.0  # w_ctx of the in-context term (0: off)
+    patch_size: int | None = None  # px a side of the distillation patches (None: the zoo's patch size)
 
 
 def surrogate_params(supernet: HybridUNet, kinds: Sequence[str]) -> list[torch.nn.Parameter]:
