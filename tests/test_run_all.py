@@ -85,3 +85,25 @@ def test_a_failed_step_keeps_what_was_measured(tmp_path, monkeypatch):
     with pytest.raises(KeyError):
         run_all.main()
     assert json.loads((tmp_path / "run_all.json").read_text())["incomplete"] == "KeyError: 'selective_scan_speedup'"
+
+
+def test_figure_a_on_whole_images_counts_only_the_candidates_that_hold_there():
+    a, b, c = "enc:E|a", "enc:L|b", "enc:G|c"
+    sp = {"speedup": 2.0, "all_t_ms": 200.0, "arch_ms": 50.0, "best": {"psnr": 30.8}, "commands": ["t", "p"],
+          "candidates_ms": {a: 100.0, b: 50.0, c: 80.0}}
+    rows = [{"arch": a, "whole_loss_db": 0.2, "within_target": True},
+            {"arch": b, "whole_loss_db": 0.6, "within_target": False},
+            {"arch": c, "whole_loss_db": 0.1, "within_target": True}]
+    r = {"teacher_psnr": 31.0, "input_psnr": 25.0, "best": {"psnr": 30.8}, "search_command": "s", "speedup": sp,
+         "whole_check": {"rows": rows}}
+    wi = run_all.whole_image_speedup(r)
+    # b is the fastest measured (the patch figure, 4x) but loses 0.6 dB on whole images: c, 80 ms, is the figure
+    assert (wi["arch"], wi["speedup"], wi["held"], wi["checked"]) == (c, 2.5, 2, 3)
+    text = run_all.table({"tasks": {"derain": r}})
+    assert "(2 of 3; their losses there 0.20 / 0.60 / 0.10 dB) | 2.5x (200.0 → 80.0 ms; `enc:G\\|c`" in text
+    for row in rows:
+        row["within_target"] = False
+    assert run_all.whole_image_speedup(r)["held"] == 0
+    assert "(0 of 3; their losses there 0.20 / 0.60 / 0.10 dB) | none |" in run_all.table({"tasks": {"derain": r}})
+    del r["whole_check"]
+    assert run_all.whole_image_speedup(r) is None and "whole held-out" not in run_all.table({"tasks": {"derain": r}})

@@ -70,6 +70,11 @@ def search(
                                        "interleaved with all-T on the measuring profiler (a table's own), and "
                                        "print their measured speed-ups (0: off; 3 takes about a minute at 256² "
                                        "on ort-cpu)."),
+    whole_check: int = typer.Option(0, "--whole-check", min=0, help="After the search, score all-T and the K trials "
+                                    "fastest by the study's latency within --zoo-front-target dB of it on the whole "
+                                    "held-out images (trials are scored on held-out patches, where a teacher that "
+                                    "uses whole-image context is handicapped) and print which stay within (0: off; "
+                                    "about 2 s a network for the embedded images at tiny)."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
@@ -89,7 +94,7 @@ def search(
                          precision=precision.lower() if precision else None, kinds=kinds, device=device,
                          amp=amp, enqueue=tuple(enqueue or ()), zoo_front=zoo_front,
                          zoo_front_rounds=zoo_front_rounds, zoo_front_target=zoo_front_target,
-                         time_finalists=time_finalists)
+                         time_finalists=time_finalists, whole_check=whole_check)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}
@@ -135,6 +140,16 @@ def search(
             ft.add_row(str(r["trial"]), r["arch"], f"{r['psnr']:.2f}", f"{r['study_ms']:.1f}",
                        f"{r['measured_ms']:.1f}", f"{r['speedup']:.2f}x")
         console.print(ft)
+    wc = study.user_attrs.get("whole_check") if whole_check else None
+    if wc and wc["rows"]:
+        wt = Table(title=f"On {wc['images']} whole held-out image(s): all-T {wc['all_t_psnr']:.2f} dB; "
+                         f"within {wc['target_db']:g} dB?")
+        for c in ("trial", "arch", "loss on patches (dB)", "whole PSNR", "loss on whole images (dB)", "within"):
+            wt.add_column(c, justify="left" if c == "arch" else "right")
+        for r in wc["rows"]:
+            wt.add_row(str(r["trial"]), r["arch"], f"{r['patch_loss_db']:.2f}", f"{r['whole_psnr']:.2f}",
+                       f"{r['whole_loss_db']:.2f}", "yes" if r["within_target"] else "no")
+        console.print(wt)
     note = " (interrupted: re-run the same command to resume)" if summary.interrupted else ""
     console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "
                   f"in {summary.wall_s:.0f} s{note}")

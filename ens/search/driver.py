@@ -60,7 +60,11 @@ class SearchOptions:
     zoo_front_rounds: int = 4  # rounds of single swaps: around the teacher, then around the best within the target
     zoo_front_target: float = 0.3  # loss against all-T (dB) the rounds refine around
     time_finalists: int = 0  # then time this many fastest trials within zoo_front_target beside all-T (finalists.py)
+    whole_check: int = 0  # then score this many fastest trials within zoo_front_target on whole images (whole_check.py)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
+
+
+WHOLE_CHECK_IMAGES = 8  # the first N whole held-out images, as the zoo's quality report
 
 
 def artifact_dir(storage: str, explicit: str | None) -> Path:
@@ -95,6 +99,8 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError(f"--zoo-front-target must be a positive loss in dB (got {opts.zoo_front_target:g})")
     if opts.time_finalists < 0:
         raise EnsError(f"--time-finalists must be >= 0 (got {opts.time_finalists})")
+    if opts.whole_check < 0:
+        raise EnsError(f"--whole-check must be >= 0 (got {opts.whole_check})")
     _validate_device(opts)
     from studies.executors import check_local_capacity, check_ray_address
 
@@ -343,6 +349,12 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
 
             time_finalists(study, opts.time_finalists, opts.zoo_front_target, measurer, cfg, shape, opts.precision,
                            log=log)
+        if opts.whole_check and not summary.interrupted:
+            from ens.search.whole_check import check_on_whole_images
+            from ens.zoo.build import held_out_images
+
+            check_on_whole_images(study, opts.whole_check, opts.zoo_front_target, zoo, task,
+                                  held_out_images(task, opts.data, WHOLE_CHECK_IMAGES), log=log)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)

@@ -1,0 +1,76 @@
+"""``ens search --whole-check``: the search's picks within the target, scored again on whole held-out images."""
+
+from __future__ import annotations
+
+import shutil
+
+import optuna
+import pytest
+import torch
+
+from ens.search.whole_check import STUDY_ATTR, check_on_whole_images
+from search_spaces.arch import Arch
+
+
+def _study(rows: list[tuple[str, float, float]]) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for arch, psnr, lat in rows:
+        study.add_trial(optuna.trial.create_trial(values=[psnr, lat],
+                                                  user_attrs={"arch": arch, "psnr": psnr, "latency": lat}))
+    return study
+
+
+def test_picks_are_scored_on_whole_images_against_all_t(micro_zoo):
+    from ens.evaluate import evaluate
+    from ens.tasks import get_task
+    from ens.zoo.build import held_out_images
+    from ens.zoo.store import Zoo
+
+    zoo, task = Zoo.load(micro_zoo), get_task("deblur")
+    pairs = held_out_images(task, None, 2, crop=40)
+    depth = {s: len(v) for s, v in zoo.supernet().stages.items()}
+    t, e, m, i = (str(Arch.from_block_kinds({s: [k] * d for s, d in depth.items()})) for k in ("T", "E", "M", "I"))
+    # patch PSNRs: E and M within 0.3 dB of all-T, the skip (I) far below; E the fastest
+    study = _study([(t, 30.0, 20.0), (e, 29.9, 8.0), (m, 29.8, 12.0), (i, 20.0, 1.0)])
+
+    def whole(arch: str) -> float:
+        with torch.no_grad():
+            return evaluate(zoo.build(arch).eval(), pairs, task).psnr
+
+    lines: list[str] = []
+    rows = check_on_whole_images(study, 5, 0.3, zoo, task, pairs, log=lines.append)
+    assert [r.arch for r in rows] == [e, m], "the fastest within the target on the patches, the skip left out"
+    assert [r.patch_loss_db for r in rows] == [pytest.approx(0.1), pytest.approx(0.2)]
+    for r in rows:  # each network rebuilt from the zoo and scored independently
+        assert r.whole_psnr == pytest.approx(whole(r.arch), abs=1e-3)
+        assert r.whole_loss_db == pytest.approx(whole(t) - whole(r.arch), abs=1e-3)
+        assert r.within_target == (r.whole_loss_db <= 0.3)
+    saved = study.user_attrs[STUDY_ATTR]
+    assert saved["images"] == 2 and saved["all_t_trial"] == 0 and len(saved["rows"]) == 2
+    assert saved["all_t_psnr"] == pytest.approx(whole(t), abs=1e-3)
+    assert f"{sum(r.within_target for r in rows)} of 2 trials within 0.3 dB" in lines[-1]
+    # nothing within a tighter target: the record is emptied, not left from the run before
+    assert check_on_whole_images(study, 5, 0.05, zoo, task, pairs, log=lines.append) == []
+    assert study.user_attrs[STUDY_ATTR]["rows"] == [] and "no trial within 0.05 dB" in lines[-1]
+
+
+def test_a_search_checks_its_picks_on_whole_images(micro_zoo, tmp_path, capsys, monkeypatch):
+    from ens.cli import main
+    from ens.report import load_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
+    shutil.copytree(micro_zoo, tmp_path / "zoo" / "deblur-tiny")
+    args = ["search", "--profiler", "proxy", "--trials", "4", "--workers", "0", "--shape", "1x3x32x32",
+            "--sampler", "random", "--no-zoo-front", "--zoo-front-target", "100", "--device", "cpu"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--whole-check", "2"])
+    out = capsys.readouterr().out
+    assert done.value.code in (0, None)
+    saved = load_study("study.db").user_attrs[STUDY_ATTR]
+    assert saved["images"] == 2 and 1 <= len(saved["rows"]) <= 2  # the embedded data's two held-out images
+    assert all(r["within_target"] for r in saved["rows"])  # within 100 dB, on patches and whole images alike
+    assert "whole held-out image(s): all-T" in out and saved["rows"][0]["arch"] in out
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--storage", "x.db", "--whole-check", "-1"])
+    assert refused.value.code not in (0, None)
