@@ -172,9 +172,18 @@ def finalists_frame(record: Any) -> pd.DataFrame | None:
     return frame.sort_values("measured speed-up", ascending=False, ignore_index=True)
 
 
+def whole_check_frame(record: Any) -> pd.DataFrame | None:
+    """The picks ``ens search --whole-check`` scored on whole held-out images (study attr ``whole_check``), or None."""
+    if not isinstance(record, dict) or not record.get("rows"):
+        return None
+    return pd.DataFrame(record["rows"]).rename(columns={
+        "patch_loss_db": "loss on patches (dB)", "whole_psnr": "PSNR whole (dB)",
+        "whole_loss_db": "loss on whole images (dB)", "within_target": "within target"})
+
+
 def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     """Writes trials.csv/.md, pareto.csv/.md, pareto.png/.html and summary.json into ``out`` (and
-    single_swaps.md and finalists.md when the study has them)."""
+    single_swaps.md, finalists.md and whole_images.md when the study has them)."""
 
     df = trials_frame(study)
     if df.empty:
@@ -224,10 +233,20 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
         atomic_write_text(out / "finalists.md", head + ":\n\n" + md.to_markdown(index=False, floatfmt=".4g") + "\n")
         page += (f"<h2>Finalists, measured</h2><p>{html.escape(head)}</p>"
                  f"{finalists.to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
+    wc = study.user_attrs.get("whole_check")
+    whole = whole_check_frame(wc)
+    if whole is not None:  # the patch score's picks, checked on the images the papers evaluate on
+        head = (f"The fastest trials within {wc['target_db']:g} dB of all-T on the held-out patches, scored on "
+                f"{wc['images']} whole held-out image(s) (all-T {wc['all_t_psnr']:.2f} dB there)")
+        md = whole.assign(arch=whole["arch"].str.replace("|", "\\|", regex=False))
+        atomic_write_text(out / "whole_images.md", head + ":\n\n" + md.to_markdown(index=False, floatfmt=".4g") + "\n")
+        page += (f"<h2>Checked on whole images</h2><p>{html.escape(head)}</p>"
+                 f"{whole.to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
     atomic_write_text(out / "pareto.html", page)
     summary = {"study": study.study_name, "trials": len(df), "latency": latency_axis_label(df),
                "pareto": front[cols].to_dict(orient="records"),
                "all_transformer": df[df["arch"] == ALL_T][cols].to_dict(orient="records"),
-               **({"finalists": finalists.to_dict(orient="records")} if finalists is not None else {})}
+               **({"finalists": finalists.to_dict(orient="records")} if finalists is not None else {}),
+               **({"whole_images": whole.to_dict(orient="records")} if whole is not None else {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -74,3 +75,10 @@ def test_a_search_checks_its_picks_on_whole_images(micro_zoo, tmp_path, capsys, 
     with pytest.raises(SystemExit) as refused:
         main([*args, "--storage", "x.db", "--whole-check", "-1"])
     assert refused.value.code not in (0, None)
+    # the report lists them too
+    with pytest.raises(SystemExit) as reported:
+        main(["report", "study.db", "--out", "report"])
+    assert reported.value.code in (0, None)
+    text = Path("report/whole_images.md").read_text()
+    assert "scored on 2 whole held-out image(s)" in text and saved["rows"][0]["arch"].replace("|", "\\|") in text
+    assert "Checked on whole images" in Path("report/pareto.html").read_text()
