@@ -132,24 +132,18 @@ def search(
     console.print(t)
     fin = study.user_attrs.get("finalists") if time_finalists else None
     if fin and fin["rows"]:
-        ft = Table(title=f"Finalists within {fin['target_db']:g} dB of all-T, timed beside it on {fin['profiler']} "
-                         f"(all-T {fin['all_t_ms']:.1f} ms)")
-        for c in ("trial", "arch", "PSNR", "study ms", "measured ms", "measured speed-up"):
-            ft.add_column(c, justify="left" if c == "arch" else "right")
-        for r in fin["rows"]:
-            ft.add_row(str(r["trial"]), r["arch"], f"{r['psnr']:.2f}", f"{r['study_ms']:.1f}",
-                       f"{r['measured_ms']:.1f}", f"{r['speedup']:.2f}x")
-        console.print(ft)
+        _print_rows(f"Finalists within {fin['target_db']:g} dB of all-T, timed beside it on {fin['profiler']} "
+                    f"(all-T {fin['all_t_ms']:.1f} ms)",
+                    ("trial", "arch", "PSNR", "study ms", "measured ms", "measured speed-up"),
+                    [(str(r["trial"]), r["arch"], f"{r['psnr']:.2f}", f"{r['study_ms']:.1f}",
+                      f"{r['measured_ms']:.1f}", f"{r['speedup']:.2f}x") for r in fin["rows"]])
     wc = study.user_attrs.get("whole_check") if whole_check else None
     if wc and wc["rows"]:
-        wt = Table(title=f"On {wc['images']} whole held-out image(s): all-T {wc['all_t_psnr']:.2f} dB; "
-                         f"within {wc['target_db']:g} dB?")
-        for c in ("trial", "arch", "loss on patches (dB)", "whole PSNR", "loss on whole images (dB)", "within"):
-            wt.add_column(c, justify="left" if c == "arch" else "right")
-        for r in wc["rows"]:
-            wt.add_row(str(r["trial"]), r["arch"], f"{r['patch_loss_db']:.2f}", f"{r['whole_psnr']:.2f}",
-                       f"{r['whole_loss_db']:.2f}", "yes" if r["within_target"] else "no")
-        console.print(wt)
+        _print_rows(f"On {wc['images']} whole held-out image(s): all-T {wc['all_t_psnr']:.2f} dB; "
+                    f"within {wc['target_db']:g} dB?",
+                    ("trial", "arch", "loss on patches (dB)", "whole PSNR", "loss on whole images (dB)", "within"),
+                    [(str(r["trial"]), r["arch"], f"{r['patch_loss_db']:.2f}", f"{r['whole_psnr']:.2f}",
+                      f"{r['whole_loss_db']:.2f}", "yes" if r["within_target"] else "no") for r in wc["rows"]])
     note = " (interrupted: re-run the same command to resume)" if summary.interrupted else ""
     console.print(f"{summary.evaluated} evaluated, {summary.duplicates} duplicates skipped, {summary.failed} failed "
                   f"in {summary.wall_s:.0f} s{note}")
@@ -217,3 +211,13 @@ def report(
     n_front = len(summary["pareto"])
     console.print(f"{summary['trials']} architectures, {n_front} on the Pareto front; written to {out}/: "
                   "trials.csv, trials.md, pareto.csv, pareto.md, pareto.png, pareto.html, summary.json")
+
+
+def _print_rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table of pre-formatted cells, the arch column left-aligned."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="left" if c == "arch" else "right")
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
