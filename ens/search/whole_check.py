@@ -4,8 +4,9 @@ A trial is scored on the zoo's held-out patches (32 of 48 px at tiny): fast enou
 but a teacher whose attention pools over the whole image is handicapped there. On the shipped derain zoo the
 teacher scores 31.04 dB on the two whole held-out images and 26.53 dB on the patches, 9 of 16 random T/M/E
 hybrids lie within 0.3 dB of it on the patches and 2 on whole images (Kendall tau 0.25 between the two
-rankings; ``bench/bench_val_patch.py``), and the three derain trials ``bench/run_all.py`` picked within 0.3 dB
-on the patches lose 0.60-0.63 dB on whole images (deblur's and denoise's picks hold: 0.16-0.23 dB).
+rankings; ``bench/bench_val_patch.py``), and the three derain trials one ``bench/run_all.py`` run picked within
+0.3 dB on the patches lost 0.60-0.63 dB on whole images (record ``run_all-2026-12-04b.json``; deblur's and
+denoise's held, 0.16-0.23 dB; in the next run every task's picks held).
 
 ``ens search --whole-check K`` scores the all-T trial and the ``K`` trials fastest by the study's latency within
 ``--zoo-front-target`` dB of it on the patches (``finalists.pick_finalists``) on the whole held-out images, and
