@@ -247,6 +247,10 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
                "pareto": front[cols].to_dict(orient="records"),
                "all_transformer": df[df["arch"] == ALL_T][cols].to_dict(orient="records"),
                **({"finalists": finalists.to_dict(orient="records")} if finalists is not None else {}),
-               **({"whole_images": whole.to_dict(orient="records")} if whole is not None else {})}
+               **({"whole_images": whole.to_dict(orient="records")} if whole is not None else {}),
+               "files": ["trials.csv", "trials.md", "pareto.csv", "pareto.md", "pareto.png", "pareto.html",
+                         "summary.json", *(["single_swaps.md"] if swaps is not None else []),
+                         *(["finalists.md"] if finalists is not None else []),
+                         *(["whole_images.md"] if whole is not None else [])]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary

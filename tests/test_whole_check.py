@@ -79,6 +79,7 @@ def test_a_search_checks_its_picks_on_whole_images(micro_zoo, tmp_path, capsys, 
     with pytest.raises(SystemExit) as reported:
         main(["report", "study.db", "--out", "report"])
     assert reported.value.code in (0, None)
+    assert "summary.json, whole_images.md" in capsys.readouterr().out  # the closing line names what it wrote
     text = Path("report/whole_images.md").read_text()
     assert "scored on 2 whole held-out image(s)" in text and saved["rows"][0]["arch"].replace("|", "\\|") in text
     assert "Checked on whole images" in Path("report/pareto.html").read_text()

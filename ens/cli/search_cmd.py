@@ -210,7 +210,7 @@ def report(
     summary = write_report(study, out)
     n_front = len(summary["pareto"])
     console.print(f"{summary['trials']} architectures, {n_front} on the Pareto front; written to {out}/: "
-                  "trials.csv, trials.md, pareto.csv, pareto.md, pareto.png, pareto.html, summary.json")
+                  + ", ".join(summary["files"]))
 
 
 def _print_rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
