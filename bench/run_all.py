@@ -128,7 +128,7 @@ def whole_check(storage: Path, study_name: str, k: int, margin: float = 0.3) -> 
     task = get_task(study.user_attrs["task"])
     check_on_whole_images(study, k, margin, Zoo.load(study.user_attrs["zoo_dir"]), task,
                           held_out_images(task, None, 8), log=lambda _s: None)
-    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage}").user_attrs[STUDY_ATTR]
+    return study.user_attrs[STUDY_ATTR]
 
 
 def whole_image_speedup(r: dict[str, Any]) -> dict[str, Any] | None:
