@@ -338,7 +338,8 @@ class ZooData:
             self.distill_train = self.train
 
 
-def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, log) -> ZooData:
+def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, log,
+               distill: bool = True) -> ZooData:
     from ens.data import load_pairs
 
     data = ZooData(
@@ -346,7 +347,7 @@ def _load_data(task: Task, data_dir, recipe: ZooRecipe, seed: int, source: str, 
         load_pairs(task, data_dir, "val", patch_size=recipe.patch_size, seed=seed, num_patches=recipe.val_patches),
         held_out_images(task, data_dir, recipe.quality_images, recipe.quality_crop))
     dp = recipe.distill.patch_size
-    if dp is not None and dp != recipe.patch_size:
+    if distill and dp is not None and dp != recipe.patch_size:
         data.distill_train = load_pairs(task, data_dir, "train", patch_size=dp, seed=seed,
                                         num_patches=distill_pool_size(recipe.train_patches, recipe.patch_size, dp))
         log(f"distillation on pools of {len(data.distill_train)} training patches of {dp} px")
@@ -364,7 +365,7 @@ def distill_pool_size(train_patches: int, patch: int, distill_patch: int) -> int
 
 def _rank_data(task: str, data_dir, recipe: ZooRecipe, seed: int) -> tuple[Any, list]:
     """A data-parallel rank's own copy of the training pool and the held-out images (same seed, same pools)."""
-    data = _load_data(get_task(task), data_dir, recipe, seed, "", lambda s: None)
+    data = _load_data(get_task(task), data_dir, recipe, seed, "", lambda s: None, distill=False)
     return data.train, data.val_full
 
 
