@@ -314,6 +314,45 @@ def test_refine_distils_a_base_kind_further_from_its_weights_and_leaves_the_rest
     assert (new[k] - old[k]).abs().mean() < old[k].abs().mean()
 
 
+def test_distill_slots_refine_only_those_positions_and_are_recorded_and_checked(tmp_path, micro_cfg, micro_recipe):
+    """``--refine E --distill-slots ref --distill-lr R``: only the ref slot's E moves; every other weight stays the
+    base zoo's, bit for bit; the manifest and the rebuild command name the slots and the rate."""
+    from dataclasses import replace
+
+    import torch
+
+    from ens.errors import EnsError
+    from ens.zoo.build import build_zoo
+    from ens.zoo.distill import in_slots
+    from ens.zoo.manifest import ZooManifest
+    from ens.zoo.store import Zoo
+
+    assert in_slots("ref", 0, ()) and in_slots("ref", 0, ("ref",)) and in_slots("dec1", 0, ("dec1.0",))
+    assert not in_slots("dec1", 1, ("dec1.0",)) and not in_slots("enc1", 0, ("ref",))
+    quick = replace(micro_recipe, rank_archs=0, quality_mixed=1)
+    kw = dict(config=micro_cfg, recipe=quick, show_progress=False, log=lambda m: None)
+    base = build_zoo("denoise", "tiny", out_root=tmp_path / "a", kinds=("E",), **kw)
+    with pytest.raises(EnsError, match="needs --from-zoo and --refine"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", kinds=("E",), distill_slots=("ref",), **kw)
+    with pytest.raises(EnsError, match="needs --from-zoo and --refine"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", base=base, kinds=("E",), refine=("T",),
+                  distill_slots=("ref",), **kw)
+    with pytest.raises(EnsError, match="ref.7 is not a block position"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", base=base, kinds=("E",), refine=("E",),
+                  distill_slots=("ref.7",), **kw)
+    with pytest.raises(EnsError, match="--distill-lr must be > 0"):
+        build_zoo("denoise", "tiny", out_root=tmp_path / "x", base=base, kinds=("E",), refine=("E",), distill_lr=0.0,
+                  **kw)
+    out = build_zoo("denoise", "tiny", out_root=tmp_path / "b", base=base, kinds=("E",), refine=("E",),
+                    distill_slots=("ref",), distill_lr=1e-3, **kw)
+    m = ZooManifest.read(out)
+    assert m.distill["slots"] == ["ref"] and m.distill["lr"] == 1e-3
+    assert "--distill-lr 0.001 --distill-slots ref" in m.build["extended"][0]["command"]
+    old, new = Zoo.load(base).state, Zoo.load(out).state
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith("stages.ref.") and ".choices.E." in k for k in changed)
+
+
 def test_refine_t_trains_the_base_teacher_further_and_redistils_every_kind(tmp_path, micro_cfg, micro_recipe):
     """``--from-zoo Z --refine T``: the teacher goes on from Z's weights (not from the identity start), its curve
     and step count go on from Z's, and every surrogate kind follows it from Z's weights."""

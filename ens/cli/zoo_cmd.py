@@ -45,6 +45,12 @@ def build(
                                              "the surrogates the whole-image context the teacher's attention uses."),
     distill_batch: int | None = typer.Option(None, "--distill-batch", min=1, help="Distillation batch size "
                                              "(default: the preset's, 8 at tiny)."),
+    distill_lr: float | None = typer.Option(None, "--distill-lr", help="Peak learning "
+                                            "rate of the distillation's cosine schedule (default: the preset's, "
+                                            "4e-3 at tiny)."),
+    distill_slots: str | None = typer.Option(None, "--distill-slots", help="With --refine: distil only these block "
+                                             "positions further, stages or stage.index, comma-separated (e.g. ref "
+                                             "or dec1.0,ref.0); the others keep their weights."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the zoo exists."),
     device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA when available), cpu, cuda or "
                                "cuda:N. A build stopped on one device resumes on another."),
@@ -74,12 +80,17 @@ def build(
                      log=log_line, rank_steps=rank_steps, threads=threads, quality_crop=quality_crop,
                      kinds=chosen, refine=_kinds_list(refine) if refine else (),
                      base=_zoo_path(from_zoo) if from_zoo is not None else None, compute=compute, gpus=gpus,
-                     context_weight=context_weight, distill_patch=distill_patch, distill_batch=distill_batch)
+                     context_weight=context_weight, distill_patch=distill_patch, distill_batch=distill_batch,
+                     distill_lr=distill_lr, distill_slots=_names(distill_slots) if distill_slots else ())
     _print_manifest(ZooManifest.read(path), path)
 
 
 def _kinds_list(text: str) -> tuple[str, ...]:
     return tuple(k.strip().upper() for k in text.split(",") if k.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
 def _zoo_path(zoo: Path) -> Path:

@@ -33,7 +33,13 @@ from ens.data.check import check_dataset_once
 from ens.errors import EnsError
 from ens.tasks import Task, get_task
 from ens.training import atomic_save_tensors, atomic_write_text, checkpoint_step, seed_everything
-from ens.zoo.distill import DistillRecipe, calibrate_in_context, distill_surrogates, relative_errors
+from ens.zoo.distill import (
+    DistillRecipe,
+    calibrate_in_context,
+    distill_surrogates,
+    distilled_blocks,
+    relative_errors,
+)
 from ens.zoo.manifest import MANIFEST, QUALITY_JSON, QUALITY_MD, WEIGHTS, ZooManifest, slots_of
 from ens.zoo.quality import quality_markdown, quality_report
 from ens.zoo.rank import rank_fidelity
@@ -110,7 +116,8 @@ def versions() -> dict[str, str]:
 def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | None,
                 calib_steps: int | None, rank_steps: int | None = None,
                 context_weight: float | None = None, distill_patch: int | None = None,
-                distill_batch: int | None = None) -> ZooRecipe:
+                distill_batch: int | None = None, distill_lr: float | None = None,
+                distill_slots: Sequence[str] = ()) -> ZooRecipe:
     t, d = r.teacher, r.distill
     if rank_steps is not None:
         r = replace(r, rank_finetune_steps=rank_steps, rank_archs=r.rank_archs if rank_steps else 0)
@@ -126,6 +133,10 @@ def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | No
         d = replace(d, patch_size=distill_patch)
     if distill_batch is not None:
         d = replace(d, batch_size=distill_batch)
+    if distill_lr is not None:
+        d = replace(d, lr=distill_lr)
+    if distill_slots:
+        d = replace(d, slots=tuple(distill_slots))
     return replace(r, teacher=t, distill=d)
 
 
@@ -168,6 +179,8 @@ def build_zoo(
     context_weight: float | None = None,
     distill_patch: int | None = None,
     distill_batch: int | None = None,
+    distill_lr: float | None = None,
+    distill_slots: Sequence[str] = (),
 ) -> Path:
     """Build (or resume building) the zoo for (task, preset) on ``compute``'s device; returns its folder.
 
@@ -179,7 +192,9 @@ def build_zoo(
     ``refine``: kinds of ``base`` whose surrogates are distilled further, starting from their weights in ``base``
     (``--refine``; the distillation budget is the limit of a CPU-built zoo, measured in issue 16). With ``T``
     among them the teacher first trains ``teacher_steps`` more steps from its weights (its held-out curve goes
-    on from the steps it had), and then every surrogate kind is distilled further, since their target moved."""
+    on from the steps it had), and then every surrogate kind is distilled further, since their target moved.
+    ``distill_slots``: with ``refine``, only these block positions ("ref", "dec1.0") are distilled further; the
+    others keep their weights (``--distill-slots``)."""
     task = get_task(task)
     try:
         cfg = config or get_preset(preset)
@@ -202,8 +217,13 @@ def build_zoo(
         raise EnsError(f"--context-weight must be >= 0, got {context_weight:g}")
     if distill_batch is not None and distill_batch < 1:
         raise EnsError(f"--distill-batch must be >= 1, got {distill_batch}")
+    if distill_lr is not None and not distill_lr > 0:
+        raise EnsError(f"--distill-lr must be > 0, got {distill_lr:g}")
+    distill_slots = tuple(dict.fromkeys(distill_slots))
+    if distill_slots:
+        _check_distill_slots(distill_slots, cfg, refine)
     recipe = _recipe_for(recipe or RECIPES.get(preset, RECIPES["tiny"]), teacher_steps, distill_steps, calib_steps,
-                         rank_steps, context_weight, distill_patch, distill_batch)
+                         rank_steps, context_weight, distill_patch, distill_batch, distill_lr, distill_slots)
     if quality_crop is not None:
         recipe = replace(recipe, quality_crop=quality_crop)
     out_root = Path(out_root)
@@ -231,6 +251,18 @@ def _check_refine(refine: Sequence[str], base: Zoo | None) -> None:
     if bad:
         raise EnsError(f"--refine: {', '.join(bad)} is not a surrogate kind of zoo {base.zoo_id} (it has "
                        f"{', '.join(k for k in base.manifest.kinds if k != 'T')})")
+
+
+def _check_distill_slots(slots: Sequence[str], cfg: UNetConfig, refine: Sequence[str]) -> None:
+    if not refine or "T" in refine:
+        raise EnsError("--distill-slots distils some block positions further and keeps the others: it needs "
+                       "--from-zoo and --refine with surrogate kinds only (a moved teacher needs every slot)")
+    names = [f"{d['stage']}.{d['index']}" for d in slots_of(cfg)]
+    stages = list(dict.fromkeys(n.split(".")[0] for n in names))
+    bad = [s for s in slots if s not in names and s not in stages]
+    if bad:
+        raise EnsError(f"--distill-slots: {', '.join(bad)} is not a block position of this U-Net (stages "
+                       f"{', '.join(stages)}; or one block, e.g. {names[-1]})")
 
 
 def _base_zoo(base: str | Path, task: Task, preset: str) -> Zoo:
@@ -307,7 +339,8 @@ def _build(run: BuildRun, data_dir, out_root: Path, final: Path, kinds: Sequence
                      "curve": report["teacher_curve"], "seconds": seconds["teacher"]},
         distill={"steps": recipe.distill.steps, "loss": _distill_loss(recipe.distill),
                  "patch_size": recipe.distill.patch_size or recipe.patch_size, "batch_size": recipe.distill.batch_size,
-                 "resample_every": recipe.distill.resample_every, "kinds": train_kinds,
+                 "resample_every": recipe.distill.resample_every, "kinds": train_kinds, "lr": recipe.distill.lr,
+                 **({"slots": list(recipe.distill.slots)} if recipe.distill.slots else {}),
                  **({"refined": list(refine)} if refine else {}),
                  "relative_error": rel, "seconds": seconds["distill"]}
         | ({"base": {k: v for k, v in base.manifest.distill.items() if k != "relative_error"}} if base else {}),
@@ -412,6 +445,10 @@ def _teacher_stage(run: BuildRun, data: ZooData, base: Zoo | None = None) -> tup
     return teacher, stats
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Sequence[str],
                       train_kinds: Sequence[str], data: ZooData) -> HybridUNet:
     """The supernet over ``kinds`` started from ``init`` (the teacher's weights, or a base zoo's), with the
@@ -423,8 +460,10 @@ def _surrogate_stages(run: BuildRun, init: dict[str, torch.Tensor], kinds: Seque
     supernet.load_state_dict(init, strict=False)
     kinds = train_kinds
     if kinds:
-        log(f"[2/5] distilling {len(kinds)} surrogate kind{'s' if len(kinds) != 1 else ''} ({', '.join(kinds)}) for "
-            f"{len(supernet.slot_blocks())} block positions, {recipe.distill.steps} steps"
+        log(f"[2/5] distilling {_count(len(kinds), 'surrogate kind')} ({', '.join(kinds)}) for "
+            f"{_count(len(distilled_blocks(supernet, recipe.distill.slots)), 'block position')}"
+            + (f" ({', '.join(recipe.distill.slots)})" if recipe.distill.slots else "")
+            + f", {recipe.distill.steps} steps"
             f"{_resuming(work / 'distill.ckpt.safetensors')}")
     else:
         log("[2/5] nothing to distil: every kind comes from the base zoo (its report and rank check are remade)")
@@ -558,8 +597,13 @@ def zoo_command(task: str, preset: str, data_dir: str | Path | None, out_root: P
         args += ["--context-weight", f"{recipe.distill.context_weight:g}"]
     if recipe.distill.patch_size is not None:
         args += ["--distill-patch", str(recipe.distill.patch_size)]
-    if recipe.distill.batch_size != RECIPES.get(preset, RECIPES["tiny"]).distill.batch_size:
+    default = RECIPES.get(preset, RECIPES["tiny"]).distill
+    if recipe.distill.batch_size != default.batch_size:
         args += ["--distill-batch", str(recipe.distill.batch_size)]
+    if recipe.distill.lr != default.lr:
+        args += ["--distill-lr", f"{recipe.distill.lr:g}"]
+    if recipe.distill.slots:
+        args += ["--distill-slots", ",".join(recipe.distill.slots)]
     if recipe.quality_crop:
         args += ["--quality-crop", str(recipe.quality_crop)]
     if data_dir is not None:

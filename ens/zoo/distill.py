@@ -43,6 +43,11 @@ patches (batch 4) cut those two swaps to 0.75 / 0.72 dB, but all-M / all-E / mix
 -0.32 to -1.74 / -1.07 / -0.80 dB of the teacher, so the tiny recipe keeps 48 px
 (record ``bench/records/distill_patch-derain-2026-12-04.json``).
 
+The context matters at one slot only, so ``slots`` (``--distill-slots``) refines some positions and keeps the others:
+the same 128-px refinement of ref.0 alone (lr 1e-3) took derain's all-M / all-E / mixed T-M-E to -0.45 / -0.42 /
+-0.21 dB after 300 steps; 600-1500 steps kept E and mixed there but all-M drifted to -0.54..-0.62, and adding dec1.0
+made all-M / all-E -1.04 / -1.18 at 600 steps (``bench/records/distill_slots-derain-2026-12-04.json``).
+
 The figure recorded per slot and kind is the relative error on held-out batches,
 ``mean|S(x) - y| / mean|y - x|``: 0 is perfect, 1 is no better than skipping the block.
 
@@ -67,7 +72,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from blocks.unet import FULL_RES_STAGES, HybridUNet
+from blocks.unet import FULL_RES_STAGES, HybridUNet, SlotBlock
 from ens.compute import CPU, Compute, model_device
 from ens.train_loop import Checkpointing, Loop, LoopResult, Schedule, resampling_hook
 from ens.training import batch_indices, stack_batch
@@ -90,10 +95,20 @@ class DistillRecipe:
     resample_every: int = 0  # draw a fresh training pool every N steps (0: one fixed pool)
     context_weight: float = 0.0  # w_ctx of the in-context term (0: off)
     patch_size: int | None = None  # px a side of the distillation patches (None: the zoo's patch size)
+    slots: tuple[str, ...] = ()  # the block positions to distil, "stage" or "stage.index" (empty: every one)
 
 
-def surrogate_params(supernet: HybridUNet, kinds: Sequence[str]) -> list[torch.nn.Parameter]:
-    return [p for _, _, blk in supernet.slot_blocks() for k in kinds for p in blk.choices[k].parameters()]
+def in_slots(stage: str, index: int, slots: Sequence[str]) -> bool:
+    """Whether position (stage, index) is one of ``slots`` ("ref" names every block of a stage, "ref.0" one)."""
+    return not slots or stage in slots or f"{stage}.{index}" in slots
+
+
+def distilled_blocks(supernet: HybridUNet, slots: Sequence[str] = ()) -> list[tuple[str, int, SlotBlock]]:
+    return [(s, i, b) for s, i, b in supernet.slot_blocks() if in_slots(s, i, slots)]
+
+
+def surrogate_params(supernet: HybridUNet, kinds: Sequence[str], slots: Sequence[str] = ()) -> list[torch.nn.Parameter]:
+    return [p for _, _, blk in distilled_blocks(supernet, slots) for k in kinds for p in blk.choices[k].parameters()]
 
 
 def trainable_kinds(supernet: HybridUNet, kinds: Sequence[str]) -> list[str]:
@@ -102,10 +117,10 @@ def trainable_kinds(supernet: HybridUNet, kinds: Sequence[str]) -> list[str]:
     return [k for k in kinds if any(True for _ in blk.choices[k].parameters())]
 
 
-def freeze_all_but(supernet: HybridUNet, kinds: Sequence[str]) -> None:
+def freeze_all_but(supernet: HybridUNet, kinds: Sequence[str], slots: Sequence[str] = ()) -> None:
     for p in supernet.parameters():
         p.requires_grad_(False)
-    for p in surrogate_params(supernet, kinds):
+    for p in surrogate_params(supernet, kinds, slots):
         p.requires_grad_(True)
 
 
@@ -182,8 +197,8 @@ def _surrogate_loop(name: str, supernet: HybridUNet, kinds: Sequence[str], train
                     schedule: Schedule, weight_decay: float, ckpt_path: Path, show_progress: bool,
                     compute: Compute) -> Loop:
     """The loop that trains the surrogates alone (teacher frozen), on fresh pools, resumable from ``ckpt_path``."""
-    freeze_all_but(supernet, kinds)
-    params = surrogate_params(supernet, kinds)
+    freeze_all_but(supernet, kinds, recipe.slots)
+    params = surrogate_params(supernet, kinds, recipe.slots)
     resample, resume_pool = resampling_hook(train_set, recipe.resample_every)
     return Loop(name=name, schedule=schedule,
                 optimizer=torch.optim.AdamW(params, lr=schedule.lr, weight_decay=weight_decay),
@@ -221,7 +236,7 @@ def distill_surrogates(
         context = (hybrid_block_inputs(supernet, deg, random_kinds(supernet, kinds, random.Random(seed * 7919 + step)))
                    if recipe.context_weight else {})
         loss = torch.zeros((), device=deg.device)
-        for stage, i, blk in supernet.slot_blocks():
+        for stage, i, blk in distilled_blocks(supernet, recipe.slots):
             x, y = tp.blocks[(stage, i)]
             outs = [blk.choices[k](x) for k in kinds]
             for o in outs:
