@@ -123,20 +123,10 @@ def _recipe_for(r: ZooRecipe, teacher_steps: int | None, distill_steps: int | No
         r = replace(r, rank_finetune_steps=rank_steps, rank_archs=r.rank_archs if rank_steps else 0)
     if teacher_steps is not None:
         t = replace(t, steps=teacher_steps, warmup=min(t.warmup, max(teacher_steps // 10, 1)))
-    if distill_steps is not None:
-        d = replace(d, steps=distill_steps)
-    if calib_steps is not None:
-        d = replace(d, calib_steps=calib_steps)
-    if context_weight is not None:
-        d = replace(d, context_weight=context_weight)
-    if distill_patch is not None:
-        d = replace(d, patch_size=distill_patch)
-    if distill_batch is not None:
-        d = replace(d, batch_size=distill_batch)
-    if distill_lr is not None:
-        d = replace(d, lr=distill_lr)
-    if distill_slots:
-        d = replace(d, slots=tuple(distill_slots))
+    given = {"steps": distill_steps, "calib_steps": calib_steps, "context_weight": context_weight,
+             "patch_size": distill_patch, "batch_size": distill_batch, "lr": distill_lr,
+             "slots": tuple(distill_slots) or None}
+    d = replace(d, **{k: v for k, v in given.items() if v is not None})
     return replace(r, teacher=t, distill=d)
 
 
