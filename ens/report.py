@@ -116,7 +116,8 @@ def _latency_label(row: dict[str, Any]) -> str:
                          float(err) if isinstance(err, (int, float)) and math.isfinite(err) else None)
 
 
-def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> bytes:
+def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str, quality_on: str | None = None) -> bytes:
+    """Trials and the Pareto front, PSNR against latency; ``quality_on``: what the PSNR was measured on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +131,7 @@ def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, title: str, fmt: str) -> 
     if len(ref):
         ax.scatter(ref[x], ref["psnr"], marker="*", s=220, c="#1f4e79", label="all-transformer (teacher)", zorder=5)
     ax.set_xlabel(latency_axis_label(df) if x == "latency_ms" else "transformer blocks")
-    ax.set_ylabel("PSNR (dB)")
+    ax.set_ylabel(f"PSNR (dB, {quality_on})" if quality_on else "PSNR (dB)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -205,15 +206,16 @@ def _write_report_files(study: optuna.Study, df: pd.DataFrame, front: pd.DataFra
     atomic_write_text(out / "trials.md", df[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(out / "pareto.md", front[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
     title = f"{study.study_name}: {len(df)} architectures, {len(front)} on the Pareto front"
-    (out / "pareto.png").write_bytes(pareto_plot(df, front, title, "png"))
-    svg = pareto_plot(df, front, title, "svg").decode()
+    on = study.user_attrs.get("val_label")  # what the trials' PSNR was measured on (studies since --val)
+    (out / "pareto.png").write_bytes(pareto_plot(df, front, title, "png", on))
+    svg = pareto_plot(df, front, title, "svg", on).decode()
     page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<h1>{html.escape(title)}</h1>{svg}<h2>Pareto front</h2>"
             f"{front[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
             f"<h2>All trials</h2>{df[cols].to_html(index=False, float_format=lambda v: f'{v:.4g}')}")
     swaps = single_swaps_frame(study.user_attrs.get("single_swaps"))
     if swaps is not None:  # what each slot costs in quality, as the zoo front priced it
-        text = ("PSNR change (dB) when one block of the teacher is swapped, on the held-out patches:\n\n"
+        text = (f"PSNR change (dB) when one block of the teacher is swapped, on the {on or 'held-out patches'}:\n\n"
                 + swaps.to_markdown(floatfmt="+.3f") + "\n")
         page += f"<h2>Single swaps (dB against the teacher)</h2>{swaps.to_html(float_format=lambda v: f'{v:+.3f}')}"
         rounds = front_rounds_frame(study.user_attrs.get("zoo_front_rounds"))

@@ -127,3 +127,17 @@ def test_random_sizes_match_skimage(h, w, noise, seed, y):
         ref_s = _sk_ssim(clean, pred, 1.0, channel_axis=2)
     assert abs(float(psnr(_t(pred), _t(clean), y_channel=y)) - ref_p) < 0.01
     assert abs(float(ssim(_t(pred), _t(clean), y_channel=y)) - ref_s) < 1e-3
+
+
+def test_evaluate_without_ssim_gives_the_same_psnr_and_no_ssim():
+    from ens.evaluate import evaluate
+    from ens.tasks import get_task
+
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.rand(3, 24, 32, generator=g), torch.rand(3, 24, 32, generator=g)) for _ in range(3)]
+    pairs.append((torch.rand(3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)))  # another shape
+    task = get_task("denoise")
+    full, quick = evaluate(None, pairs, task), evaluate(None, pairs, task, with_ssim=False)
+    assert quick.psnr == full.psnr and math.isfinite(full.ssim) and math.isnan(quick.ssim)
+    kw = task.metric_kwargs()
+    assert full.psnr == pytest.approx(float(np.mean([float(psnr(d[None], c[None], **kw)) for d, c in pairs])))

@@ -107,3 +107,16 @@ def test_figure_a_on_whole_images_counts_only_the_candidates_that_hold_there():
     assert "(0 of 3; their losses there 0.20 / 0.60 / 0.10 dB) | none |" in run_all.table({"tasks": {"derain": r}})
     del r["whole_check"]
     assert run_all.whole_image_speedup(r) is None and "whole held-out" not in run_all.table({"tasks": {"derain": r}})
+
+
+def test_a_search_scored_on_whole_images_says_so_in_the_table():
+    sp = {"speedup": 2.0, "all_t_ms": 200.0, "arch_ms": 100.0, "best": {"psnr": 30.8}, "commands": ["t", "p"],
+          "candidates_ms": {"enc:E|a": 100.0}}
+    r = {"teacher_psnr": 31.0, "input_psnr": 25.0, "best": {"psnr": 30.8}, "search_command": "s", "speedup": sp,
+         "candidates": [{"arch": "enc:E|a"}], "val": "whole"}
+    text = run_all.table({"tasks": {"derain": r}})
+    assert "trials there (whole held-out images), measured" in text
+    assert "held-out patches" not in text  # no patch row: the teacher's PSNR above is on whole images
+    r["val"] = "patches"
+    text = run_all.table({"tasks": {"derain": r}})
+    assert "trials there (held-out patches), measured" in text and "PSNR (dB), held-out patches |" in text

@@ -83,3 +83,65 @@ def test_a_search_checks_its_picks_on_whole_images(micro_zoo, tmp_path, capsys, 
     text = Path("report/whole_images.md").read_text()
     assert "scored on 2 whole held-out image(s)" in text and saved["rows"][0]["arch"].replace("|", "\\|") in text
     assert "Checked on whole images" in Path("report/pareto.html").read_text()
+
+
+def test_a_search_scored_on_whole_images_scores_trials_and_front_there(micro_zoo, tmp_path):
+    """``--val whole``: every trial's PSNR and the zoo front's swaps are measured on the whole held-out images,
+    the study records it (and refuses to be resumed on patches), and the dashboard's names and notes say so."""
+    from optuna.trial import TrialState
+
+    from ens.errors import EnsError
+    from ens.evaluate import evaluate
+    from ens.search.driver import SearchOptions, run_search
+    from ens.tasks import get_task
+    from ens.zoo.build import held_out_images
+    from ens.zoo.store import Zoo
+    from studies.errors import StudyError
+    from tests.latency_tables import micro_table
+
+    try:
+        import optuna_dashboard
+    except ImportError:  # the notes are skipped without it
+        optuna_dashboard = None
+
+    root = tmp_path / "zoo"
+    shutil.copytree(micro_zoo, root / "deblur-tiny")
+    zoo, task = Zoo.load(root / "deblur-tiny"), get_task("deblur")
+    micro_table(zoo, (1, 3, 32, 32), verify_pct=None)
+    whole = held_out_images(task, None, 1)
+    assert whole[0][0].shape[-2:] == (296, 448)  # the first of the embedded data's whole held-out images
+    lines: list[str] = []
+    opts = SearchOptions(task="deblur", profiler="lut:ort-cpu", trials=4, workers=0, storage=str(tmp_path / "s.db"),
+                         zoo_root=str(root), shape="1x3x32x32", sampler="random", kinds="T,E", zoo_front_rounds=1,
+                         val="whole", val_images=1, device="cpu")
+    study, _ = run_search(opts, log=lines.append)
+    assert study.user_attrs["val"] == "whole" and study.user_attrs["val_label"] == "1 whole held-out image"
+    assert study.metric_names[0] == "PSNR (dB, 1 whole image)"
+    assert any(x.startswith("zoo front: scoring the") and "on the 1 whole held-out image," in x for x in lines)
+
+    def on_whole(arch: str) -> float:
+        with torch.no_grad():
+            return evaluate(zoo.build(arch).eval(), whole, task).psnr
+
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) >= 3
+    for t in done[:3]:  # rebuilt from the zoo and scored independently on the whole images
+        assert t.user_attrs["psnr"] == pytest.approx(on_whole(t.user_attrs["arch"]), abs=1e-3)
+        assert t.user_attrs["val_label"] == "1 whole held-out image"
+        note = optuna_dashboard.get_note(optuna.trial.Trial(study, t._trial_id)) if optuna_dashboard else ""
+        assert not optuna_dashboard or "SSIM" in note and "(1 whole held-out image)" in note
+    swaps = study.user_attrs["single_swaps"]
+    assert swaps["teacher_psnr"] == pytest.approx(on_whole(str(Arch.uniform("T"))), abs=1e-3)
+
+    from ens.report import load_study, write_report
+
+    write_report(load_study(tmp_path / "s.db"), tmp_path / "report")
+    assert "swapped, on the 1 whole held-out image:" in (tmp_path / "report" / "single_swaps.md").read_text()
+
+    resumed = SearchOptions(**{**opts.__dict__, "val": "patches"})
+    with pytest.raises(StudyError, match="--val whole"):  # one study holds PSNRs measured one way only
+        run_search(resumed, log=lines.append)
+    for bad, msg in (({"val": "tiles"}, "unknown --val 'tiles'"), ({"val_images": 0}, "--val-images must be"),
+                     ({"whole_check": 2}, "already scored on the whole held-out images")):
+        with pytest.raises(EnsError, match=msg):
+            run_search(SearchOptions(**{**opts.__dict__, "study_name": "x", **bad}), log=lines.append)

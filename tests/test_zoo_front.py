@@ -193,14 +193,14 @@ def _save_table(cfg, kinds, costs, shape=(1, 3, 32, 32)):
 def test_single_swaps_score_each_position_as_a_trial_would(micro_zoo):
     from ens.data import load_pairs
     from ens.evaluate import evaluate
-    from ens.search.zoo_front import PatchScorer, single_swaps
+    from ens.search.zoo_front import HeldOutScorer, single_swaps
     from ens.tasks import get_task
     from ens.zoo.store import Zoo
 
     zoo, task = Zoo.load(micro_zoo), get_task("deblur")
     val = load_pairs(task, None, "val", patch_size=zoo.manifest.patch_size, seed=0, num_patches=2)
     val = [val[i] for i in range(len(val))]
-    teacher, swaps = single_swaps(PatchScorer(zoo.supernet(), val, task), zoo.config, ["T", "E", "I"])
+    teacher, swaps = single_swaps(HeldOutScorer(zoo.supernet(), val, task), zoo.config, ["T", "E", "I"])
     positions = [f"{s.name}.{i}" for s in stage_layout(zoo.config) for i in range(s.depth)]
     assert list(swaps) == positions and all(set(row) == {"E", "I"} for row in swaps.values())
     assert teacher == pytest.approx(evaluate(zoo.build(ALL_T), val, task).psnr, abs=1e-4)

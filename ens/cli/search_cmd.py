@@ -75,6 +75,12 @@ def search(
                                     "held-out images (trials are scored on held-out patches, where a teacher that "
                                     "uses whole-image context is handicapped) and print which stay within (0: off; "
                                     "about 2 s a network for the embedded images at tiny)."),
+    val: str = typer.Option("patches", "--val", help="What trials and the zoo front are scored on: 'patches' (the "
+                            "zoo's held-out patches, about 0.2 s a network at tiny) or 'whole' (the whole held-out "
+                            "images, as the papers evaluate: about 2 s a network for the embedded images; use it "
+                            "when the teacher relies on whole-image context, as derain's does)."),
+    val_images: int = typer.Option(8, "--val-images", min=1, help="With --val whole: the first N whole held-out "
+                                   "images."),
 ) -> None:
     """Search hybrid architectures: quality from the zoo against latency on the chosen device."""
     import optuna
@@ -94,7 +100,8 @@ def search(
                          precision=precision.lower() if precision else None, kinds=kinds, device=device,
                          amp=amp, enqueue=tuple(enqueue or ()), zoo_front=zoo_front,
                          zoo_front_rounds=zoo_front_rounds, zoo_front_target=zoo_front_target,
-                         time_finalists=time_finalists, whole_check=whole_check)
+                         time_finalists=time_finalists, whole_check=whole_check, val=val.strip().lower(),
+                         val_images=val_images)
     prog = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console)
     state: dict = {}
@@ -121,7 +128,9 @@ def search(
         prog.stop()
     df = trials_frame(study)
     front = pareto_frame(study, df)
-    t = Table(title=f"Pareto front of {study.study_name} ({len(df)} architectures)")
+    on = study.user_attrs.get("val_label")
+    t = Table(title=f"Pareto front of {study.study_name} ({len(df)} architectures"
+              + (f"; PSNR on {on})" if on else ")"))
     lat = latency_axis_label(df)  # measured on which profiler, or predicted by which table, with its error
     for c in ("trial", "arch", "PSNR", "SSIM", lat, "speed-up", "T blocks"):
         t.add_column(c, justify="left" if c == "arch" else "right", max_width=18 if c == lat else None)

@@ -61,10 +61,13 @@ class SearchOptions:
     zoo_front_target: float = 0.3  # loss against all-T (dB) the rounds refine around
     time_finalists: int = 0  # then time this many fastest trials within zoo_front_target beside all-T (finalists.py)
     whole_check: int = 0  # then score this many fastest trials within zoo_front_target on whole images (whole_check.py)
+    val: str = "patches"  # what trials (and the zoo front) are scored on: the zoo's held-out patches, or whole images
+    val_images: int = 8  # with val="whole": the first N whole held-out images
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
 WHOLE_CHECK_IMAGES = 8  # the first N whole held-out images, as the zoo's quality report
+VAL_SETS = ("patches", "whole")
 
 
 def artifact_dir(storage: str, explicit: str | None) -> Path:
@@ -101,6 +104,12 @@ def _validate(opts: SearchOptions) -> None:
         raise EnsError(f"--time-finalists must be >= 0 (got {opts.time_finalists})")
     if opts.whole_check < 0:
         raise EnsError(f"--whole-check must be >= 0 (got {opts.whole_check})")
+    if opts.val not in VAL_SETS:
+        raise EnsError(f"unknown --val {opts.val!r} (choose from {', '.join(VAL_SETS)})")
+    if opts.val_images < 1:
+        raise EnsError(f"--val-images must be at least 1 (got {opts.val_images})")
+    if opts.val == "whole" and opts.whole_check:
+        raise EnsError("--whole-check with --val whole: the trials are already scored on the whole held-out images")
     _validate_device(opts)
     from studies.executors import check_local_capacity, check_ray_address
 
@@ -150,15 +159,27 @@ def _open_zoo(choice, task, opts: SearchOptions, log: Callable[[str], None]):
 
 
 def _trial_data(task, zoo, opts: SearchOptions) -> tuple[list, Any]:
-    """The held-out pairs every trial is scored on, and the training patches when trials fine-tune."""
+    """The held-out pairs every trial is scored on (the zoo's patches, or the first ``val_images`` whole
+    images), and the training patches when trials fine-tune."""
     from ens.data import load_pairs
+    from ens.zoo.build import held_out_images
 
-    val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
-                         num_patches=zoo.manifest.val_patches)
+    if opts.val == "whole":
+        val = held_out_images(task, opts.data, opts.val_images)
+    else:
+        val_set = load_pairs(task, opts.data, "val", patch_size=zoo.manifest.patch_size, seed=opts.seed,
+                             num_patches=zoo.manifest.val_patches)
+        val = [val_set[i] for i in range(len(val_set))]
     train = None
     if opts.finetune_steps:
         train = load_pairs(task, opts.data, "train", patch_size=zoo.manifest.patch_size, seed=opts.seed)
-    return [val_set[i] for i in range(len(val_set))], train
+    return val, train
+
+
+def val_label(val: str, pairs: int) -> str:
+    """What a trial's PSNR was measured on, in words."""
+    return f"{pairs} whole held-out image{'' if pairs == 1 else 's'}" if val == "whole" else \
+        f"{pairs} held-out patches"
 
 
 def _study(name: str, storage, objectives, sampler, opts: SearchOptions, task, zoo, choice,
@@ -171,11 +192,13 @@ def _study(name: str, storage, objectives, sampler, opts: SearchOptions, task, z
         "data": opts.data or "embedded:scikit-image", "latency_budget": opts.latency_budget,
         "precision": opts.precision, "kinds": kinds,
     })
+    if "val" not in study.user_attrs:  # a study from before --val was scored on patches
+        study.set_user_attr("val", opts.val if not study.trials else "patches")
     if study.user_attrs.get("zoo_id") != zoo.zoo_id:
         raise StudyError(f"study {name!r} was searched with zoo {study.user_attrs.get('zoo_id')}, but the zoo "
                          f"is now {zoo.zoo_id}: use another --study-name or storage")
     for key, value in (("profiler", opts.profiler), ("granularity", opts.granularity),
-                       ("precision", opts.precision), ("kinds", kinds)):
+                       ("precision", opts.precision), ("kinds", kinds), ("val", opts.val)):
         if study.user_attrs.get(key, value) != value:
             shown = ",".join(study.user_attrs[key]) if key == "kinds" else study.user_attrs[key]
             raise StudyError(f"study {name!r} was made with --{key} {shown}; use that, or another --study-name")
@@ -226,7 +249,7 @@ def _enqueue_zoo_front(study: optuna.Study, zoo, val, task, prof, shape, opts: S
     (``single_swaps``, ``zoo_front_rounds``)."""
     from dataclasses import asdict
 
-    from ens.search.zoo_front import PatchScorer, latency_table, refine_front
+    from ens.search.zoo_front import HeldOutScorer, latency_table, refine_front
 
     table, why = latency_table(prof, zoo.config, shape, opts.precision)
     if table is None:
@@ -234,9 +257,9 @@ def _enqueue_zoo_front(study: optuna.Study, zoo, val, task, prof, shape, opts: S
         return
     net = zoo.supernet()
     log(f"zoo front: scoring the {len(list(net.slot_blocks())) * (len(kinds) - 1)} single swaps of the teacher "
-        f"on the held-out patches, then up to {opts.zoo_front_rounds - 1} more round(s) around the fastest "
-        f"network within {opts.zoo_front_target:g} dB")
-    found = refine_front(PatchScorer(net, val, task), table, zoo.config, kinds, opts.granularity,
+        f"on the {val_label(opts.val, len(val))}, then up to {opts.zoo_front_rounds - 1} more round(s) around the "
+        f"fastest network within {opts.zoo_front_target:g} dB")
+    found = refine_front(HeldOutScorer(net, val, task), table, zoo.config, kinds, opts.granularity,
                          opts.zoo_front_rounds, opts.zoo_front_target, log=log)
     study.set_user_attr("single_swaps", {"teacher_psnr": found.teacher_psnr, "delta_psnr": found.swaps})
     study.set_user_attr("zoo_front_rounds", [asdict(r) for r in found.rounds])
@@ -308,7 +331,10 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         prof.prepare(cfg.to_dict(), shape, kinds, log, preset=opts.preset,  # a table calibrated if missing
                      precision=opts.precision)
         latency_name, latency_error = latency_naming(prof, cfg, shape, opts.precision)
-        _name_metrics(study, metric_names(objectives, latency_name))
+        quality_on = val_label(opts.val, len(val))
+        study.set_user_attr("val_label", quality_on)
+        _name_metrics(study, metric_names(objectives, latency_name,
+                                          quality_on.replace("held-out ", "") if opts.val == "whole" else None))
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
@@ -324,7 +350,7 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
             profiler=opts.profiler, shape=tuple(shape), objectives=[o.metric for o in objectives],
             ref_latency_ms=ref_ms, score_alpha=opts.score_alpha, finetune_steps=opts.finetune_steps,
             train=train, seed=opts.seed, sample=load_sample(task, opts.data), latency_error_pct=latency_error,
-            precision=opts.precision, device=opts.device, amp=opts.amp,
+            precision=opts.precision, device=opts.device, amp=opts.amp, val_label=quality_on,
             threads=max(1, int(opts.cpus_per_trial)) if opts.workers else max(1, os.cpu_count() or 1),
         )
         evaluator = TrialEvaluator(ctx)

@@ -100,9 +100,21 @@ def table_error_pct(details: Mapping[str, Any]) -> float | None:
     return float(err) if isinstance(err, (int, float)) and math.isfinite(err) else None
 
 
-def metric_names(objectives: Sequence[Objective], latency: str) -> list[str]:
-    """The study's objective names, with units; ``latency`` is the latency's label (:func:`latency_label`)."""
-    return [latency if o.metric == "latency" else NAMES[o.metric] for o in objectives]
+QUALITY = ("psnr", "ssim", "score")
+
+
+def metric_names(objectives: Sequence[Objective], latency: str, quality_on: str | None = None) -> list[str]:
+    """The study's objective names, with units; ``latency`` is the latency's label (:func:`latency_label`);
+    ``quality_on``: what the quality metrics were measured on when it is not the held-out patches."""
+    def name(metric: str) -> str:
+        if metric == "latency":
+            return latency
+        if quality_on and metric in QUALITY:
+            base = NAMES[metric]
+            return f"{base[:-1]}, {quality_on})" if base.endswith(")") else f"{base} ({quality_on})"
+        return NAMES[metric]
+
+    return [name(o.metric) for o in objectives]
 
 
 def latency_naming(prof: Profiler, cfg: UNetConfig, shape: Sequence[int],

@@ -58,6 +58,7 @@ class TrialContext:
     precision: str | None = None  # the latency's precision (None: the profiler's default)
     device: str = "cpu"  # where the trial evaluates and fine-tunes; resolved in the worker ("auto": its GPU if any)
     amp: str = "auto"
+    val_label: str = "held-out patches"  # what ``val`` is, in words (``--val whole``: whole held-out images)
 
 
 class TrialEvaluator:
@@ -111,6 +112,7 @@ class TrialEvaluator:
             "zoo_id": zoo.zoo_id,
             **self._latency_attrs(lat),
             "finetune_steps": ctx.finetune_steps,
+            "val_label": ctx.val_label,
             "eval_device": trial_device_label(compute.device),
             "eval_s": round(time.monotonic() - t0, 3),
             "worker": f"{socket.gethostname()}:{os.getpid()}",  # which node and process evaluated it
@@ -225,7 +227,8 @@ def trial_note(arch: Arch, cfg: Any, metrics: dict[str, float], attrs: dict[str,
     return (
         f"### `{arch}`\n\n"
         f"| slot | blocks | kinds |\n|---|---|---|\n{rows}\n\n"
-        f"- **quality**: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} (held-out patches)\n"
+        f"- **quality**: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
+        f"({attrs.get('val_label', 'held-out patches')})\n"
         f"- **latency**: {lat_text}, {attrs['latency_source']} (`{attrs['latency_profiler']}`, "
         f"{attrs['latency_device']}, input {attrs['latency_shape']})"
         f"{f', table error ±{err:.1f}% against measurements' if err is not None else ''}\n"

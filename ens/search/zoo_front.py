@@ -76,8 +76,9 @@ class FrontRefinement:
     seeds: list[Seed]
 
 
-class PatchScorer:
-    """PSNR of the supernet's architectures on the search's held-out patches, evaluated as its trials are."""
+class HeldOutScorer:
+    """PSNR of the supernet's architectures on the search's held-out pairs (patches, or whole images with
+    ``--val whole``), evaluated as its trials are."""
 
     def __init__(self, supernet: Any, val: Any, task: Any) -> None:
         self.supernet, self.val, self.task = supernet.eval(), val, task
@@ -86,7 +87,7 @@ class PatchScorer:
         from ens.evaluate import evaluate
 
         self.supernet.set_kinds({s: list(kinds[s]) for s in self.supernet.stages})
-        return evaluate(self.supernet, self.val, self.task).psnr
+        return evaluate(self.supernet, self.val, self.task, with_ssim=False).psnr
 
 
 class _Memo:
