@@ -25,6 +25,8 @@ from studies.runner import RunConfig, RunSummary, create_or_load, run_study, sta
 from studies.samplers import make_sampler
 from studies.storage import open_storage, redact, sqlite_path, storage_url
 
+WHOLE_CHECK_IMAGES = 8  # the first N whole held-out images, as the zoo's quality report
+
 
 @dataclass
 class SearchOptions:
@@ -62,11 +64,10 @@ class SearchOptions:
     time_finalists: int = 0  # then time this many fastest trials within zoo_front_target beside all-T (finalists.py)
     whole_check: int = 0  # then score this many fastest trials within zoo_front_target on whole images (whole_check.py)
     val: str = "patches"  # what trials (and the zoo front) are scored on: the zoo's held-out patches, or whole images
-    val_images: int = 8  # with val="whole": the first N whole held-out images
+    val_images: int = WHOLE_CHECK_IMAGES  # with val="whole": the first N whole held-out images
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)  # server storages: parallel drivers
 
 
-WHOLE_CHECK_IMAGES = 8  # the first N whole held-out images, as the zoo's quality report
 VAL_SETS = ("patches", "whole")
 
 
@@ -176,10 +177,10 @@ def _trial_data(task, zoo, opts: SearchOptions) -> tuple[list, Any]:
     return val, train
 
 
-def val_label(val: str, pairs: int) -> str:
-    """What a trial's PSNR was measured on, in words."""
-    return f"{pairs} whole held-out image{'' if pairs == 1 else 's'}" if val == "whole" else \
-        f"{pairs} held-out patches"
+def val_label(val: str, pairs: int, held_out: bool = True) -> str:
+    """What a trial's PSNR was measured on, in words (``held_out=False``: shorter, for an objective's name)."""
+    kind = "whole " + ("held-out " if held_out else "") + ("image" if pairs == 1 else "images")
+    return f"{pairs} {kind}" if val == "whole" else f"{pairs} held-out patches"
 
 
 def _study(name: str, storage, objectives, sampler, opts: SearchOptions, task, zoo, choice,
@@ -333,8 +334,8 @@ def run_search(opts: SearchOptions, log: Callable[[str], None] = print,
         latency_name, latency_error = latency_naming(prof, cfg, shape, opts.precision)
         quality_on = val_label(opts.val, len(val))
         study.set_user_attr("val_label", quality_on)
-        _name_metrics(study, metric_names(objectives, latency_name,
-                                          quality_on.replace("held-out ", "") if opts.val == "whole" else None))
+        named_on = val_label(opts.val, len(val), held_out=False) if opts.val == "whole" else None
+        _name_metrics(study, metric_names(objectives, latency_name, named_on))
         if not study.trials:
             for k in ("T", *[k for k in kinds if k != "T"]):  # the uniform networks are the reference points
                 study.enqueue_trial(arch_to_params(Arch.uniform(k), cfg, opts.granularity))
