@@ -259,6 +259,10 @@ def test_clean_layout_degrades_synthetically(tmp_path):
     full = load_pairs("deblur", tmp_path / "photos", "val", layout="clean", full_images=True)
     d, c = full[0]
     assert d.shape == c.shape == (3, 64, 64)
+    train = load_pairs("deblur", tmp_path / "photos", "train", layout="clean", full_images=True, seed=3)
+    assert train.split == "train" and len(train) == 5 - len(full)  # the folder's training images, whole
+    val_clean = {full[i][1].numpy().tobytes() for i in range(len(full))}
+    assert all(train[i][1].numpy().tobytes() not in val_clean for i in range(len(train)))
 
 
 # ----------------------------------------------------------------------------- embedded default
@@ -283,6 +287,18 @@ def test_embedded_train_deterministic_and_seeded():
     d, cl = a[3]
     assert d.dtype == torch.float32 and d.shape == (3, 16, 16) and 0 <= d.min() and d.max() <= 1
     assert a.info["source"] == "embedded" and set(a.info["images"]).isdisjoint(VAL_IMAGES)
+
+
+def test_embedded_whole_training_images_one_per_source_and_seeded():
+    a = load_pairs("derain", None, "train", full_images=True, seed=1)
+    assert a.split == "train" and a.info["images"] == [n for n, _, _ in TRAIN_SOURCES]
+    d, c = a[0]
+    assert d.shape == c.shape == (3, 512, 512) and not torch.equal(d, c)  # astronaut, rain added
+    again = load_pairs("derain", None, "train", full_images=True, seed=1)[0][0]
+    other = load_pairs("derain", None, "train", full_images=True, seed=2)[0][0]
+    assert torch.equal(d, again) and not torch.equal(d, other)  # the rain follows the seed
+    val = load_pairs("derain", None, "val", full_images=True)
+    assert {tuple(val[i][1].shape) for i in range(len(val))}.isdisjoint({tuple(a[i][1].shape) for i in range(3)})
 
 
 def test_embedded_val_fixed_whatever_the_seed():

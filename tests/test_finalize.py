@@ -39,7 +39,7 @@ FRONT = [  # number, arch, psnr, latency
     (4, "enc:E,M,E|lat:M|dec:E,M,E|ref:E", 28.5, 3.0),
     (5, ARCH_RUN, 27.5, 9.0),  # dominated by 2
 ]
-FAST = dict(finetune_steps=1, qat_steps=2, batch_size=2, calib_batches=1, select_patches=4)
+FAST = dict(finetune_steps=1, qat_steps=2, batch_size=2, calib_batches=1, select_patches=4, select_images=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -231,8 +231,9 @@ def test_report_fields(trt_run):
     t = r["training"]
     assert t["qat"]["steps"] == 2 and set(t["qat"]["lmr_weights"]) == {"rec", "kd"} and "exp(-s_i)" in t["lmr_formula"]
     assert {f["file"] for f in r["export"]["files"]} >= {"model_fp32.onnx", "model_int8.onnx", "build_engine.sh"}
-    sel = t["qat"]["extra"]["selection"]  # the calibrated start and the last step, on 4 training-image patches
-    assert sel["pool_patches"] == 4 and set(sel["psnr_by_step"]) == {"0", "2"}
+    sel = t["qat"]["extra"]["selection"]  # the calibrated start and the last step, on 1 whole training image
+    assert sel["by"] == "whole" and sel["images"] == 1 and set(sel["psnr_by_step"]) == {"0", "2"}
+    assert sel["sizes"] == [[512, 512]], "the first embedded training image (astronaut), at most 512 px a side"
     assert sel["psnr_by_step"][str(sel["picked_step"])] == max(sel["psnr_by_step"].values())
     w = q["whole_images"]  # the embedded deblur split's first whole image, through the shipped 32x32 files
     assert w["images"] == 1 and w["sizes"] == [[296, 448]] and w["tile"] == [32, 32] and w["overlap"] == 8
@@ -246,6 +247,7 @@ def test_report_fields(trt_run):
     assert "## Quality on whole held-out images (1: 296x448)" in card and "32x32 tiles" in card
     assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
     assert "in integer kernels" in card and "in Q/DQ conversions" in card
+    assert f"QAT state kept: step {sel['picked_step']}, the best PSNR on 1 whole training image " in card
     from profilers.ort_cpu import int8_dot_product
 
     assert lat["cpu_int8"] == int8_dot_product() and f"the CPU is {lat['cpu_int8']}" in card
@@ -358,7 +360,8 @@ def test_cli_errors_exit_2(world, tmp_path, capsys):
     for args, msg in [(["--export", "tflite"], "unknown --export"), (["--export", "onnx_int8", "--trial", "42"],
                                                                      "trial 42"),
                       (["--export", "onnx_int8", "--kd", "decoder"], "unknown KD mode"),
-                      (["--export", "onnx_int8", "--patch-size", "44"], "multiple of 8")]:
+                      (["--export", "onnx_int8", "--patch-size", "44"], "multiple of 8"),
+                      (["--export", "onnx_int8", "--select-by", "held-out"], "unknown --select-by 'held-out'")]:
         with pytest.raises(SystemExit) as e:
             main(["finalize", str(world[2]), "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err
@@ -712,3 +715,32 @@ def test_resample_every_must_not_be_negative():
     for bad in ({"resample_every": -1}, {"qat_resample_every": -1}):
         with pytest.raises(EnsError, match="--resample-every"):
             QDRConfig(**bad)
+
+
+def test_the_unseen_photographs_bench_scores_every_shipped_file(trt_run, monkeypatch):
+    """bench/bench_finalize_unseen.py on a finalize folder: each file, and a PTQ of its FP32 graph, per photo."""
+    import importlib.util
+
+    from ens.metrics import psnr
+    from ens.tasks import get_task
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_finalize_unseen.py"
+    spec = importlib.util.spec_from_file_location("bench_finalize_unseen", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import bench_zoo  # on sys.path once the bench module is loaded
+
+    photos = bench_zoo.unseen_images()
+    monkeypatch.setattr(bench_zoo, "unseen_images", lambda: {k: photos[k][:64, :80] for k in ("camera", "coins")})
+    r = bench.score_folder(trt_run[0], seed=7, threads=1)
+    rows = r["psnr"]
+    assert r["task"] == "deblur" and set(rows) == {"degraded", "fp32", "int8_shipped", "int8_ptq"}
+    pairs = bench.unseen_pairs(get_task("deblur"), 7)
+    for name, (deg, clean) in pairs.items():
+        assert rows["degraded"][name] == pytest.approx(float(psnr(deg[None], clean[None])), abs=1e-3)
+        assert not torch.equal(deg, clean)
+    for row in rows.values():
+        assert set(row) == {"camera", "coins", "mean"}
+        assert row["mean"] == pytest.approx((row["camera"] + row["coins"]) / 2, abs=1e-3)
+    assert r["int8_minus_ptq_db"] == pytest.approx(rows["int8_shipped"]["mean"] - rows["int8_ptq"]["mean"], abs=2e-3)
+    assert r["selection"]["by"] == "whole"

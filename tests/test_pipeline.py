@@ -60,7 +60,7 @@ def test_zoo_search_with_two_workers_then_finalize_int8(tmp_path, micro_recipe):
     out = tmp_path / "final"
     report = run_finalize(FinalizeOptions(storage=str(db), export="onnx_int8", out=str(out),
                                           qdr=QDRConfig(finetune_steps=2, qat_steps=2, batch_size=2, calib_batches=1,
-                                                        select_patches=4),
+                                                        select_patches=4, select_images=1),
                                           train_patches=8, calib_patches=2, samples=1, eval_images=0, latency_rounds=1,
                                           latency_runs=2, show_progress=False), log=lambda s: None)
     r = json.loads((out / "report.json").read_text())

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from ens.data import load_pairs
 from ens.evaluate import evaluate
 from ens.finalize.qat import BestState, Selection
 from ens.finalize.whole_images import calibration_mosaics
@@ -91,6 +92,40 @@ def test_best_state_keeps_the_best_checked_weights():
     best.restore()
     assert float(model.w) == pytest.approx(0.55)
     assert best.to_dict()["picked_step"] == 100 and best.to_dict()["pool_patches"] == 4
+    assert best.to_dict()["by"] == "patches" and "4 training-image patches" in select.describe()
+
+
+def test_selection_on_whole_images_scores_each_image_at_its_own_size():
+    g = torch.Generator().manual_seed(2)
+    deg = [torch.rand(3, 24, 40, generator=g), torch.rand(3, 16, 16, generator=g)]  # two sizes: batch 1
+    select = Selection([(d, 0.5 * d) for d in deg], get_task("denoise"), by="whole")
+    assert select.batch_size == 1 and select.describe() == "PSNR on 2 whole training images"
+    model = _Scale()
+    best = BestState(model, select)
+    for step, w in ((0, 1.0), (100, 0.8), (200, 0.55)):
+        with torch.no_grad():
+            model.w.fill_(w)
+        best.offer(step)
+    assert best.step == 200 and best.by_step[200] > best.by_step[100] > best.by_step[0]
+    d = best.to_dict()
+    assert d["by"] == "whole" and d["images"] == 2 and d["sizes"] == [[24, 40], [16, 16]] and "pool_patches" not in d
+
+
+@pytest.mark.parametrize("task", ["derain", "sr_x3"])
+def test_selection_images_are_training_images_cropped_to_their_centres(task):
+    from ens.finalize.pipeline import SELECT_SIDE, selection_images
+
+    t = get_task(task)
+    pairs = selection_images(t, None, 2, seed=5)
+    assert len(pairs) == 2
+    for deg, clean in pairs:
+        assert deg.shape == clean.shape and max(deg.shape[-2:]) <= SELECT_SIDE  # SR inputs come upsampled
+        assert deg.shape[-1] % 8 == 0 and deg.shape[-1] % t.scale == 0 and not torch.equal(deg, clean)
+    full = load_pairs(t, None, "train", full_images=True, seed=5)
+    c = full[0][1]  # astronaut, 512 px: the crop is its centre
+    y0 = (c.shape[-2] - pairs[0][1].shape[-2]) // 2
+    x0 = (c.shape[-1] - pairs[0][1].shape[-1]) // 2
+    assert torch.equal(pairs[0][1], c[:, y0 : y0 + pairs[0][1].shape[-2], x0 : x0 + pairs[0][1].shape[-1]])
 
 
 def test_blind_denoising_is_scored_at_each_sigma_where_the_noise_is_synthesized():

@@ -62,8 +62,11 @@ def finalize(
                                        "degradations) every N steps of the FP32 fine-tuning (0: one fixed pool)."),
     qat_resample_every: int = typer.Option(0, min=0, help="The same during QAT (0: one fixed pool)."),
     select_every: int = typer.Option(100, min=0, help="Score the QAT network every N steps (and its calibrated "
-                                     "start) on patches of the training images drawn apart from the training pool, "
-                                     "and keep the best (0: keep the last step)."),
+                                     "start) and keep the best (0: keep the last step)."),
+    select_by: str = typer.Option("whole", "--select-by", help="What the checks score: whole (PSNR on the first "
+                                  "4 whole training images, centres of at most 512 px) or patches (PSNR on 128 "
+                                  "training-image patches drawn apart from the training pool). Never the held-out "
+                                  "split."),
     eval_images: int = typer.Option(8, min=0, help="Also score the shipped files on the first N whole held-out "
                                     "images, tiled at their input shape (0: held-out patches only)."),
     init: Path | None = typer.Option(None, "--init", help="Start from these FP32 weights (a previous run's "
@@ -93,8 +96,8 @@ def finalize(
         raise EnsError(f"--weight-bits must be 8, 7 or auto, got {weight_bits!r}")
     cfg = QDRConfig(finetune_steps=finetune_steps, qat_steps=qat_steps, batch_size=batch_size, lr=lr,
                     qat_lr=qat_lr, dct_weight=dct_weight, resample_every=resample_every,
-                    qat_resample_every=qat_resample_every, select_every=select_every, kd=kd, lmr=lmr,
-                    conf_kd=conf_kd, spark=spark,
+                    qat_resample_every=qat_resample_every, select_every=select_every, select_by=select_by,
+                    kd=kd, lmr=lmr, conf_kd=conf_kd, spark=spark,
                     weight_clip=weight_clip or None, observer_freeze=observer_freeze,
                     fakequant_freeze=fakequant_freeze, keep_fp=tuple(keep_fp), placement=placement,
                     weight_bits=None if weight_bits == "auto" else int(weight_bits), seed=seed)

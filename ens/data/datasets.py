@@ -22,7 +22,9 @@ Validation (``split="val"``): fixed and identical on every run *whatever the see
 affects training): ``num_patches`` (default 32) crops of ``patch_size`` from the validation images
 (chelsea and coffee, alternately, for the embedded data), degraded with generators seeded by a
 constant. ``full_images=True`` gives whole images instead, centre-cropped to a multiple of 8 (and of
-the task's scale), one per item (batch size 1); folder images are then read lazily.
+the task's scale), one per item (batch size 1); folder images are then read lazily. Whole *training* images
+(one per embedded training source, at full scale; or the folder's training pairs) are degraded with generators
+seeded by ``seed``: finalize picks its QAT state on them.
 
 Results are cached in memory per process (the 4 most recent), so repeated calls, e.g. one per
 search trial, cost nothing; the tensors are shared and must not be modified in place.
@@ -55,7 +57,7 @@ DEFAULT_VAL_PATCHES = 32
 VAL_SEED = 20260101  # the validation set's constant seed
 MIN_PATCH_STD = 0.04
 CROPS_PER_IMAGE = 8
-_SPLIT_CODE = {"train": 0, "val": 1, "val_full": 2}
+_SPLIT_CODE = {"train": 0, "val": 1, "val_full": 2, "train_full": 3}
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -134,9 +136,10 @@ class PatchDataset(PairDataset):
 class ImageDataset(PairDataset):
     """Whole images (various sizes), read and degraded when indexed; use batch size 1."""
 
-    def __init__(self, loaders: list[Callable[[], tuple[np.ndarray, np.ndarray]]], *, task: Task, info: dict):
+    def __init__(self, loaders: list[Callable[[], tuple[np.ndarray, np.ndarray]]], *, task: Task, info: dict,
+                 split: str = "val"):
         self._loaders = loaders
-        self.task, self.split, self.info = task, "val", info
+        self.task, self.split, self.info = task, split, info
 
     def __len__(self) -> int:
         return len(self._loaders)
@@ -248,7 +251,7 @@ def load_pairs(
     default. ``split``: ``"train"`` or ``"val"``. ``patch_size``: default ``task.patch_size``; must be
     a multiple of ``task.scale``. ``num_patches``: default 2048 (train) / 32 (val). ``layout``:
     ``auto``, ``gopro``, ``sidd``, ``paired`` or ``clean`` (see :mod:`ens.data.layouts`).
-    ``full_images``: validation only, whole images instead of patches. ``augment``: random
+    ``full_images``: whole images instead of patches. ``augment``: random
     symmetries in ``__getitem__`` (default: on for train). ``workers``: threads for generation/reading.
     Returns a :class:`PatchDataset` (or an :class:`ImageDataset` for full images).
     """
@@ -262,8 +265,6 @@ def load_pairs(
     n = num_patches if num_patches is not None else (DEFAULT_TRAIN_PATCHES if split == "train" else DEFAULT_VAL_PATCHES)
     if n < 1:
         raise DataError(f"num_patches must be at least 1, got {n}")
-    if full_images and split != "val":
-        raise ValueError("full_images is for the validation split")
     workers = workers or min(2, os.cpu_count() or 1)
     augment = (split == "train") if augment is None else augment
 
@@ -271,7 +272,7 @@ def load_pairs(
         if layout not in (None, "auto"):
             raise DataError(f"--layout {layout} needs --data")
         if full_images:
-            return _embedded_full(task)
+            return _embedded_full(task, split, seed)
         build, info = _embedded_source(task, split, patch, n, seed, workers)
     else:
         spec = scan_dataset(data_dir, layout, scale=task.scale)
@@ -279,7 +280,7 @@ def load_pairs(
         info = {"source": str(spec.root), "layout": spec.layout, "split_source": spec.split_source,
                 "pairs": len(spec.train if split == "train" else spec.val), "skipped": spec.skipped}
         if full_images:
-            return _folder_full(task, spec, info)
+            return _folder_full(task, spec, info, split, seed)
         build = _folder_source(task, spec, split, patch, n, seed, workers)
     deg, clean = build()
     info.update(
@@ -481,26 +482,28 @@ def _embedded_patches(
     return _to_tensors(deg, clean)
 
 
-def _embedded_full(task: Task) -> ImageDataset:
+def _embedded_full(task: Task, split: str = "val", seed: int = 0) -> ImageDataset:
     mult = _lcm(8, task.scale)
+    images = embedded.val_images() if split == "val" else embedded.train_whole_images()
+    seed, key = (VAL_SEED, "val_full") if split == "val" else (seed, "train_full")
     loaders = []
-    for i, (_name, img) in enumerate(embedded.val_images()):
+    for i, (_name, img) in enumerate(images):
         clean = _center_crop_multiple(img, mult)
 
         def load(clean=clean, i=i) -> tuple[np.ndarray, np.ndarray]:
-            return task.degrade(np.ascontiguousarray(clean), _patch_rng(VAL_SEED, task, "val_full", 0, i)), clean
+            return task.degrade(np.ascontiguousarray(clean), _patch_rng(seed, task, key, 0, i)), clean
 
         loaders.append(lru_cache(maxsize=1)(load))
     info = {
         "source": "embedded",
-        "images": list(embedded.VAL_IMAGES),
+        "images": [name for name, _ in images],
         "full_images": True,
         "task": task.name,
-        "split": "val",
+        "split": split,
         "degradation": task.degradation,
-        "seed": VAL_SEED,
+        "seed": seed,
     }
-    return ImageDataset(loaders, task=task, info=info)
+    return ImageDataset(loaders, task=task, info=info, split=split)
 
 
 def _lcm(a: int, b: int) -> int:
@@ -627,23 +630,24 @@ def _folder_patches(
     return _to_tensors(deg[keep], clean[keep])
 
 
-def _folder_full(task: Task, spec: DatasetSpec, info: dict) -> ImageDataset:
+def _folder_full(task: Task, spec: DatasetSpec, info: dict, split: str = "val", seed: int = 0) -> ImageDataset:
     mult = _lcm(8, task.scale)
+    seed, key = (VAL_SEED, "val_full") if split == "val" else (seed, "train_full")
     loaders = []
-    for i, pair in enumerate(spec.val):
+    for i, pair in enumerate(spec.val if split == "val" else spec.train):
 
         def load(pair=pair, i=i) -> tuple[np.ndarray, np.ndarray]:
             deg, clean = read_pair(pair, task, min_size=mult)
             clean = _center_crop_multiple(clean, mult)
             if deg is None:
-                deg = task.degrade(np.ascontiguousarray(clean), _patch_rng(VAL_SEED, task, "val_full", 0, i))
+                deg = task.degrade(np.ascontiguousarray(clean), _patch_rng(seed, task, key, 0, i))
             else:
                 deg = _center_crop_multiple(deg, mult)
             return deg, clean
 
         loaders.append(load)
-    info = {**info, "full_images": True, "task": task.name, "split": "val", "degradation": task.degradation}
-    return ImageDataset(loaders, task=task, info=info)
+    info = {**info, "full_images": True, "task": task.name, "split": split, "degradation": task.degradation}
+    return ImageDataset(loaders, task=task, info=info, split=split)
 
 
 __all__ = [

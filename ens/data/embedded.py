@@ -78,5 +78,10 @@ def train_images() -> list[tuple[str, list[np.ndarray], float]]:
     return out
 
 
+def train_whole_images() -> list[tuple[str, np.ndarray]]:
+    """One image per training source (its first view), at full scale."""
+    return [(name, load_skimage(specs[0])) for name, specs, _ in TRAIN_SOURCES]
+
+
 def val_images() -> list[tuple[str, np.ndarray]]:
     return [(name, load_skimage(name)) for name in VAL_IMAGES]

@@ -7,9 +7,9 @@ Steps (:func:`run_finalize`):
 2. the trial (:mod:`ens.finalize.pick`), its network rebuilt from the study's zoo, fine-tuned end to
    end in FP32 (``finetune_steps``);
 3. QDR QAT (:mod:`ens.finalize.qat`): a fake-quant copy distilled from the fine-tuned FP32 model, the
-   state kept that scores best on training-image patches drawn apart from the training pool (checked every
-   ``select_every`` steps, the calibrated start included); with ``ablate``, the variants of
-   :data:`ens.finalize.qat.ABLATIONS` with the same step budget;
+   state kept that scores best on whole training images (``select_by="whole"``; or on training-image
+   patches drawn apart from the training pool), checked every ``select_every`` steps, the calibrated start
+   included; with ``ablate``, the variants of :data:`ens.finalize.qat.ABLATIONS` with the same step budget;
 4. exports (:mod:`ens.finalize.export`): FP32 and Q/DQ INT8 ONNX at the deploy shape, each checked
    against PyTorch; quality of FP32 (PyTorch), INT8 and plain PTQ (both run by ONNX Runtime) on the
    held-out patches at the zoo's patch size (a quick check) and, by the shipped files tiled at their
@@ -41,12 +41,20 @@ import torch
 from ens.errors import EnsError
 from ens.finalize import export as ex
 from ens.finalize.pick import Picked, pick_trial
-from ens.finalize.qat import ABLATIONS, QDRConfig, Selection, finetune_fp32, qdr_train, require_modelopt
+from ens.finalize.qat import (
+    ABLATIONS,
+    QDRConfig,
+    Selection,
+    finetune_fp32,
+    qdr_train,
+    require_modelopt,
+)
 from ens.finalize.report import quality_entry, samples_png, write_report
 from ens.finalize.targets import ExportTarget, get_target
 
 # the selection pool's seed is the run's seed plus this, apart from every pool the training draws
 SELECT_SEED_OFFSET = 1_000_003
+SELECT_SIDE = 512  # px: the whole training images QAT's state is chosen on are cropped to their centres
 LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
                 "L_kd = |lat_S - lat_T|_1 at the bottleneck (T = the fine-tuned FP32 model)")
 LMR_FORMULA = "L = sum_i exp(-s_i) * L_i + s_i, s_i learnable, initialised to log L_i of the first batch"
@@ -391,9 +399,34 @@ def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
     cfg = opts.qdr.variant(placement=run.target.placement_for(opts.qdr.placement))
     run.cfg = cfg = cfg.variant(weight_bits=run.target.weight_bits(cfg.placement, cfg.weight_bits))
     if run.target.int8 and cfg.qat_steps > 0 and cfg.select_every > 0:
-        pool = load_pairs(run.task, data, "train", patch_size=train_patch, seed=opts.qdr.seed + SELECT_SEED_OFFSET,
-                          num_patches=cfg.select_patches, augment=False)
-        run.select = Selection([pool[i] for i in range(len(pool))], run.task)
+        if cfg.select_by == "whole":
+            run.select = Selection(selection_images(run.task, data, cfg.select_images,
+                                                    opts.qdr.seed + SELECT_SEED_OFFSET), run.task, by="whole")
+        else:
+            pool = load_pairs(run.task, data, "train", patch_size=train_patch, num_patches=cfg.select_patches,
+                              seed=opts.qdr.seed + SELECT_SEED_OFFSET, augment=False)
+            run.select = Selection([pool[i] for i in range(len(pool))], run.task)
+
+
+def selection_images(task: Any, data: str | None, limit: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``limit`` whole training images as (degraded, clean), their centres at most :data:`SELECT_SIDE`
+    px a side (the checks' cost; a multiple of 8 and of the task's scale), for QAT's checkpoint selection."""
+    import math
+
+    from ens.data import load_pairs
+
+    full = load_pairs(task, data, "train", full_images=True, seed=seed)
+    m = 8 * task.scale // math.gcd(8, task.scale)
+    cap = max(m, SELECT_SIDE // m * m)
+    out = []
+    for i in range(min(limit, len(full))):
+        deg, clean = full[i]
+        h, w = clean.shape[-2:]
+        ch, cw = min(h, cap), min(w, cap)
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        out.append((deg[..., y0 : y0 + ch, x0 : x0 + cw].contiguous(),
+                    clean[..., y0 : y0 + ch, x0 : x0 + cw].contiguous()))
+    return out
 
 
 def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:
@@ -452,10 +485,11 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     log(f"QAT with distillation for {cfg.qat_steps} steps")
     student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress, compute=run.compute,
                                select=run.select)
-    picked = q_log.extra.get("selection", {}).get("picked_step")
-    if picked is not None:
-        log(f"QAT state kept: step {picked} of {cfg.qat_steps} (best of the checks on {cfg.select_patches} "
-            "training-image patches drawn apart from the training pool)")
+    sel = q_log.extra.get("selection", {})
+    if sel.get("picked_step") is not None and run.select is not None:
+        scores = sel["psnr_by_step"]
+        log(f"QAT state kept: step {sel['picked_step']} of {cfg.qat_steps}, {scores[sel['picked_step']]:.2f} dB "
+            f"(best of the checks by {run.select.describe()}; the calibrated start {scores[0]:.2f} dB)")
     training["qat"] = q_log.to_dict()
     int8_eval = work / "int8_eval.onnx"
     ex.export_int8(student, run.eval_shape, int8_eval, uint8_activations=to_u8)

@@ -76,6 +76,7 @@ KD_MODES = ("latent", "output", "none")
 #: next conv and picks output precisions itself). ``ort``: conv outputs as well, except the network's
 #: final convolution, so ONNX Runtime fuses each ``DQ -> Conv -> Q`` into one QLinearConv.
 PLACEMENTS = ("trt", "ort")
+SELECT_BY = ("whole", "patches")
 
 
 def placement_for(export: str, requested: str = "auto") -> str:
@@ -160,6 +161,12 @@ class QDRConfig:
     # patches drawn apart from the training pool, checked every N steps (0: keep the last step)
     select_every: int = 100
     select_patches: int = 128
+    # what the checks score: "whole", PSNR on whole training images (centres of at most 512 px), or "patches",
+    # on training-image patches. On derain's --val whole finalist QAT raised the patches all along (+0.35 dB
+    # over 600 steps) while whole images, held-out and unseen, fell after step 200; the whole training images
+    # peaked at step 200 with them (bench/records/finalize-select-2026-12-05.json)
+    select_by: str = "whole"
+    select_images: int = 4
     kd: str = "latent"
     lmr: bool = True
     kd_weight: float = 1.0  # the fixed KD multiplier when LMR is off
@@ -183,8 +190,10 @@ class QDRConfig:
         for name in ("finetune_steps", "qat_steps"):
             if getattr(self, name) < 0:
                 raise EnsError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.select_every < 0 or self.select_patches < 1:
-            raise EnsError("--select-every must be >= 0 and the selection pool at least 1 patch")
+        if self.select_every < 0 or self.select_patches < 1 or self.select_images < 1:
+            raise EnsError("--select-every must be >= 0 and the selection pool at least 1 patch or image")
+        if self.select_by not in SELECT_BY:
+            raise EnsError(f"unknown --select-by {self.select_by!r} (choose from {', '.join(SELECT_BY)})")
         if self.resample_every < 0 or self.qat_resample_every < 0:
             raise EnsError("--resample-every and --qat-resample-every must be >= 0 (0: one fixed pool)")
         if self.batch_size < 1 or self.calib_batches < 1:
@@ -521,11 +530,23 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
 
 @dataclass
 class Selection:
-    """The pool QAT's checkpoints are scored on (pairs of patches from the training images, never the held-out
-    split) and the task whose metric scores them."""
+    """What QAT's checkpoints are scored on (training images only, never the held-out split) and the task whose
+    metric scores them. ``by="whole"``: (degraded, clean) pairs of whole training images, each of its own size;
+    ``by="patches"``: pairs of training-image patches drawn apart from the training pool."""
 
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
     task: Any
+    by: str = "patches"
+
+    @property
+    def batch_size(self) -> int:
+        return 8 if self.by == "patches" else 1  # whole images differ in size
+
+    def describe(self) -> str:
+        if self.by == "patches":
+            return f"PSNR on {len(self.pairs)} training-image patches drawn apart from the training pool"
+        n = len(self.pairs)
+        return f"PSNR on {n} whole training image{'s' if n != 1 else ''}"
 
 
 class BestState:
@@ -541,7 +562,8 @@ class BestState:
     def offer(self, step: int) -> float:
         from ens.evaluate import evaluate
 
-        score = evaluate(self.model, self.select.pairs, self.select.task).psnr
+        score = evaluate(self.model, self.select.pairs, self.select.task, self.select.batch_size,
+                         with_ssim=False).psnr
         self.by_step[step] = round(score, 4)
         if self.step is None or score > self.by_step[self.step]:
             self.step = step
@@ -553,7 +575,9 @@ class BestState:
             self.model.load_state_dict(self._state)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pool_patches": len(self.select.pairs), "psnr_by_step": dict(self.by_step), "picked_step": self.step}
+        size = {"pool_patches": len(self.select.pairs)} if self.select.by == "patches" else {
+            "images": len(self.select.pairs), "sizes": [list(p[0].shape[-2:]) for p in self.select.pairs]}
+        return {"by": self.select.by, **size, "psnr_by_step": dict(self.by_step), "picked_step": self.step}
 
 
 def _qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool, description: str,
