@@ -248,6 +248,10 @@ def test_report_fields(trt_run):
     assert ARCH_RUN in card and "INT8, QDR" in card and "plain PTQ" in card and "NOT built" in card
     assert "in integer kernels" in card and "in Q/DQ conversions" in card
     assert f"QAT state kept: step {sel['picked_step']}, the best PSNR on 1 whole training image " in card
+    ft_sel = t["finetune"]["extra"]["selection"]  # the zoo's weights and the one fine-tuning step, on the same image
+    assert ft_sel["by"] == "whole" and set(ft_sel["psnr_by_step"]) == {"0", "1"}
+    assert ft_sel["psnr_by_step"][str(ft_sel["picked_step"])] == max(ft_sel["psnr_by_step"].values())
+    assert f"FP32 state kept: step {ft_sel['picked_step']}, the best PSNR on 1 whole training image " in card
     from profilers.ort_cpu import int8_dot_product
 
     assert lat["cpu_int8"] == int8_dot_product() and f"the CPU is {lat['cpu_int8']}" in card
@@ -744,3 +748,33 @@ def test_the_unseen_photographs_bench_scores_every_shipped_file(trt_run, monkeyp
         assert row["mean"] == pytest.approx((row["camera"] + row["coins"]) / 2, abs=1e-3)
     assert r["int8_minus_ptq_db"] == pytest.approx(rows["int8_shipped"]["mean"] - rows["int8_ptq"]["mean"], abs=2e-3)
     assert r["selection"]["by"] == "whole"
+
+
+def test_finetuning_keeps_its_starting_weights_when_no_check_beats_them():
+    """FP32 fine-tuning with a selection: every ``select_every`` steps (and before the first) the network is scored;
+    the best state is kept. Scored against the network's own starting outputs, nothing beats step 0."""
+    from ens.finalize.qat import Selection, finetune_fp32
+    from ens.tasks import get_task
+
+    torch.manual_seed(0)
+    net = HybridUNet(CFG, candidates=["E"])
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.fill_(0.2)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    train, _ = _recording_pool(size=16)
+    images = [torch.rand(3, 24, 32), torch.rand(3, 16, 16)]
+    with torch.no_grad():
+        net.eval()
+        select = Selection([(x, net(x[None])[0].clamp(0, 1)) for x in images], get_task("denoise"), by="whole")
+    cfg = QDRConfig(finetune_steps=4, batch_size=2, lr=1e-2, select_every=2, resample_every=0)
+    log = finetune_fp32(net, train, cfg, show_progress=False, select=select)
+    sel = log.extra["selection"]
+    assert sel["by"] == "whole" and list(sel["psnr_by_step"]) == [0, 2, 4] and sel["picked_step"] == 0
+    assert sel["psnr_by_step"][0] > max(sel["psnr_by_step"][2], sel["psnr_by_step"][4])
+    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items()), "the starting weights, restored"
+    moved = HybridUNet(CFG, candidates=["E"])
+    moved.load_state_dict(start)
+    finetune_fp32(moved, train, cfg, show_progress=False)  # no selection: the last step's weights
+    assert any(not torch.equal(v, start[k]) for k, v in moved.state_dict().items())

@@ -398,7 +398,7 @@ def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
         _load_weights(run.net, Path(opts.init_weights))
     cfg = opts.qdr.variant(placement=run.target.placement_for(opts.qdr.placement))
     run.cfg = cfg = cfg.variant(weight_bits=run.target.weight_bits(cfg.placement, cfg.weight_bits))
-    if run.target.int8 and cfg.qat_steps > 0 and cfg.select_every > 0:
+    if cfg.select_every > 0 and (cfg.finetune_steps > 0 or (run.target.int8 and cfg.qat_steps > 0)):
         if cfg.select_by == "whole":
             run.select = Selection(selection_images(run.task, data, cfg.select_images,
                                                     opts.qdr.seed + SELECT_SEED_OFFSET), run.task, by="whole")
@@ -433,12 +433,22 @@ def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:
     from ens.evaluate import evaluate
 
     log(f"fine-tuning in FP32 for {run.cfg.finetune_steps} steps")
-    ft_log = finetune_fp32(run.net, run.train, run.cfg, show_progress=run.opts.show_progress, compute=run.compute)
+    ft_log = finetune_fp32(run.net, run.train, run.cfg, show_progress=run.opts.show_progress, compute=run.compute,
+                           select=run.select)
+    _log_selection(ft_log, run, "FP32", run.cfg.finetune_steps, "the zoo's weights", log)
     run.net.eval()
     q_deg = evaluate(None, run.val_pairs, run.task)
     q_fp32 = evaluate(run.net, run.val_pairs, run.task)
     log(f"FP32: {q_fp32.psnr:.3f} dB / {q_fp32.ssim:.4f} (degraded input {q_deg.psnr:.3f} dB)")
     return q_deg, q_fp32, ft_log
+
+
+def _log_selection(train_log: Any, run: _Run, what: str, steps: int, start: str, log: Callable[[str], None]) -> None:
+    sel = train_log.extra.get("selection", {})
+    if sel.get("picked_step") is not None and run.select is not None:
+        scores = sel["psnr_by_step"]
+        log(f"{what} state kept: step {sel['picked_step']} of {steps}, {scores[sel['picked_step']]:.2f} dB "
+            f"(best of the checks by {run.select.describe()}; {start} {scores[0]:.2f} dB)")
 
 
 def _report_head(run: _Run, out: Path) -> dict[str, Any]:
@@ -485,11 +495,7 @@ def _quantize(run: _Run, tmp: Path, work: Path, fp32_eval: Path, quality: dict, 
     log(f"QAT with distillation for {cfg.qat_steps} steps")
     student, q_log = qdr_train(run.net, run.train, cfg, show_progress=opts.show_progress, compute=run.compute,
                                select=run.select)
-    sel = q_log.extra.get("selection", {})
-    if sel.get("picked_step") is not None and run.select is not None:
-        scores = sel["psnr_by_step"]
-        log(f"QAT state kept: step {sel['picked_step']} of {cfg.qat_steps}, {scores[sel['picked_step']]:.2f} dB "
-            f"(best of the checks by {run.select.describe()}; the calibrated start {scores[0]:.2f} dB)")
+    _log_selection(q_log, run, "QAT", cfg.qat_steps, "the calibrated start", log)
     training["qat"] = q_log.to_dict()
     int8_eval = work / "int8_eval.onnx"
     ex.export_int8(student, run.eval_shape, int8_eval, uint8_activations=to_u8)

@@ -444,9 +444,12 @@ def fresh_pools(train: Any, every: int) -> Iterator[None]:
 
 
 def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: bool = True,
-                  log: Callable[[str], None] = lambda s: None, compute: Compute = CPU) -> TrainLog:
+                  log: Callable[[str], None] = lambda s: None, compute: Compute = CPU,
+                  select: Selection | None = None) -> TrainLog:
     """End-to-end FP32 fine-tuning of the assembled hybrid (Charbonnier + optional DCT term), in place, on
-    ``compute``'s device (autocast as it says); the model is back on the CPU afterwards, for export."""
+    ``compute``'s device (autocast as it says); the model is back on the CPU afterwards, for export. With
+    ``select``, the model keeps the checked state (every ``cfg.select_every`` steps, its starting weights
+    included) that scores best on it."""
     out = TrainLog()
     steps = cfg.finetune_steps
     if steps == 0:
@@ -455,10 +458,15 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
     torch.manual_seed(cfg.seed)
     compute.module(model).train()
     forward = compute.forward_of(model)
+    hooks = pool_hooks(train, cfg.resample_every, steps)
+    best = BestState(model, select) if (select is not None and cfg.select_every > 0) else None
+    if best is not None:
+        best.offer(0)
+        hooks.append(Every(cfg.select_every, best.offer, at_end=True))
     loop = Loop("fine-tune FP32", Schedule(steps, cfg.lr, warmup=min(20, steps // 10)),
                 torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0), grad_clip=cfg.grad_clip or None,
                 show_progress=show_progress, info=lambda ema, terms: f"loss {terms['rec']:.4f}", compute=compute,
-                hooks=pool_hooks(train, cfg.resample_every, steps))
+                hooks=hooks)
 
     def step_fn(step: int, b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         deg, clean = b
@@ -473,6 +481,9 @@ def finetune_fp32(model: nn.Module, train: Any, cfg: QDRConfig, show_progress: b
     out.steps, out.seconds = steps, res.seconds
     out.first_loss, out.last_loss = res.first_loss, res.last_loss
     out.terms = {"rec": res.terms["rec"]}
+    if best is not None:
+        best.restore()
+        out.extra["selection"] = best.to_dict()
     model.eval()
     return out
 

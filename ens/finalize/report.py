@@ -241,22 +241,23 @@ def _card_training(r: dict[str, Any]) -> list[str]:
         return []
     return ["", "## Training", "",
             f"- FP32 fine-tuning: {t['finetune'].get('steps')} steps, {t['finetune'].get('seconds')} s",
+            *_card_selection(t["finetune"].get("extra", {}).get("selection"), "FP32"),
             f"- QAT: {t.get('qat', {}).get('steps')} steps, {t.get('qat', {}).get('seconds')} s; "
             f"loss: {t.get('loss_formula')}",
             f"- LMR: {t.get('lmr_formula')}; final multipliers {_weights(t.get('qat', {}).get('lmr_weights'))}",
-            *_card_selection(t.get("qat", {}).get("extra", {}).get("selection")),
+            *_card_selection(t.get("qat", {}).get("extra", {}).get("selection"), "QAT"),
             f"- options: {json.dumps(t.get('config', {}))}"]
 
 
-def _card_selection(sel: dict[str, Any] | None) -> list[str]:
-    """The QAT state kept and what chose it (training images only)."""
+def _card_selection(sel: dict[str, Any] | None, what: str) -> list[str]:
+    """The fine-tuning or QAT state kept and what chose it (training images only)."""
     if not sel or sel.get("picked_step") is None:
         return []
     n = sel.get("images", 0)
     on = (f"{n} whole training image{'s' if n != 1 else ''}" if sel.get("by") == "whole"
           else f"{sel.get('pool_patches')} training-image patches")
     scores = ", ".join(f"{k}: {v:.2f}" for k, v in sel["psnr_by_step"].items())
-    return [f"- QAT state kept: step {sel['picked_step']}, the best PSNR on {on} among the checks (step: dB) "
+    return [f"- {what} state kept: step {sel['picked_step']}, the best PSNR on {on} among the checks (step: dB) "
             f"{scores}"]
 
 
