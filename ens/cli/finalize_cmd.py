@@ -61,8 +61,8 @@ def finalize(
     resample_every: int = typer.Option(64, min=0, help="Draw a fresh pool of --train-patches (new crops and "
                                        "degradations) every N steps of the FP32 fine-tuning (0: one fixed pool)."),
     qat_resample_every: int = typer.Option(0, min=0, help="The same during QAT (0: one fixed pool)."),
-    select_every: int = typer.Option(100, min=0, help="Score the QAT network every N steps (and its calibrated "
-                                     "start) and keep the best (0: keep the last step)."),
+    select_every: int = typer.Option(100, min=0, help="Score the network every N steps of FP32 fine-tuning and of "
+                                     "QAT (and each one's start) and keep the best (0: keep the last step)."),
     select_by: str = typer.Option("whole", "--select-by", help="What the checks score: whole (PSNR on the first "
                                   "4 whole training images, centres of at most 512 px) or patches (PSNR on 128 "
                                   "training-image patches drawn apart from the training pool). Never the held-out "

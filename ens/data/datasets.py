@@ -24,7 +24,7 @@ affects training): ``num_patches`` (default 32) crops of ``patch_size`` from the
 constant. ``full_images=True`` gives whole images instead, centre-cropped to a multiple of 8 (and of
 the task's scale), one per item (batch size 1); folder images are then read lazily. Whole *training* images
 (one per embedded training source, at full scale; or the folder's training pairs) are degraded with generators
-seeded by ``seed``: finalize picks its QAT state on them.
+seeded by ``seed``: finalize keeps its fine-tuning and QAT states by them.
 
 Results are cached in memory per process (the 4 most recent), so repeated calls, e.g. one per
 search trial, cost nothing; the tensors are shared and must not be modified in place.

@@ -5,7 +5,7 @@ Steps (:func:`run_finalize`):
 1. checks that fail fast, before any training: the export target, the output folder, ModelOpt (INT8
    targets), the AI Hub token (``qnn_int8``), the latency profiler;
 2. the trial (:mod:`ens.finalize.pick`), its network rebuilt from the study's zoo, fine-tuned end to
-   end in FP32 (``finetune_steps``);
+   end in FP32 (``finetune_steps``), the checked state kept that scores best (as QAT's, below);
 3. QDR QAT (:mod:`ens.finalize.qat`): a fake-quant copy distilled from the fine-tuned FP32 model, the
    state kept that scores best on whole training images (``select_by="whole"``; or on training-image
    patches drawn apart from the training pool), checked every ``select_every`` steps, the calibrated start
@@ -54,7 +54,7 @@ from ens.finalize.targets import ExportTarget, get_target
 
 # the selection pool's seed is the run's seed plus this, apart from every pool the training draws
 SELECT_SEED_OFFSET = 1_000_003
-SELECT_SIDE = 512  # px: the whole training images QAT's state is chosen on are cropped to their centres
+SELECT_SIDE = 512  # px: whole training images that choose the fine-tuning and QAT states are cropped to this
 LOSS_FORMULA = ("L_rec = Charbonnier(S(x), y) + w_dct * |DCT(S(x)) - DCT(y)|_1; "
                 "L_kd = |lat_S - lat_T|_1 at the bottleneck (T = the fine-tuned FP32 model)")
 LMR_FORMULA = "L = sum_i exp(-s_i) * L_i + s_i, s_i learnable, initialised to log L_i of the first batch"
@@ -410,7 +410,7 @@ def _load_trial(run: _Run, log: Callable[[str], None]) -> None:
 
 def selection_images(task: Any, data: str | None, limit: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``limit`` whole training images as (degraded, clean), their centres at most :data:`SELECT_SIDE`
-    px a side (the checks' cost; a multiple of 8 and of the task's scale), for QAT's checkpoint selection."""
+    px a side (the checks' cost; a multiple of 8 and of the task's scale), for choosing finalize's checkpoints."""
     import math
 
     from ens.data import load_pairs

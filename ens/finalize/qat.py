@@ -157,14 +157,14 @@ class QDRConfig:
     # (bench/records/finalize-pools-2026-12-03.json)
     resample_every: int = 64
     qat_resample_every: int = 0
-    # keep the QAT state (step 0, the calibrated start, included) that scores best on a pool of training-image
-    # patches drawn apart from the training pool, checked every N steps (0: keep the last step)
+    # keep the fine-tuning and QAT states (their starts included: the zoo's weights, the calibrated start) that
+    # score best on training images, checked every N steps (0: keep the last step)
     select_every: int = 100
     select_patches: int = 128
     # what the checks score: "whole", PSNR on whole training images (centres of at most 512 px), or "patches",
-    # on training-image patches. On derain's --val whole finalist QAT raised the patches all along (+0.35 dB
-    # over 600 steps) while whole images, held-out and unseen, fell after step 200; the whole training images
-    # peaked at step 200 with them (bench/records/finalize-select-2026-12-05.json)
+    # on training-image patches drawn apart from the training pool. On derain's --val whole finalist QAT raised
+    # the patches all along (+0.35 dB over 600 steps) while whole images, held-out and unseen, fell after step
+    # 200; the whole training images peaked at step 200 with them (bench/records/finalize-select-2026-12-05.json)
     select_by: str = "whole"
     select_images: int = 4
     kd: str = "latent"
@@ -541,9 +541,9 @@ def qdr_train(teacher: nn.Module, train: Any, cfg: QDRConfig, show_progress: boo
 
 @dataclass
 class Selection:
-    """What QAT's checkpoints are scored on (training images only, never the held-out split) and the task whose
-    metric scores them. ``by="whole"``: (degraded, clean) pairs of whole training images, each of its own size;
-    ``by="patches"``: pairs of training-image patches drawn apart from the training pool."""
+    """What the checkpoints of fine-tuning and QAT are scored on (training images only, never the held-out split)
+    and the task whose metric scores them. ``by="whole"``: (degraded, clean) pairs of whole training images, each
+    of its own size; ``by="patches"``: pairs of training-image patches drawn apart from the training pool."""
 
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
     task: Any
