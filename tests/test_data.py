@@ -120,6 +120,16 @@ def test_paired_layout_and_holdout(tmp_path):
     assert all(p.input.name == p.target.name for p in spec.train)
     again = scan_dataset(root)
     assert [p.target for p in again.val] == [p.target for p in spec.val]  # fixed, seed-independent
+    whole = load_pairs("derain", root, "train", full_images=True, seed=4)  # the training pairs as read, whole
+    assert whole.split == "train" and len(whole) == len(spec.train)
+    d, c = whole[0]
+    mult = 8
+    want_c = read_image(spec.train[0].target)
+    h, w = (want_c.shape[0] // mult) * mult, (want_c.shape[1] // mult) * mult
+    assert tuple(c.shape) == (3, h, w) and tuple(d.shape) == (3, h, w)
+    y, x = (want_c.shape[0] - h) // 2, (want_c.shape[1] - w) // 2
+    want_d = read_image(spec.train[0].input)[y : y + h, x : x + w]
+    assert np.allclose(d.permute(1, 2, 0).numpy(), want_d, atol=1e-6), "the folder's own degraded input"
 
 
 def test_stem_matching_and_sr_names(tmp_path):
