@@ -414,19 +414,12 @@ def selection_images(task: Any, data: str | None, limit: int, seed: int) -> list
     import math
 
     from ens.data import load_pairs
+    from ens.zoo.build import centre_crop
 
     full = load_pairs(task, data, "train", full_images=True, seed=seed)
     m = 8 * task.scale // math.gcd(8, task.scale)
     cap = max(m, SELECT_SIDE // m * m)
-    out = []
-    for i in range(min(limit, len(full))):
-        deg, clean = full[i]
-        h, w = clean.shape[-2:]
-        ch, cw = min(h, cap), min(w, cap)
-        y0, x0 = (h - ch) // 2, (w - cw) // 2
-        out.append((deg[..., y0 : y0 + ch, x0 : x0 + cw].contiguous(),
-                    clean[..., y0 : y0 + ch, x0 : x0 + cw].contiguous()))
-    return out
+    return [(centre_crop(full[i][0], cap), centre_crop(full[i][1], cap)) for i in range(min(limit, len(full)))]
 
 
 def _finetune(run: _Run, log: Callable[[str], None]) -> tuple[Any, Any, Any]:

@@ -512,11 +512,12 @@ def held_out_images(task: Task, data_dir: str | Path | None, limit: int, crop: i
     pairs = [full[i] for i in range(min(len(full), max(1, limit)))]
     if crop:
         c = max(8, crop - crop % 8)
-        pairs = [tuple(_centre(t, c) for t in p) for p in pairs]
+        pairs = [tuple(centre_crop(t, c) for t in p) for p in pairs]
     return pairs
 
 
-def _centre(t: torch.Tensor, size: int) -> torch.Tensor:
+def centre_crop(t: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre of ``t`` ([..., H, W]), at most ``size`` px a side."""
     h, w = t.shape[-2:]
     y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return t[..., y : y + size, x : x + size].contiguous()
