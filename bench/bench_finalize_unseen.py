@@ -21,22 +21,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def unseen_pairs(task, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from bench_zoo import unseen_images
-
-    out = {}
-    for i, (name, img) in enumerate(unseen_images().items()):
-        h, w = (s - s % 8 for s in img.shape[:2])
-        clean = np.ascontiguousarray(img[:h, :w])
-        deg = task.degrade(clean, np.random.default_rng([seed, i]))
-        out[name] = (torch.from_numpy(np.ascontiguousarray(deg, dtype=np.float32)).permute(2, 0, 1),
-                     torch.from_numpy(clean).permute(2, 0, 1))
-    return out
+from bench_zoo import unseen_pairs  # noqa: E402
 
 
 def score_folder(folder: Path, seed: int, threads: int) -> dict:
@@ -52,7 +40,7 @@ def score_folder(folder: Path, seed: int, threads: int) -> dict:
     task = get_task(report["task"])
     level = degradation_levels(task, synthetic=True)
     level = level[len(level) // 2]  # blind denoising: the middle sigma (25)
-    pairs = unseen_pairs(level, seed)
+    pairs = unseen_pairs(level, seed)  # bench_zoo's photographs, degraded by this task
     fused = "QDQ fusion off" not in report["quality"].get("int8_runtime", "")
     files = {"fp32": folder / "model_fp32.onnx", "int8_shipped": folder / "model_int8.onnx"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,22 +63,33 @@ def unseen_images() -> dict[str, np.ndarray]:
     return out
 
 
+def unseen_pairs(task, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`unseen_images` cropped to a multiple of 8 and degraded by ``task`` (image ``i`` with the generator
+    ``[seed, i]``), as ([3, H, W] degraded, [3, H, W] clean) float32 tensors."""
+    out = {}
+    for i, (name, img) in enumerate(unseen_images().items()):
+        h, w = (s - s % 8 for s in img.shape[:2])
+        clean = np.ascontiguousarray(img[:h, :w])
+        deg = task.degrade(clean, np.random.default_rng([seed, i]))
+        out[name] = (torch.from_numpy(np.ascontiguousarray(deg, dtype=np.float32)).permute(2, 0, 1),
+                     torch.from_numpy(clean).permute(2, 0, 1))
+    return out
+
+
 @torch.no_grad()
 def unseen(zoo_dir: Path, seed: int = 1234) -> dict:
-    from ens.degradations.blur import MAX_LENGTH, MIN_LENGTH, motion_blur
+    from ens.degradations.blur import MAX_LENGTH, MIN_LENGTH
     from ens.metrics import psnr
+    from ens.tasks import get_task
     from ens.zoo.store import Zoo
     from search_spaces.arch import Arch
 
     zoo = Zoo.load(zoo_dir)
     nets = {k: zoo.build(Arch.uniform(k)) for k in zoo.manifest.kinds}
     rows = {}
-    for i, (name, img) in enumerate(unseen_images().items()):
-        h, w = (s - s % 8 for s in img.shape[:2])
-        clean = np.ascontiguousarray(img[:h, :w])
-        deg = motion_blur(clean, np.random.default_rng([seed, i]))
-        c = torch.from_numpy(clean).permute(2, 0, 1)[None]
-        d = torch.from_numpy(np.ascontiguousarray(deg, dtype=np.float32)).permute(2, 0, 1)[None]
+    for name, (deg, clean) in unseen_pairs(get_task("deblur"), seed).items():
+        d, c = deg[None], clean[None]
+        h, w = c.shape[-2:]
         row = {"size": f"{w}x{h}", "input": round(float(psnr(d, c)), 3)}
         for k, net in nets.items():
             row[f"all_{k}"] = round(float(psnr(net(d).clamp(0, 1), c)), 3)

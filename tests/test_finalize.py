@@ -739,7 +739,7 @@ def test_the_unseen_photographs_bench_scores_every_shipped_file(trt_run, monkeyp
     r = bench.score_folder(trt_run[0], seed=7, threads=1)
     rows = r["psnr"]
     assert r["task"] == "deblur" and set(rows) == {"degraded", "fp32", "int8_shipped", "int8_ptq"}
-    pairs = bench.unseen_pairs(get_task("deblur"), 7)
+    pairs = bench_zoo.unseen_pairs(get_task("deblur"), 7)
     for name, (deg, clean) in pairs.items():
         assert rows["degraded"][name] == pytest.approx(float(psnr(deg[None], clean[None])), abs=1e-3)
         assert not torch.equal(deg, clean)
