@@ -19,6 +19,9 @@ With ``layernorm="none"`` (kinds F and G) both LNs are dropped: every op of the 
 INT8 runtimes run in integer arithmetic (see :func:`blocks.norm.channel_norm`). With ``ldg=False`` the gate
 is dropped (``f' = f``) and with ``ffn_expansion=0`` the feed-forward: kind D keeps the first line alone,
 ``x = x + beta * PW_out(SG(DW3x3(PW_in(x))))``, three convolutions and one product.
+With ``sca=True`` (kind C) the branch also gets NAFNet's simplified channel attention (arXiv 2204.04676),
+``f = f * PW_a(GAP(f))``: one scale per channel from the whole input, the global context that a transformer's
+channel attention (MDTA) pools over the image and that 3x3 convolutions alone never see.
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ class SimpleGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x.chunk(2, dim=1)
         return self.mul(a, b)
+
+
+class SimplifiedChannelAttention(nn.Module):
+    """NAFNet's SCA: ``f * PW(GAP(f))``, a per-channel scale from the global average of the features."""
+
+    def __init__(self, dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.proj = nn.Conv2d(dim, dim, 1, bias=bias)
+        self.mul = Mul()
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.mul(f, self.proj(self.pool(f)))
 
 
 class LearnableDegradationGate(nn.Module):
@@ -71,6 +87,7 @@ class EFMBlock(nn.Module):
         bias: bool = True,
         layernorm: str = "withbias",
         ldg: bool = True,
+        sca: bool = False,
     ) -> None:
         super().__init__()
         del heads  # an EFM block has no heads; the argument keeps every block's signature alike
@@ -84,6 +101,7 @@ class EFMBlock(nn.Module):
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.sg, self.ffn_sg = SimpleGate(), SimpleGate()
         self.pw_out = nn.Conv2d(hidden // 2, dim, 1, bias=bias)
+        self.sca = SimplifiedChannelAttention(hidden // 2, bias=True) if sca else None
         self.ldg = LearnableDegradationGate(dim, gates) if ldg else None
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
         self.has_ffn = ffn_hidden > 0
@@ -102,6 +120,8 @@ class EFMBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.norm1(x)
         f = self.sg(self.dw(self.pw_in(u)))
+        if self.sca is not None:
+            f = self.sca(f)
         if self.ldg is not None:
             m = self.ldg(u)
             if self.gates > 1:

@@ -127,3 +127,13 @@ def _efm_mini(dim: int, heads: int, **options: Any) -> nn.Module:
 
     return EFMBlock(dim, heads, **{"expansion": 1.0, **options, "ffn_expansion": 0.0, "ldg": False,
                                    "layernorm": "none"})
+
+
+# -- global context for the slots where the teacher's attention needs it --------------------------------
+# Derain's full-resolution refinement slot: the teacher's MDTA pools channel statistics over the whole image,
+# and every conv surrogate lost about 1 dB swapped in there (README, "Where derain's surrogates lose").
+@register_block("C", "efm-sca", "EFM block with NAFNet's simplified channel attention in its conv branch")
+def _efm_sca(dim: int, heads: int, **options: Any) -> nn.Module:
+    from blocks.efm import EFMBlock
+
+    return EFMBlock(dim, heads, **{**options, "sca": True})

@@ -108,7 +108,7 @@ def test_mdta_rejects_indivisible_heads():
         MDTA(6, heads=4)
 
 
-@pytest.mark.parametrize("kind", ["T", "M", "E", "D"])
+@pytest.mark.parametrize("kind", ["T", "M", "E", "D", "C"])
 @pytest.mark.parametrize("shape", [(2, 16, 9, 13), (1, 16, 8, 8)])
 def test_every_block_kind_preserves_shape_and_trains(kind, shape):
     block = build_block(kind, shape[1], 2)
@@ -186,6 +186,41 @@ def test_efm_mini_is_the_gated_branch_alone():
     d.fold_layer_scales()
     assert d.beta is None
     torch.testing.assert_close(d(x), y, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, global_context", [("E", False), ("C", True)])
+def test_efm_sca_gives_each_pixel_the_whole_image(kind, global_context):
+    """Kind C's channel attention pools the whole input: a pixel far outside the convs' 3x3 reach moves the output
+    at the other corner. E's output there stays exactly the same."""
+    torch.manual_seed(4)
+    b = build_block(kind, 8, 1)
+    with torch.no_grad():
+        b.beta.normal_()
+        b.gamma.normal_()
+        if global_context:
+            b.sca.proj.weight.normal_()
+    x = torch.randn(1, 8, 12, 12)
+    x2 = x.clone()
+    x2[..., 11, 11] += 5.0 * torch.randn(8)  # not a constant: the per-pixel LayerNorm would cancel that
+    moved = (b(x2) - b(x))[..., 0, 0].abs().max()
+    assert (moved > 1e-4) if global_context else (moved == 0)
+
+
+def test_efm_sca_is_the_figure_written_out():
+    """C's branch: f = SG(DW(PW_in(LN x))), then f * PW_a(GAP(f)) (NAFNet's SCA), then the LDG gate."""
+    torch.manual_seed(5)
+    c = build_block("C", 8, 1)
+    with torch.no_grad():
+        c.beta.normal_()
+    x = torch.randn(2, 8, 7, 9)
+    u = c.norm1(x)
+    a, g = c.dw(c.pw_in(u)).chunk(2, dim=1)
+    f = a * g
+    f = f * c.sca.proj(f.mean(dim=(2, 3), keepdim=True))
+    m = c.ldg(u)
+    x1 = x + c.beta * c.pw_out(f * (1.0 + m))
+    h1, h2 = c.pw_f1(c.norm2(x1)).chunk(2, dim=1)
+    torch.testing.assert_close(c(x), x1 + c.gamma * c.pw_f2(h1 * h2))
 
 
 def test_registry_rejects_duplicates_and_unknown():

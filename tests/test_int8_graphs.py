@@ -153,3 +153,18 @@ def test_the_mini_efm_runs_in_integer_kernels(micro_cfg, tmp_path):
     assert d["QLinearMul"] == blocks and d["QLinearAdd"] >= blocks and d["QLinearConv"] >= 3 * blocks
     assert ex.conv_kernels(d)["float"] <= 1 and d.get("Add", 0) <= 1
     assert not {"Mul", "Sigmoid", "LayerNormalization", "Relu"} & set(d)
+
+
+def test_the_channel_attention_of_kind_c_runs_in_integer_kernels(micro_cfg, tmp_path):
+    """C is E plus NAFNet's SCA: per block one more QLinearGlobalAveragePool, QLinearConv and QLinearMul than E,
+    and nothing more left in float."""
+    from blocks.unet import uniform_kinds
+    from ens.finalize import export as ex
+
+    kernels = {k: ex.ort_kernels(export_network(NetworkSpec(uniform_kinds(micro_cfg, k), micro_cfg.to_dict(),
+                                                            (1, 3, 32, 32), label=f"all-{k}"),
+                                                tmp_path / f"{k}.onnx", precision="int8")) for k in "EC"}
+    blocks = sum(len(v) for v in uniform_kinds(micro_cfg, "C").values())
+    extra = {op: kernels["C"].get(op, 0) - kernels["E"].get(op, 0) for op in set(kernels["C"]) | set(kernels["E"])}
+    assert {op: n for op, n in extra.items() if n} == {"QLinearGlobalAveragePool": blocks, "QLinearConv": blocks,
+                                                      "QLinearMul": blocks}
