@@ -129,9 +129,10 @@ def _efm_mini(dim: int, heads: int, **options: Any) -> nn.Module:
                                    "layernorm": "none"})
 
 
-# -- global context for the slots where the teacher's attention needs it --------------------------------
-# Derain's full-resolution refinement slot: the teacher's MDTA pools channel statistics over the whole image,
-# and every conv surrogate lost about 1 dB swapped in there (README, "Where derain's surrogates lose").
+# -- global context, as the teacher's channel attention has it (opt-in: no shipped zoo holds C) ----------
+# Aimed at derain's refinement slot, where M and E lose about 1 dB swapped in; distilled into that zoo (800 steps,
+# 128-px patches; bench/records/kind_C-derain-2026-12-05.json) it lost 1.45 dB there, while all-C was -0.49 dB of the
+# teacher (all-E -0.50) at all-E's MACs.
 @register_block("C", "efm-sca", "EFM block with NAFNet's simplified channel attention in its conv branch")
 def _efm_sca(dim: int, heads: int, **options: Any) -> nn.Module:
     from blocks.efm import EFMBlock
